@@ -1,0 +1,91 @@
+"""Reference butterfly multiply in pure PyTorch: the specification every faster kernel is tested against.
+
+Autograd provides the backward.  The loop runs over factors only (``nblocks * log_n`` iterations); each factor
+is one vectorized elementwise update over the whole batch, every stack and every 2×2 block.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._layout import block_directions, check_twiddle, factor_stride
+
+__all__ = ["butterfly_multiply_reference", "apply_factor"]
+
+
+def apply_factor(x: torch.Tensor, factor: torch.Tensor, stride: int) -> torch.Tensor:
+    """Apply one butterfly factor.
+
+    Args:
+        x: ``(batch, nstacks, n)``.
+        factor: ``(nstacks, n // 2, 2, 2)``; block ``i`` acts on positions ``p = 2(i - i % s) + i % s`` and ``p + s``.
+        stride: ``s``, a power of two below ``n``.
+
+    Returns:
+        ``(batch, nstacks, n)``: ``y[p] = t00 x[p] + t01 x[p+s]``, ``y[p+s] = t10 x[p] + t11 x[p+s]``.
+    """
+    batch, nstacks, n = x.shape
+    groups = n // (2 * stride)
+    # position p = 2*s*g + h*s + r  <->  view index (g, h, r); block index i = s*g + r.
+    xv = x.reshape(batch, nstacks, groups, 2, stride)
+    t = factor.reshape(nstacks, groups, stride, 2, 2)
+    x0, x1 = xv[:, :, :, 0, :], xv[:, :, :, 1, :]
+    y0 = t[..., 0, 0] * x0 + t[..., 0, 1] * x1
+    y1 = t[..., 1, 0] * x0 + t[..., 1, 1] * x1
+    return torch.stack((y0, y1), dim=3).reshape(batch, nstacks, n)
+
+
+def _run_blocks(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool) -> torch.Tensor:
+    nblocks, log_n = twiddle.shape[1], twiddle.shape[2]
+    for block, increasing in enumerate(block_directions(nblocks, increasing_stride)):
+        for f in range(log_n):
+            x = apply_factor(x, twiddle[:, block, f], factor_stride(f, log_n, increasing))
+    return x
+
+
+def butterfly_multiply_reference(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool = True,
+    *,
+    out_size: int | None = None,
+    transpose: bool = False,
+    conjugate: bool = False,
+) -> torch.Tensor:
+    """Multiply ``x`` by the butterfly map stored in ``twiddle`` (see :func:`twiddle.ops.butterfly_multiply`)."""
+    nstacks, nblocks, log_n, n = check_twiddle(twiddle)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError("x must have at least one dimension (the feature dimension), got a scalar")
+    lead, m = x.shape[:-1], x.shape[-1]
+    in_limit = nstacks * n if transpose else n
+    out_limit = n if transpose else nstacks * n
+    if m > in_limit:
+        raise ValueError(
+            f"x has {m} features in its last dimension but this butterfly takes at most {in_limit}"
+            f" (n={n}, nstacks={nstacks}, transpose={transpose})"
+        )
+    out = out_limit if out_size is None else int(out_size)
+    if not 1 <= out <= out_limit:
+        raise ValueError(f"out_size must be in [1, {out_limit}], got {out_size}")
+
+    dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    t = twiddle.to(dtype)
+    if conjugate and t.is_complex():
+        t = t.conj()
+    x = x.to(dtype).reshape(-1, m)
+    batch = x.shape[0]
+    if m < in_limit:
+        x = torch.cat((x, x.new_zeros(batch, in_limit - m)), dim=-1)
+
+    if not transpose:
+        y = _run_blocks(x.unsqueeze(1).expand(batch, nstacks, n), t, increasing_stride)
+        y = y.reshape(batch, nstacks * n)
+    else:
+        # (B_{k-1} ... B_0)^T = B_0^T ... B_{k-1}^T: reverse blocks and factors, transpose each 2x2 block.
+        # The reversed last block runs against its original direction; alternation then continues.
+        last_increasing = block_directions(nblocks, increasing_stride)[-1]
+        t_rev = t.flip(1, 2).transpose(-1, -2)
+        y = _run_blocks(x.reshape(batch, nstacks, n), t_rev, not last_increasing).sum(dim=1)
+    return y[:, :out].reshape(*lead, out)

@@ -1,0 +1,102 @@
+"""Permutations: bit reversal, inverses, and a fixed-permutation module.
+
+Convention everywhere in twiddle: a permutation ``perm`` (a 1-D integer tensor holding ``0..n-1`` once each)
+acts on a vector by gathering, ``y[i] = x[perm[i]]``; its matrix ``P`` has ``P[i, perm[i]] = 1`` so ``y = P x``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ._layout import ceil_log2
+
+__all__ = ["bitreversal_permutation", "invert_permutation", "check_permutation", "FixedPermutation"]
+
+
+def bitreversal_permutation(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
+    """The bit-reversal permutation of ``n = 2**L`` points: ``perm[i]`` is ``i`` with its ``L`` bits reversed.
+
+    It is an involution (its own inverse). ``DFT_n = B · P_bitrev`` with ``B`` a butterfly (Cooley–Tukey).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1):
+        raise ValueError(f"n must be a positive power of two, got {n!r}")
+    log_n = ceil_log2(n)
+    i = torch.arange(n, device=device)
+    rev = torch.zeros_like(i)
+    for bit in range(log_n):
+        rev |= ((i >> bit) & 1) << (log_n - 1 - bit)
+    return rev
+
+
+def check_permutation(perm: torch.Tensor | Sequence[int], name: str = "perm") -> torch.Tensor:
+    """Return ``perm`` as a 1-D int64 tensor, raising ValueError naming ``name`` unless it holds 0..n-1 once each."""
+    t = torch.as_tensor(perm)
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of indices, got shape {tuple(t.shape)}")
+    if t.dtype.is_floating_point or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
+    t = t.to(torch.long)
+    n = t.numel()
+    seen = torch.zeros(n, dtype=torch.bool, device=t.device)
+    if bool(((t < 0) | (t >= n)).any()):
+        raise ValueError(f"{name} must hold each of 0..{n - 1} exactly once; found values outside that range")
+    seen[t] = True
+    if not bool(seen.all()):
+        raise ValueError(f"{name} must hold each of 0..{n - 1} exactly once; some indices repeat")
+    return t
+
+
+def invert_permutation(perm: torch.Tensor | Sequence[int]) -> torch.Tensor:
+    """The inverse permutation ``inv`` with ``inv[perm[i]] = i``."""
+    p = check_permutation(perm)
+    inv = torch.empty_like(p)
+    inv[p] = torch.arange(p.numel(), device=p.device)
+    return inv
+
+
+class FixedPermutation(nn.Module):
+    """A fixed (non-learnable) permutation of the last dimension: ``y[..., i] = x[..., perm[i]]``.
+
+    The permutation is a buffer, so it is saved in the state_dict and follows ``.to(device)``.
+
+    Args:
+        perm: a permutation of ``0..n-1`` (tensor or sequence).
+    """
+
+    perm: torch.Tensor
+
+    def __init__(self, perm: torch.Tensor | Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("perm", check_permutation(perm).clone())
+
+    @property
+    def size(self) -> int:
+        """Number of points ``n`` it permutes."""
+        return self.perm.numel()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., n) -> (..., n)``, gathering ``x[..., perm]``."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.size:
+            raise ValueError(
+                f"FixedPermutation expected x with last dimension {self.size}, got shape {tuple(x.shape)}"
+            )
+        return x.index_select(-1, self.perm)
+
+    def inverse(self) -> FixedPermutation:
+        """The inverse permutation as a new module."""
+        return FixedPermutation(invert_permutation(self.perm))
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The ``n×n`` permutation matrix ``P`` with ``forward(x) == x @ P.T``."""
+        n = self.size
+        P = torch.zeros(n, n, dtype=dtype, device=self.perm.device)
+        P[torch.arange(n, device=self.perm.device), self.perm] = 1
+        return P
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
