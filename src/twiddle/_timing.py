@@ -1,0 +1,22 @@
+"""Wall-clock timing helpers shared by the CLI demo and the benchmark scripts."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def median_seconds(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0) -> float:
+    """Median wall-clock time of ``fn()`` over up to ``repeats`` runs (stops early after ``max_seconds``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds and len(times) >= 3:
+            break
+    return statistics.median(times)
