@@ -100,7 +100,9 @@ def apply_map_transpose(
     return total[:, :out_size]
 
 
-def torch_dense_map(twiddle: torch.Tensor, increasing_stride: bool, in_size: int, out_size: int) -> torch.Tensor:
+def torch_dense_map(
+    twiddle: torch.Tensor, increasing_stride: bool, in_size: int, out_size: int
+) -> torch.Tensor:
     """Differentiable dense (out_size, in_size) matrix built from ``twiddle`` by index_put (for gradient tests)."""
     nstacks, nblocks, log_n = twiddle.shape[:3]
     n = 1 << log_n

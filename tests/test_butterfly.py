@@ -47,7 +47,9 @@ def test_no_bias_and_decreasing(increasing, nblocks):
 @pytest.mark.parametrize("complex", [False, True])
 @pytest.mark.parametrize("nblocks", [1, 2])
 def test_ortho_is_orthogonal(n, complex, nblocks):
-    W = Butterfly(n, n, bias=False, init="ortho", complex=complex, nblocks=nblocks, dtype=torch.float64).to_dense()
+    W = Butterfly(
+        n, n, bias=False, init="ortho", complex=complex, nblocks=nblocks, dtype=torch.float64
+    ).to_dense()
     torch.testing.assert_close(W @ W.conj().T, torch.eye(n, dtype=W.dtype), rtol=0, atol=1e-12)
 
 
@@ -80,8 +82,14 @@ def test_fjlt_init_is_scaled_hadamard_times_signs(increasing):
 def test_randn_matches_linear_output_variance_in_expectation():
     # E[sum_j W_ij^2] = 1/3 for nn.Linear's default init; the butterfly's matches it in expectation.
     for nblocks in (1, 2):
-        v = [Butterfly(64, 64, nblocks=nblocks, bias=False, dtype=torch.float64).to_dense().pow(2).sum(1).mean()
-             for _ in range(200)]
+        v = [
+            Butterfly(64, 64, nblocks=nblocks, bias=False, dtype=torch.float64)
+            .to_dense()
+            .pow(2)
+            .sum(1)
+            .mean()
+            for _ in range(200)
+        ]
         assert abs(torch.stack(v).mean().item() - 1 / 3) < 0.06
 
 
@@ -153,21 +161,31 @@ def test_state_dict_round_trip():
 
 
 # ---------------------------------------------------------------- bad input
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(in_features=0, out_features=4), ValueError, "in_features must be a positive integer"),
-    (dict(in_features=4, out_features=-1), ValueError, "out_features must be a positive integer"),
-    (dict(in_features=4.0, out_features=4), ValueError, "in_features"),
-    (dict(in_features=True, out_features=4), ValueError, "in_features"),
-    (dict(in_features=4, out_features=4, nblocks=0), ValueError, "nblocks"),
-    (dict(in_features=4, out_features=4, init="xavier"), ValueError, "init must be one of"),
-    (dict(in_features=4, out_features=4, init=torch.zeros(1, 1, 2, 2, 2)), ValueError, r"init tensor must have shape"),
-    (dict(in_features=4, out_features=4, init=3), TypeError, "init must be"),
-    (dict(in_features=4, out_features=4, init=torch.zeros(1, 1, 2, 2, 2, 2, dtype=torch.complex64)), TypeError,
-     "complex"),
-    (dict(in_features=4, out_features=4, dtype=torch.complex64), ValueError, "complex=True"),
-    (dict(in_features=4, out_features=4, dtype=torch.int32), ValueError, "dtype"),
-    (dict(in_features=4, out_features=4, increasing_stride="yes"), TypeError, "increasing_stride"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(in_features=0, out_features=4), ValueError, "in_features must be a positive integer"),
+        (dict(in_features=4, out_features=-1), ValueError, "out_features must be a positive integer"),
+        (dict(in_features=4.0, out_features=4), ValueError, "in_features"),
+        (dict(in_features=True, out_features=4), ValueError, "in_features"),
+        (dict(in_features=4, out_features=4, nblocks=0), ValueError, "nblocks"),
+        (dict(in_features=4, out_features=4, init="xavier"), ValueError, "init must be one of"),
+        (
+            dict(in_features=4, out_features=4, init=torch.zeros(1, 1, 2, 2, 2)),
+            ValueError,
+            r"init tensor must have shape",
+        ),
+        (dict(in_features=4, out_features=4, init=3), TypeError, "init must be"),
+        (
+            dict(in_features=4, out_features=4, init=torch.zeros(1, 1, 2, 2, 2, 2, dtype=torch.complex64)),
+            TypeError,
+            "complex",
+        ),
+        (dict(in_features=4, out_features=4, dtype=torch.complex64), ValueError, "complex=True"),
+        (dict(in_features=4, out_features=4, dtype=torch.int32), ValueError, "dtype"),
+        (dict(in_features=4, out_features=4, increasing_stride="yes"), TypeError, "increasing_stride"),
+    ],
+)
 def test_constructor_errors(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         Butterfly(**kwargs)
@@ -198,8 +216,16 @@ def test_forward_errors():
     lead=st.lists(st.integers(1, 3), max_size=2),
 )
 def test_hypothesis_layer_equals_dense(in_f, out_f, nblocks, complex, increasing, bias, init, lead):
-    layer = Butterfly(in_f, out_f, bias=bias, complex=complex, nblocks=nblocks, increasing_stride=increasing,
-                      init=init, dtype=torch.float64)
+    layer = Butterfly(
+        in_f,
+        out_f,
+        bias=bias,
+        complex=complex,
+        nblocks=nblocks,
+        increasing_stride=increasing,
+        init=init,
+        dtype=torch.float64,
+    )
     x = torch.randn(*lead, in_f, dtype=torch.float64)
     expected = x.to(layer.twiddle.dtype) @ layer.to_dense().T
     if bias:

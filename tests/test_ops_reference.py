@@ -7,6 +7,9 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dense_reference import (
     apply_map,
     apply_map_transpose,
@@ -15,9 +18,6 @@ from dense_reference import (
     full_matrix,
     torch_dense_map,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-
 from twiddle._layout import twiddle_shape
 from twiddle.ops import butterfly_multiply
 
@@ -41,7 +41,9 @@ def test_sparse_factor_builder_matches_loop():
     for n in (2, 4, 8, 16):
         for stride in (1 << k for k in range(n.bit_length() - 1)):
             t = rng.standard_normal((n // 2, 2, 2))
-            np.testing.assert_array_equal(factor_matrix_sparse(t, stride).toarray(), factor_matrix_loop(t, stride))
+            np.testing.assert_array_equal(
+                factor_matrix_sparse(t, stride).toarray(), factor_matrix_loop(t, stride)
+            )
 
 
 SMALL_GRID = list(
@@ -79,8 +81,10 @@ LARGE = [128, 256, 512, 1024, 2048, 4096]
 
 
 @pytest.mark.parametrize("n", LARGE)
-@pytest.mark.parametrize("increasing,nblocks,nstacks,complex", [(True, 1, 1, False), (False, 2, 2, True),
-                                                                  (True, 3, 1, True), (False, 1, 2, False)])
+@pytest.mark.parametrize(
+    "increasing,nblocks,nstacks,complex",
+    [(True, 1, 1, False), (False, 2, 2, True), (True, 3, 1, True), (False, 1, 2, False)],
+)
 def test_large_against_sparse_factors(n, increasing, nblocks, nstacks, complex):
     t = random_twiddle(nstacks, nblocks, n, complex)
     tn = t.numpy()
@@ -94,9 +98,16 @@ def test_large_against_sparse_factors(n, increasing, nblocks, nstacks, complex):
         assert rel_err(yt, apply_map_transpose(tn, increasing, z.numpy(), in_size, conj)) < RTOL
 
 
-@pytest.mark.parametrize("n,increasing,nblocks,nstacks,complex",
-                         [(8, True, 1, 1, False), (16, False, 2, 2, True), (32, True, 3, 1, False),
-                          (64, False, 1, 3, True), (4, True, 2, 1, True)])
+@pytest.mark.parametrize(
+    "n,increasing,nblocks,nstacks,complex",
+    [
+        (8, True, 1, 1, False),
+        (16, False, 2, 2, True),
+        (32, True, 3, 1, False),
+        (64, False, 1, 3, True),
+        (4, True, 2, 1, True),
+    ],
+)
 @pytest.mark.parametrize("transpose", [False, True])
 def test_gradients_against_dense_autograd(n, increasing, nblocks, nstacks, complex, transpose):
     t1 = random_twiddle(nstacks, nblocks, n, complex, requires_grad=True)
@@ -121,9 +132,16 @@ def test_gradients_against_dense_autograd(n, increasing, nblocks, nstacks, compl
     assert rel_err(t1.grad, t2.grad) < RTOL
 
 
-@pytest.mark.parametrize("n,nblocks,nstacks,complex,transpose",
-                         [(1, 1, 2, False, False), (2, 2, 1, True, True), (4, 1, 2, False, True),
-                          (8, 2, 1, True, False), (8, 1, 1, False, False)])
+@pytest.mark.parametrize(
+    "n,nblocks,nstacks,complex,transpose",
+    [
+        (1, 1, 2, False, False),
+        (2, 2, 1, True, True),
+        (4, 1, 2, False, True),
+        (8, 2, 1, True, False),
+        (8, 1, 1, False, False),
+    ],
+)
 def test_gradcheck(n, nblocks, nstacks, complex, transpose):
     t = random_twiddle(nstacks, nblocks, n, complex, requires_grad=True)
     m = nstacks * n if transpose else n
@@ -141,7 +159,9 @@ def test_leading_dimensions_and_noncontiguous():
     flat = butterfly_multiply(t, x.reshape(-1, 16)).reshape(4, 3, 5, 32)
     torch.testing.assert_close(y, flat, rtol=0, atol=0)
     xt = torch.randn(16, 7, dtype=torch.float64).T  # non-contiguous
-    torch.testing.assert_close(butterfly_multiply(t, xt), butterfly_multiply(t, xt.contiguous()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        butterfly_multiply(t, xt), butterfly_multiply(t, xt.contiguous()), rtol=0, atol=0
+    )
     one = butterfly_multiply(t, torch.randn(16, dtype=torch.float64))  # no batch dimension
     assert one.shape == (32,)
 
@@ -185,7 +205,9 @@ def test_bad_arguments():
     lead=st.lists(st.integers(1, 3), max_size=3),
     data=st.data(),
 )
-def test_hypothesis_random_options(log_n, nblocks, nstacks, increasing, complex, transpose, conjugate, lead, data):
+def test_hypothesis_random_options(
+    log_n, nblocks, nstacks, increasing, complex, transpose, conjugate, lead, data
+):
     n = 1 << log_n
     t = random_twiddle(nstacks, nblocks, n, complex)
     in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)

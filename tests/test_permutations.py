@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from twiddle.permutations import FixedPermutation, bitreversal_permutation, check_permutation, invert_permutation
+from twiddle.permutations import (
+    FixedPermutation,
+    bitreversal_permutation,
+    check_permutation,
+    invert_permutation,
+)
 
 
 def test_bitreversal_known_values():
@@ -39,8 +44,10 @@ def test_fixed_permutation_forward_inverse_dense():
     assert torch.equal(other.perm, perm)
 
 
-@pytest.mark.parametrize("perm,match", [([0, 0, 1], "repeat"), ([0, 3, 1], "outside"), ([[0, 1]], "1-D"),
-                                        ([], "1-D"), ([0.0, 1.0], "integers")])
+@pytest.mark.parametrize(
+    "perm,match",
+    [([0, 0, 1], "repeat"), ([0, 3, 1], "outside"), ([[0, 1]], "1-D"), ([], "1-D"), ([0.0, 1.0], "integers")],
+)
 def test_bad_permutations(perm, match):
     with pytest.raises(ValueError, match=match):
         check_permutation(perm)

@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def median_seconds(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0) -> float:
+def median_seconds(
+    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 20, max_seconds: float = 5.0
+) -> float:
     """Median wall-clock time of ``fn()`` over up to ``repeats`` runs (stops early after ``max_seconds``)."""
     for _ in range(warmup):
         fn()

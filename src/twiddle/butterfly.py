@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._layout import num_stacks, pair_positions, padded_size, twiddle_shape
+from ._layout import num_stacks, padded_size, pair_positions, twiddle_shape
 from .ops import butterfly_multiply
 
 __all__ = ["Butterfly", "ParameterCount", "INITS"]

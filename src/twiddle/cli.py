@@ -23,8 +23,10 @@ def _log(message: str) -> None:
 def _demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     n, batch = args.n, args.batch
-    _log(f"twiddle {__version__}: Butterfly({n}, {n}) beside nn.Linear({n}, {n}), batch {batch}, float32, "
-         f"{torch.get_num_threads()} threads")
+    _log(
+        f"twiddle {__version__}: Butterfly({n}, {n}) beside nn.Linear({n}, {n}), batch {batch}, float32, "
+        f"{torch.get_num_threads()} threads"
+    )
     linear = torch.nn.Linear(n, n)
     butterfly = Butterfly(n, n)
     x = torch.randn(batch, n)
@@ -43,13 +45,23 @@ def _demo(args: argparse.Namespace) -> int:
     rows = [
         ("layer", "parameters", "forward ms", "fwd+bwd ms"),
         (f"nn.Linear({n}, {n})", f"{count.dense}", f"{t_lin * 1e3:.3f}", f"{t_lin_fb * 1e3:.3f}"),
-        (f"twiddle.Butterfly({n}, {n})", f"{count.structured}", f"{t_bfly * 1e3:.3f}", f"{t_bfly_fb * 1e3:.3f}"),
+        (
+            f"twiddle.Butterfly({n}, {n})",
+            f"{count.structured}",
+            f"{t_bfly * 1e3:.3f}",
+            f"{t_bfly_fb * 1e3:.3f}",
+        ),
     ]
     result = {
-        "n": n, "batch": batch, "threads": torch.get_num_threads(),
+        "n": n,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
         "linear": {"params": count.dense, "forward_ms": t_lin * 1e3, "forward_backward_ms": t_lin_fb * 1e3},
-        "butterfly": {"params": count.structured, "forward_ms": t_bfly * 1e3,
-                      "forward_backward_ms": t_bfly_fb * 1e3},
+        "butterfly": {
+            "params": count.structured,
+            "forward_ms": t_bfly * 1e3,
+            "forward_backward_ms": t_bfly_fb * 1e3,
+        },
         "max_abs_error_vs_dense": max_err,
     }
     if args.json:
@@ -57,7 +69,7 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"\nparameters: {count.ratio:.1f}x fewer than dense")
     print(f"forward(x) vs x @ to_dense().T + bias: max |difference| = {max_err:.2e} (float32)")
     print("(the butterfly runs on the pure-PyTorch reference multiply; the fused kernel is future work)")
