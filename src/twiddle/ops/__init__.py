@@ -1,16 +1,50 @@
 """The butterfly multiply: one public entry point that dispatches to the best available kernel.
 
-Today the only kernel is the pure-PyTorch reference (:mod:`twiddle.ops.reference`); faster kernels plug in here
-and are tested against it.
+Kernels:
+
+* ``reference`` — pure PyTorch (:mod:`twiddle.ops.reference`), the specification; any device and dtype.
+* ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built on first use; CPU tensors of
+  dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32 and cast back).
+
+Choose with the environment variable ``TWIDDLE_KERNEL`` = ``auto`` (default: fused where it applies),
+``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from .reference import butterfly_multiply_reference
+from . import fused_cpu
+from .reference import butterfly_multiply_reference, check_multiply_args
 
-__all__ = ["butterfly_multiply", "butterfly_multiply_reference"]
+__all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for"]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
+    """Name of the kernel :func:`butterfly_multiply` would use for these tensors."""
+    mode = os.environ.get("TWIDDLE_KERNEL", "auto")
+    if mode not in ("auto", "reference", "fused"):
+        raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
+    if mode == "reference":
+        return "reference"
+    dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    fits = (
+        x.device.type == "cpu"
+        and twiddle.device.type == "cpu"
+        and (dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION)
+    )
+    if fits and fused_cpu.available():
+        return "fused-cpu"
+    if mode == "fused":
+        raise RuntimeError(
+            f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype {dtype}, "
+            f"kernel built: {fused_cpu.available()})"
+        )
+    return "reference"
 
 
 def butterfly_multiply(
@@ -36,8 +70,22 @@ def butterfly_multiply(
     * ``conjugate=True`` conjugates every twiddle (with ``transpose=True``: the Hermitian adjoint).
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
-    any number of leading dimensions is allowed. Returns ``(..., out_size)``.
+    any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
+    ``x`` (first derivatives; the reference kernel also supports higher ones).
     """
-    return butterfly_multiply_reference(
-        twiddle, x, increasing_stride, out_size=out_size, transpose=transpose, conjugate=conjugate
+    _, _, _, lead, m, _, out = check_multiply_args(twiddle, x, transpose, out_size)
+    if kernel_for(twiddle, x) == "reference":
+        return butterfly_multiply_reference(
+            twiddle, x, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate
+        )
+    dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    compute = torch.float32 if dtype in _LOW_PRECISION else dtype
+    y = fused_cpu.fused_butterfly_multiply(
+        twiddle.to(compute),
+        x.reshape(-1, m).to(compute),
+        increasing_stride,
+        out_size=out,
+        transpose=transpose,
+        conjugate=conjugate,
     )
+    return y.to(dtype).reshape(*lead, out)

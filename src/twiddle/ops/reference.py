@@ -10,7 +10,7 @@ import torch
 
 from .._layout import block_directions, check_twiddle, factor_stride
 
-__all__ = ["butterfly_multiply_reference", "apply_factor"]
+__all__ = ["butterfly_multiply_reference", "apply_factor", "check_multiply_args"]
 
 
 def apply_factor(x: torch.Tensor, factor: torch.Tensor, stride: int) -> torch.Tensor:
@@ -43,17 +43,11 @@ def _run_blocks(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool)
     return x
 
 
-def butterfly_multiply_reference(
-    twiddle: torch.Tensor,
-    x: torch.Tensor,
-    increasing_stride: bool = True,
-    *,
-    out_size: int | None = None,
-    transpose: bool = False,
-    conjugate: bool = False,
-) -> torch.Tensor:
-    """Multiply ``x`` by the butterfly map stored in ``twiddle`` (see :func:`twiddle.ops.butterfly_multiply`)."""
-    nstacks, nblocks, log_n, n = check_twiddle(twiddle)
+def check_multiply_args(
+    twiddle: torch.Tensor, x: torch.Tensor, transpose: bool, out_size: int | None
+) -> tuple[int, int, int, torch.Size, int, int, int]:
+    """Validate the multiply's arguments; return ``(nstacks, nblocks, n, lead_shape, m, in_limit, out_size)``."""
+    nstacks, nblocks, _, n = check_twiddle(twiddle)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
@@ -69,7 +63,22 @@ def butterfly_multiply_reference(
     out = out_limit if out_size is None else int(out_size)
     if not 1 <= out <= out_limit:
         raise ValueError(f"out_size must be in [1, {out_limit}], got {out_size}")
+    if x.device != twiddle.device:
+        raise ValueError(f"x is on {x.device} but twiddle is on {twiddle.device}; move them to the same device")
+    return nstacks, nblocks, n, lead, m, in_limit, out
 
+
+def butterfly_multiply_reference(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool = True,
+    *,
+    out_size: int | None = None,
+    transpose: bool = False,
+    conjugate: bool = False,
+) -> torch.Tensor:
+    """Multiply ``x`` by the butterfly map stored in ``twiddle`` (see :func:`twiddle.ops.butterfly_multiply`)."""
+    nstacks, nblocks, n, lead, m, in_limit, out = check_multiply_args(twiddle, x, transpose, out_size)
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     t = twiddle.to(dtype)
     if conjugate and t.is_complex():
