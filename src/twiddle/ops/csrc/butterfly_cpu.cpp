@@ -178,20 +178,30 @@ inline void factor_complex_backward(T* __restrict g, const T* __restrict u, cons
 
 // ------------------------------------------------------------------------------------------------ tiles
 // Load columns [col0, col0 + count) of rows [row0, row0 + rows) of `src` (row stride ld, comps numbers per
-// entry) into buf positions [0, count); every other position and lane is zero.
+// entry) into buf positions [0, count); every other position and lane is zero. The transpose runs in
+// kLanes x kLanes blocks so that source and destination lines stay in L1.
 template <typename T>
 inline void load_tile(T* __restrict buf, const T* __restrict src, int64_t ld, int64_t row0, int64_t rows,
                       int64_t col0, int64_t count, const Plan& P) {
   const int64_t width = P.comps * kLanes;
-  std::memset(buf, 0, sizeof(T) * P.n * width);
-  for (int64_t l = 0; l < rows; ++l) {
-    const T* row = src + ((row0 + l) * ld + col0) * P.comps;
-    if (P.comps == 1) {
-      for (int64_t p = 0; p < count; ++p) buf[p * kLanes + l] = row[p];
-    } else {
-      for (int64_t p = 0; p < count; ++p) {
-        buf[p * width + l] = row[2 * p];
-        buf[p * width + kLanes + l] = row[2 * p + 1];
+  if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
+  if (rows < kLanes) {
+    for (int64_t p = 0; p < count; ++p)
+      for (int64_t c = 0; c < P.comps; ++c)
+        std::memset(buf + p * width + c * kLanes + rows, 0, sizeof(T) * (kLanes - rows));
+  }
+  for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
+    const int64_t pc = std::min(kLanes, count - p0);
+    T* __restrict blk = buf + p0 * width;
+    for (int64_t l = 0; l < rows; ++l) {
+      const T* __restrict row = src + ((row0 + l) * ld + col0 + p0) * P.comps;
+      if (P.comps == 1) {
+        for (int64_t j = 0; j < pc; ++j) blk[j * kLanes + l] = row[j];
+      } else {
+        for (int64_t j = 0; j < pc; ++j) {
+          blk[j * width + l] = row[2 * j];
+          blk[j * width + kLanes + l] = row[2 * j + 1];
+        }
       }
     }
   }
@@ -202,23 +212,27 @@ template <typename T>
 inline void store_tile(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
                        int64_t col0, int64_t count, bool add, const Plan& P) {
   const int64_t width = P.comps * kLanes;
-  for (int64_t l = 0; l < rows; ++l) {
-    T* row = dst + ((row0 + l) * ld + col0) * P.comps;
-    if (P.comps == 1) {
-      if (add) {
-        for (int64_t p = 0; p < count; ++p) row[p] += buf[p * kLanes + l];
-      } else {
-        for (int64_t p = 0; p < count; ++p) row[p] = buf[p * kLanes + l];
-      }
-    } else {
-      for (int64_t p = 0; p < count; ++p) {
-        const T re = buf[p * width + l], im = buf[p * width + kLanes + l];
+  for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
+    const int64_t pc = std::min(kLanes, count - p0);
+    const T* __restrict blk = buf + p0 * width;
+    for (int64_t l = 0; l < rows; ++l) {
+      T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * P.comps;
+      if (P.comps == 1) {
         if (add) {
-          row[2 * p] += re;
-          row[2 * p + 1] += im;
+          for (int64_t j = 0; j < pc; ++j) row[j] += blk[j * kLanes + l];
         } else {
-          row[2 * p] = re;
-          row[2 * p + 1] = im;
+          for (int64_t j = 0; j < pc; ++j) row[j] = blk[j * kLanes + l];
+        }
+      } else {
+        for (int64_t j = 0; j < pc; ++j) {
+          const T re = blk[j * width + l], im = blk[j * width + kLanes + l];
+          if (add) {
+            row[2 * j] += re;
+            row[2 * j + 1] += im;
+          } else {
+            row[2 * j] = re;
+            row[2 * j + 1] = im;
+          }
         }
       }
     }
