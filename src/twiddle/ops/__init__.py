@@ -81,11 +81,11 @@ def butterfly_multiply(
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     compute = torch.float32 if dtype in _LOW_PRECISION else dtype
     y = fused_cpu.fused_butterfly_multiply(
-        twiddle.to(compute),
-        x.reshape(-1, m).to(compute),
+        twiddle if twiddle.dtype == compute else twiddle.to(compute),
+        x.reshape(-1, m) if x.dtype == compute else x.reshape(-1, m).to(compute),
         increasing_stride,
         out_size=out,
         transpose=transpose,
         conjugate=conjugate,
     )
-    return y.to(dtype).reshape(*lead, out)
+    return (y if y.dtype == dtype else y.to(dtype)).reshape(*lead, out)

@@ -23,11 +23,11 @@ _state: dict[str, object] = {"tried": False, "ok": False, "error": None}
 
 
 def _already_registered() -> bool:
-    return hasattr(torch.ops, "twiddle") and hasattr(torch.ops.twiddle, "butterfly_apply")
+    return hasattr(torch.ops, "twiddle") and hasattr(torch.ops.twiddle, "butterfly_multiply")
 
 
 def load() -> bool:
-    """Compile (first time) and load the kernel library; True when ``torch.ops.twiddle.butterfly_apply`` exists."""
+    """Compile (first time) and load the kernel library; True when ``torch.ops.twiddle.butterfly_multiply`` exists."""
     if _state["tried"]:
         return bool(_state["ok"])
     with _lock:
