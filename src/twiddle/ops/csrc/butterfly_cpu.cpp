@@ -328,17 +328,66 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, std::vector<std
 #include <immintrin.h>
 #define TWIDDLE_HAVE_AVX512 1
 
-constexpr int64_t kRows = 8;           // rows per group in the forward (8 x (n + 16) floats stay in L1 at n=1024)
-constexpr int64_t kRowsBackward = 8;   // rows per group in the backward
+// Row layout, real float32, n >= 32. The twiddles are first rewritten (once per call, O(n log n)) in
+// application order as structure of arrays soa[k][f][e][i] (e = t00, t01, t10, t11 of the applied block) so
+// that 16 consecutive blocks load as four vectors. Rows are processed in groups of kRows in a buffer of
+// kRows x (n + 16) floats (the +16 keeps rows from aliasing in L1); consecutive factors are fused into passes
+// so that each row is loaded and stored once per pass:
+//   Small:  a run of factors with stride < 16. Each 32-position chunk holds blocks 16c..16c+15 of every such
+//           factor, so the whole run is applied to two registers per row, with two-source permutes splitting
+//           the 16 pairs into halves U, V and merging them back.
+//   Pair:   two factors with different strides s1, s2 >= 16: positions p, p+s1, p+s2, p+s1+s2 form a closed
+//           group, four registers per row.
+//   Single: one factor with stride >= 16.
+constexpr int64_t kRows = 8;
 
-// Index vectors for 16 blocks of a stride-s factor (s < 16) spread over 32 consecutive positions X0 | X1:
-// U = perm(X0, u, X1), V = perm(X0, v, X1) are the first and second members of the 16 pairs, and
-// X0 = perm(Y0, lo, Y1), X1 = perm(Y0, hi, Y1) put the updated halves back.
-struct SmallStridePerm {
+struct Quad {
+  __m512 a, b, c, d;
+};
+
+inline Quad zero_quad() { return {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()}; }
+
+// blocks i..i+15 of a factor whose SoA twiddles start at fs (h blocks per entry)
+inline Quad load_quad(const float* fs, int64_t h, int64_t i) {
+  return {_mm512_loadu_ps(fs + i), _mm512_loadu_ps(fs + h + i), _mm512_loadu_ps(fs + 2 * h + i),
+          _mm512_loadu_ps(fs + 3 * h + i)};
+}
+
+inline void add_quad(float* fs, int64_t h, int64_t i, const Quad& q) {
+  _mm512_storeu_ps(fs + i, _mm512_add_ps(_mm512_loadu_ps(fs + i), q.a));
+  _mm512_storeu_ps(fs + h + i, _mm512_add_ps(_mm512_loadu_ps(fs + h + i), q.b));
+  _mm512_storeu_ps(fs + 2 * h + i, _mm512_add_ps(_mm512_loadu_ps(fs + 2 * h + i), q.c));
+  _mm512_storeu_ps(fs + 3 * h + i, _mm512_add_ps(_mm512_loadu_ps(fs + 3 * h + i), q.d));
+}
+
+// (u, v) <- T (u, v)
+inline void apply2(const Quad& q, __m512& u, __m512& v) {
+  const __m512 y0 = _mm512_fmadd_ps(q.a, u, _mm512_mul_ps(q.b, v));
+  const __m512 y1 = _mm512_fmadd_ps(q.c, u, _mm512_mul_ps(q.d, v));
+  u = y0;
+  v = y1;
+}
+
+// Backward of (y0, y1) = T (u, v): acc += (g0 u, g0 v, g1 u, g1 v); (g0, g1) <- T^T (g0, g1).
+inline void backward2(const Quad& q, Quad& acc, __m512 u, __m512 v, __m512& g0, __m512& g1) {
+  acc.a = _mm512_fmadd_ps(g0, u, acc.a);
+  acc.b = _mm512_fmadd_ps(g0, v, acc.b);
+  acc.c = _mm512_fmadd_ps(g1, u, acc.c);
+  acc.d = _mm512_fmadd_ps(g1, v, acc.d);
+  const __m512 n0 = _mm512_fmadd_ps(q.a, g0, _mm512_mul_ps(q.c, g1));
+  const __m512 n1 = _mm512_fmadd_ps(q.b, g0, _mm512_mul_ps(q.d, g1));
+  g0 = n0;
+  g1 = n1;
+}
+
+// Permutes for a stride-s factor (s < 16) on 32 consecutive positions X0 | X1:
+// U = perm(X0, u, X1), V = perm(X0, v, X1) hold the first and second members of its 16 pairs (blocks in
+// order); X0 = perm(U, lo, V), X1 = perm(U, hi, V) put them back.
+struct SmallPerm {
   __m512i u, v, lo, hi;
 };
 
-inline SmallStridePerm small_stride_perm(int64_t s) {
+inline SmallPerm small_perm(int64_t s) {
   alignas(64) int32_t u[16], v[16], out[32];
   for (int j = 0; j < 16; ++j) {
     const int g = static_cast<int>(j / s), r = static_cast<int>(j % s);
@@ -350,138 +399,242 @@ inline SmallStridePerm small_stride_perm(int64_t s) {
   return {_mm512_load_si512(u), _mm512_load_si512(v), _mm512_load_si512(out), _mm512_load_si512(out + 16)};
 }
 
-// The twiddles of 16 consecutive blocks (raw layout: 64 floats a b c d a b c d ...) as four vectors.
-struct Quad {
-  __m512 a, b, c, d;
-};
-
-inline const __m512i& deinterleave_idx(int which) {
-  // which = 0: (a of blocks 0-7, b of blocks 0-7) from two vectors of 4 blocks each; 1: (c, d).
-  alignas(64) static const int32_t ab[16] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29};
-  alignas(64) static const int32_t cd[16] = {2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
-  static const __m512i vab = _mm512_load_si512(ab), vcd = _mm512_load_si512(cd);
-  return which == 0 ? vab : vcd;
-}
-
-inline Quad load_quad(const float* t, bool swap) {
-  alignas(64) static const int32_t lo[16] = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-  alignas(64) static const int32_t hi[16] = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-  static const __m512i vlo = _mm512_load_si512(lo), vhi = _mm512_load_si512(hi);
-  const __m512 v0 = _mm512_loadu_ps(t), v1 = _mm512_loadu_ps(t + 16);
-  const __m512 v2 = _mm512_loadu_ps(t + 32), v3 = _mm512_loadu_ps(t + 48);
-  const __m512 ab01 = _mm512_permutex2var_ps(v0, deinterleave_idx(0), v1);
-  const __m512 cd01 = _mm512_permutex2var_ps(v0, deinterleave_idx(1), v1);
-  const __m512 ab23 = _mm512_permutex2var_ps(v2, deinterleave_idx(0), v3);
-  const __m512 cd23 = _mm512_permutex2var_ps(v2, deinterleave_idx(1), v3);
-  Quad q;
-  q.a = _mm512_permutex2var_ps(ab01, vlo, ab23);
-  q.b = _mm512_permutex2var_ps(ab01, vhi, ab23);
-  q.c = _mm512_permutex2var_ps(cd01, vlo, cd23);
-  q.d = _mm512_permutex2var_ps(cd01, vhi, cd23);
-  if (swap) std::swap(q.b, q.c);
-  return q;
-}
-
-// dt[4i + e] += the e-th vector of q (16 blocks): re-interleave and accumulate.
-inline void add_quad(float* t, Quad q, bool swap) {
-  if (swap) std::swap(q.b, q.c);
-  // A plain interleave through an aligned buffer: it runs once per 16 blocks per group of rows, and the
-  // backward is dominated by the per-row work.
-  alignas(64) float a[16], b[16], c[16], d[16];
-  _mm512_store_ps(a, q.a);
-  _mm512_store_ps(b, q.b);
-  _mm512_store_ps(c, q.c);
-  _mm512_store_ps(d, q.d);
-  for (int j = 0; j < 16; ++j) {
-    t[4 * j] += a[j];
-    t[4 * j + 1] += b[j];
-    t[4 * j + 2] += c[j];
-    t[4 * j + 3] += d[j];
+struct PermTable {
+  SmallPerm by_log[4];  // strides 1, 2, 4, 8
+  PermTable() {
+    for (int j = 0; j < 4; ++j) by_log[j] = small_perm(int64_t(1) << j);
   }
-}
-
-// Offsets of 16-block chunk k of a stride-s factor: first block index, positions of the U and V halves.
-struct Chunk {
-  int64_t i, pu, pv;
+  const SmallPerm& operator()(int64_t s) const { return by_log[s == 1 ? 0 : s == 2 ? 1 : s == 4 ? 2 : 3]; }
 };
-inline Chunk chunk(int64_t k, int64_t s) {
-  if (s < 16) return {16 * k, 32 * k, 32 * k + 16};
-  const int64_t per = s / 16;
-  const int64_t g = (k / per) * 2 * s, r = (k % per) * 16;
-  return {g / 2 + r, g + r, g + r + s};
+
+inline void split(const SmallPerm& pm, __m512 x0, __m512 x1, __m512& u, __m512& v) {
+  u = _mm512_permutex2var_ps(x0, pm.u, x1);
+  v = _mm512_permutex2var_ps(x0, pm.v, x1);
+}
+inline void merge(const SmallPerm& pm, __m512 u, __m512 v, __m512& x0, __m512& x1) {
+  x0 = _mm512_permutex2var_ps(u, pm.lo, v);
+  x1 = _mm512_permutex2var_ps(u, pm.hi, v);
 }
 
-// Apply one factor (raw twiddles `tw` of this factor) to `rows` rows stored `ld` floats apart.
-inline void rows_factor(float* buf, int64_t rows, int64_t ld, const float* tw, int64_t n, int64_t s, bool swap) {
-  const bool small = s < 16;
-  const SmallStridePerm P = small_stride_perm(small ? s : 1);
-  for (int64_t k = 0; k < n / 32; ++k) {
-    const Chunk ch = chunk(k, s);
-    const Quad q = load_quad(tw + 4 * ch.i, swap);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* x = buf + r * ld;
-      __m512 u = _mm512_loadu_ps(x + ch.pu), v = _mm512_loadu_ps(x + ch.pv);
-      if (small) {
-        const __m512 uu = _mm512_permutex2var_ps(u, P.u, v), vv = _mm512_permutex2var_ps(u, P.v, v);
-        u = uu;
-        v = vv;
+enum class PassKind { Small, Pair, Single };
+struct Pass {
+  PassKind kind;
+  int64_t f0, count;
+};
+
+constexpr int64_t kMaxSmallRun = 8;
+
+inline std::vector<Pass> make_passes(const Plan& P) {
+  std::vector<Pass> passes;
+  int64_t f = 0;
+  while (f < P.F) {
+    if (P.strides[f] < 16) {
+      int64_t e = f;
+      while (e < P.F && P.strides[e] < 16 && e - f < kMaxSmallRun) ++e;
+      passes.push_back({PassKind::Small, f, e - f});
+      f = e;
+    } else if (f + 1 < P.F && P.strides[f + 1] >= 16 && P.strides[f + 1] != P.strides[f]) {
+      passes.push_back({PassKind::Pair, f, 2});
+      f += 2;
+    } else {
+      passes.push_back({PassKind::Single, f, 1});
+      f += 1;
+    }
+  }
+  return passes;
+}
+
+// index of the block of a stride-s factor that acts on position p (bit s of p clear)
+inline int64_t block_index(int64_t p, int64_t s) { return (p / (2 * s)) * s + p % s; }
+
+// raw user-layout twiddles -> SoA in application order (one stack after another)
+std::vector<float> rows_soa(const float* tw, const Plan& P) {
+  const int64_t h = P.half;
+  std::vector<float> soa(P.nstacks * P.F * 4 * h);
+  for (int64_t k = 0; k < P.nstacks; ++k)
+    for (int64_t f = 0; f < P.F; ++f) {
+      const float* src = tw + k * P.stack_size() + P.offsets[f];
+      float* dst = soa.data() + (k * P.F + f) * 4 * h;
+      for (int e = 0; e < 4; ++e) {
+        const int64_t re = raw_entry(P, e);
+        for (int64_t i = 0; i < h; ++i) dst[e * h + i] = src[4 * i + re];
       }
-      __m512 y0 = _mm512_fmadd_ps(q.a, u, _mm512_mul_ps(q.b, v));
-      __m512 y1 = _mm512_fmadd_ps(q.c, u, _mm512_mul_ps(q.d, v));
-      if (small) {
-        const __m512 lo = _mm512_permutex2var_ps(y0, P.lo, y1), hi = _mm512_permutex2var_ps(y0, P.hi, y1);
-        y0 = lo;
-        y1 = hi;
+    }
+  return soa;
+}
+
+// SoA gradient -> raw user layout (accumulated into gtw)
+void rows_soa_to_raw(const float* gsoa, float* gtw, const Plan& P) {
+  const int64_t h = P.half;
+  for (int64_t k = 0; k < P.nstacks; ++k)
+    for (int64_t f = 0; f < P.F; ++f) {
+      const float* src = gsoa + (k * P.F + f) * 4 * h;
+      float* dst = gtw + k * P.stack_size() + P.offsets[f];
+      for (int e = 0; e < 4; ++e) {
+        const int64_t re = raw_entry(P, e);
+        for (int64_t i = 0; i < h; ++i) dst[4 * i + re] += src[e * h + i];
       }
-      _mm512_storeu_ps(x + ch.pu, y0);
-      _mm512_storeu_ps(x + ch.pv, y1);
+    }
+}
+
+// Forward of one pass on `rows` rows (buffer rows ld floats apart); soa = this stack's twiddles.
+inline void pass_forward(float* buf, int64_t rows, int64_t ld, const float* soa, const Plan& P, const Pass& pass,
+                         const PermTable& perms) {
+  const int64_t n = P.n, h = P.half;
+  if (pass.kind == PassKind::Small) {
+    const int64_t m = pass.count;
+    Quad q[kMaxSmallRun];
+    for (int64_t c = 0; c < n / 32; ++c) {
+      for (int64_t j = 0; j < m; ++j) q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, 16 * c);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* x = buf + r * ld + 32 * c;
+        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), u, v;
+        for (int64_t j = 0; j < m; ++j) {
+          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
+          split(pm, x0, x1, u, v);
+          apply2(q[j], u, v);
+          merge(pm, u, v, x0, x1);
+        }
+        _mm512_storeu_ps(x, x0);
+        _mm512_storeu_ps(x + 16, x1);
+      }
+    }
+  } else if (pass.kind == PassKind::Pair) {
+    const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
+    const float* t1 = soa + pass.f0 * 4 * h;
+    const float* t2 = t1 + 4 * h;
+    for (int64_t p = 0; p < n; p += 16) {
+      if ((p & s1) || (p & s2)) continue;
+      const Quad q10 = load_quad(t1, h, block_index(p, s1)), q11 = load_quad(t1, h, block_index(p + s2, s1));
+      const Quad q20 = load_quad(t2, h, block_index(p, s2)), q21 = load_quad(t2, h, block_index(p + s1, s2));
+      for (int64_t r = 0; r < rows; ++r) {
+        float* x = buf + r * ld + p;
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + s1);
+        __m512 v2 = _mm512_loadu_ps(x + s2), v3 = _mm512_loadu_ps(x + s1 + s2);
+        apply2(q10, v0, v1);
+        apply2(q11, v2, v3);
+        apply2(q20, v0, v2);
+        apply2(q21, v1, v3);
+        _mm512_storeu_ps(x, v0);
+        _mm512_storeu_ps(x + s1, v1);
+        _mm512_storeu_ps(x + s2, v2);
+        _mm512_storeu_ps(x + s1 + s2, v3);
+      }
+    }
+  } else {
+    const int64_t s = P.strides[pass.f0];
+    const float* t = soa + pass.f0 * 4 * h;
+    for (int64_t p = 0; p < n; p += 16) {
+      if (p & s) continue;
+      const Quad q = load_quad(t, h, block_index(p, s));
+      for (int64_t r = 0; r < rows; ++r) {
+        float* x = buf + r * ld + p;
+        __m512 u = _mm512_loadu_ps(x), v = _mm512_loadu_ps(x + s);
+        apply2(q, u, v);
+        _mm512_storeu_ps(x, u);
+        _mm512_storeu_ps(x + s, v);
+      }
     }
   }
 }
 
-// Backward through one factor for `rows` rows: g becomes the gradient w.r.t. the factor's input u, and the
-// raw twiddle gradient dtw accumulates the sum over rows of g u^T.
-inline void rows_factor_backward(float* g, const float* u, int64_t rows, int64_t ld, const float* tw, float* dtw,
-                                 int64_t n, int64_t s, bool swap) {
-  const bool small = s < 16;
-  const SmallStridePerm P = small_stride_perm(small ? s : 1);
-  for (int64_t k = 0; k < n / 32; ++k) {
-    const Chunk ch = chunk(k, s);
-    const Quad q = load_quad(tw + 4 * ch.i, swap);
-    Quad acc{_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t r = 0; r < rows; ++r) {
-      float* gr = g + r * ld;
-      const float* ur = u + r * ld;
-      __m512 g0 = _mm512_loadu_ps(gr + ch.pu), g1 = _mm512_loadu_ps(gr + ch.pv);
-      __m512 x0 = _mm512_loadu_ps(ur + ch.pu), x1 = _mm512_loadu_ps(ur + ch.pv);
-      if (small) {
-        const __m512 a0 = _mm512_permutex2var_ps(g0, P.u, g1), a1 = _mm512_permutex2var_ps(g0, P.v, g1);
-        const __m512 b0 = _mm512_permutex2var_ps(x0, P.u, x1), b1 = _mm512_permutex2var_ps(x0, P.v, x1);
-        g0 = a0;
-        g1 = a1;
-        x0 = b0;
-        x1 = b1;
+// Backward of one pass: u = the pass's input rows, g = gradient w.r.t. its output (updated in place to the
+// gradient w.r.t. its input); gsoa accumulates the twiddle gradient (SoA, this stack).
+inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, const float* soa, float* gsoa,
+                          const Plan& P, const Pass& pass, const PermTable& perms) {
+  const int64_t n = P.n, h = P.half;
+  if (pass.kind == PassKind::Small) {
+    const int64_t m = pass.count;
+    Quad q[kMaxSmallRun], acc[kMaxSmallRun];
+    for (int64_t c = 0; c < n / 32; ++c) {
+      for (int64_t j = 0; j < m; ++j) {
+        q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, 16 * c);
+        acc[j] = zero_quad();
       }
-      acc.a = _mm512_fmadd_ps(g0, x0, acc.a);
-      acc.b = _mm512_fmadd_ps(g0, x1, acc.b);
-      acc.c = _mm512_fmadd_ps(g1, x0, acc.c);
-      acc.d = _mm512_fmadd_ps(g1, x1, acc.d);
-      __m512 n0 = _mm512_fmadd_ps(q.a, g0, _mm512_mul_ps(q.c, g1));
-      __m512 n1 = _mm512_fmadd_ps(q.b, g0, _mm512_mul_ps(q.d, g1));
-      if (small) {
-        const __m512 lo = _mm512_permutex2var_ps(n0, P.lo, n1), hi = _mm512_permutex2var_ps(n0, P.hi, n1);
-        n0 = lo;
-        n1 = hi;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x = u + r * ld + 32 * c;
+        float* gr = g + r * ld + 32 * c;
+        __m512 su[kMaxSmallRun], sv[kMaxSmallRun];  // inputs of each factor, split into U | V
+        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+        for (int64_t j = 0; j < m; ++j) {
+          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
+          split(pm, x0, x1, su[j], sv[j]);
+          __m512 a = su[j], b = sv[j];
+          apply2(q[j], a, b);
+          merge(pm, a, b, x0, x1);
+        }
+        __m512 g0 = _mm512_loadu_ps(gr), g1 = _mm512_loadu_ps(gr + 16), gu, gv;
+        for (int64_t j = m - 1; j >= 0; --j) {
+          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
+          split(pm, g0, g1, gu, gv);
+          backward2(q[j], acc[j], su[j], sv[j], gu, gv);
+          merge(pm, gu, gv, g0, g1);
+        }
+        _mm512_storeu_ps(gr, g0);
+        _mm512_storeu_ps(gr + 16, g1);
       }
-      _mm512_storeu_ps(gr + ch.pu, n0);
-      _mm512_storeu_ps(gr + ch.pv, n1);
+      for (int64_t j = 0; j < m; ++j) add_quad(gsoa + (pass.f0 + j) * 4 * h, h, 16 * c, acc[j]);
     }
-    add_quad(dtw + 4 * ch.i, acc, swap);
+  } else if (pass.kind == PassKind::Pair) {
+    const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
+    const float* t1 = soa + pass.f0 * 4 * h;
+    const float* t2 = t1 + 4 * h;
+    float* d1 = gsoa + pass.f0 * 4 * h;
+    float* d2 = d1 + 4 * h;
+    for (int64_t p = 0; p < n; p += 16) {
+      if ((p & s1) || (p & s2)) continue;
+      const int64_t i10 = block_index(p, s1), i11 = block_index(p + s2, s1);
+      const int64_t i20 = block_index(p, s2), i21 = block_index(p + s1, s2);
+      const Quad q10 = load_quad(t1, h, i10), q11 = load_quad(t1, h, i11);
+      const Quad q20 = load_quad(t2, h, i20), q21 = load_quad(t2, h, i21);
+      Quad a10 = zero_quad(), a11 = zero_quad(), a20 = zero_quad(), a21 = zero_quad();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x = u + r * ld + p;
+        float* gr = g + r * ld + p;
+        const __m512 u0 = _mm512_loadu_ps(x), u1 = _mm512_loadu_ps(x + s1);
+        const __m512 u2 = _mm512_loadu_ps(x + s2), u3 = _mm512_loadu_ps(x + s1 + s2);
+        __m512 m0 = u0, m1 = u1, m2 = u2, m3 = u3;  // after the first factor
+        apply2(q10, m0, m1);
+        apply2(q11, m2, m3);
+        __m512 g0 = _mm512_loadu_ps(gr), g1 = _mm512_loadu_ps(gr + s1);
+        __m512 g2 = _mm512_loadu_ps(gr + s2), g3 = _mm512_loadu_ps(gr + s1 + s2);
+        backward2(q20, a20, m0, m2, g0, g2);
+        backward2(q21, a21, m1, m3, g1, g3);
+        backward2(q10, a10, u0, u1, g0, g1);
+        backward2(q11, a11, u2, u3, g2, g3);
+        _mm512_storeu_ps(gr, g0);
+        _mm512_storeu_ps(gr + s1, g1);
+        _mm512_storeu_ps(gr + s2, g2);
+        _mm512_storeu_ps(gr + s1 + s2, g3);
+      }
+      add_quad(d1, h, i10, a10);
+      add_quad(d1, h, i11, a11);
+      add_quad(d2, h, i20, a20);
+      add_quad(d2, h, i21, a21);
+    }
+  } else {
+    const int64_t s = P.strides[pass.f0];
+    const float* t = soa + pass.f0 * 4 * h;
+    float* d = gsoa + pass.f0 * 4 * h;
+    for (int64_t p = 0; p < n; p += 16) {
+      if (p & s) continue;
+      const int64_t i = block_index(p, s);
+      const Quad q = load_quad(t, h, i);
+      Quad acc = zero_quad();
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* x = u + r * ld + p;
+        float* gr = g + r * ld + p;
+        __m512 g0 = _mm512_loadu_ps(gr), g1 = _mm512_loadu_ps(gr + s);
+        backward2(q, acc, _mm512_loadu_ps(x), _mm512_loadu_ps(x + s), g0, g1);
+        _mm512_storeu_ps(gr, g0);
+        _mm512_storeu_ps(gr + s, g1);
+      }
+      add_quad(d, h, i, acc);
+    }
   }
 }
 
-// Copy columns [col0, col0 + count) of `rows` rows of src into buf (rows `ld` floats apart), zero the rest.
-// ld = n + 16 keeps consecutive rows from aliasing in L1 (4 KiB apart at n = 1024).
+// Copy columns [col0, col0 + count) of `rows` rows of src into buf (rows ld floats apart), zero the rest.
 inline void rows_load(float* buf, int64_t ld, const float* src, int64_t ld_src, int64_t row0, int64_t rows,
                       int64_t col0, int64_t count, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -508,7 +661,9 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
 void rows_forward(const float* tw, const float* x, float* out, const Plan& P) {
   const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
-  const bool swap = P.transpose;
+  const std::vector<float> soa = rows_soa(tw, P);
+  const std::vector<Pass> passes = make_passes(P);
+  const PermTable perms;
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
     std::vector<float> buf(kRows * ld);
     for (int64_t grp = begin; grp < end; ++grp) {
@@ -517,48 +672,55 @@ void rows_forward(const float* tw, const float* x, float* out, const Plan& P) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
-        const float* twk = tw + k * P.stack_size();
+        const float* soak = soa.data() + k * P.F * 4 * P.half;
         rows_load(buf.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
-        for (int64_t f = 0; f < P.F; ++f) rows_factor(buf.data(), rows, ld, twk + P.offsets[f], P.n, P.strides[f], swap);
+        for (const Pass& pass : passes) pass_forward(buf.data(), rows, ld, soak, P, pass, perms);
         rows_store(buf.data(), ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0);
       }
     }
   });
 }
 
-void rows_backward(const float* tw, const float* x, const float* gy, float* gx,
-                   std::vector<std::vector<float>>& partial, int64_t tw_size, const Plan& P) {
-  const int64_t R = kRowsBackward;
-  const int64_t ngroups = (P.batch + R - 1) / R;
+void rows_backward(const float* tw, const float* x, const float* gy, float* gx, float* gtw, const Plan& P) {
+  const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
-  const int64_t slot = R * ld;
-  const bool swap = P.transpose;
-  at::parallel_for(0, ngroups, grain_for(P, R), [&](int64_t begin, int64_t end) {
+  const int64_t slot = kRows * ld;
+  const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
+  const std::vector<float> soa = rows_soa(tw, P);
+  const std::vector<Pass> passes = make_passes(P);
+  const int64_t npasses = static_cast<int64_t>(passes.size());
+  const PermTable perms;
+  std::vector<std::vector<float>> partial(at::get_num_threads());
+  at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
     std::vector<float>& acc = partial[at::get_thread_num()];
-    if (acc.empty()) acc.assign(tw_size, 0.0f);
-    std::vector<float> acts(std::max<int64_t>(P.F, 1) * slot);
+    if (acc.empty()) acc.assign(soa_size, 0.0f);
+    std::vector<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass
     std::vector<float> g(slot);
     for (int64_t grp = begin; grp < end; ++grp) {
-      const int64_t row0 = grp * R, rows = std::min(R, P.batch - row0);
+      const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
-        const float* twk = tw + k * P.stack_size();
-        float* acck = acc.data() + k * P.stack_size();
+        const float* soak = soa.data() + k * P.F * 4 * P.half;
+        float* acck = acc.data() + k * P.F * 4 * P.half;
         rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
-        for (int64_t f = 0; f + 1 < P.F; ++f) {
-          float* next = acts.data() + (f + 1) * slot;
-          std::memcpy(next, acts.data() + f * slot, sizeof(float) * rows * ld);
-          rows_factor(next, rows, ld, twk + P.offsets[f], P.n, P.strides[f], swap);
+        for (int64_t j = 0; j + 1 < npasses; ++j) {
+          float* next = acts.data() + (j + 1) * slot;
+          std::memcpy(next, acts.data() + j * slot, sizeof(float) * rows * ld);
+          pass_forward(next, rows, ld, soak, P, passes[j], perms);
         }
         rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
-        for (int64_t f = P.F - 1; f >= 0; --f)
-          rows_factor_backward(g.data(), acts.data() + f * slot, rows, ld, twk + P.offsets[f], acck + P.offsets[f],
-                               P.n, P.strides[f], swap);
+        for (int64_t j = npasses - 1; j >= 0; --j)
+          pass_backward(g.data(), acts.data() + j * slot, rows, ld, soak, acck, P, passes[j], perms);
         if (icount > 0) rows_store(g.data(), ld, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0);
       }
     }
   });
+  std::vector<float> total(soa_size, 0.0f);
+  for (const auto& a : partial)
+    if (!a.empty())
+      for (int64_t j = 0; j < soa_size; ++j) total[j] += a[j];
+  rows_soa_to_raw(total.data(), gtw, P);
 }
 #endif  // __AVX512F__
 
@@ -585,18 +747,14 @@ void forward_impl(const T* tw, const T* x, T* out, const Plan& P) {
 template <typename T>
 void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, const Plan& P) {
   const int64_t tw_size = P.nstacks * P.stack_size();
-  std::vector<std::vector<T>> partial(at::get_num_threads());
-  bool done = false;
+  std::fill(gtw, gtw + tw_size, T(0));
 #if defined(TWIDDLE_HAVE_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_rows<T>(P)) {
-      rows_backward(tw, x, gy, gx, partial, tw_size, P);
-      done = true;
-    }
+    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, P);
   }
 #endif
-  if (!done) lanes_backward<T>(tw, x, gy, gx, partial, tw_size, P);
-  std::fill(gtw, gtw + tw_size, T(0));
+  std::vector<std::vector<T>> partial(at::get_num_threads());
+  lanes_backward<T>(tw, x, gy, gx, partial, tw_size, P);
   for (const auto& acc : partial)
     for (int64_t j = 0; j < static_cast<int64_t>(acc.size()); ++j) gtw[j] += acc[j];
 }
