@@ -72,6 +72,28 @@ inline std::pair<int64_t, int64_t> output_cols(const Plan& P, int64_t k) {
   return {c0, std::max<int64_t>(0, std::min(P.out_size, c0 + P.n) - c0)};
 }
 
+// Deterministic parallel reduction for the twiddle gradient: the groups of rows are cut into at most
+// kMaxChunks chunks that depend on the batch size only; each chunk accumulates into its own buffer and the
+// buffers are summed in a fixed order, so the result does not depend on the number of threads.
+// body(group_begin, group_end, acc) processes a range of groups.
+constexpr int64_t kMaxChunks = 64;
+
+template <typename T, typename Body>
+void chunked_reduce(int64_t ngroups, int64_t grain_groups, int64_t acc_size, T* total, const Body& body) {
+  const int64_t per = std::max<int64_t>(1, (ngroups + kMaxChunks - 1) / kMaxChunks);
+  const int64_t nchunks = (ngroups + per - 1) / per;
+  std::vector<std::vector<T>> partial(nchunks);
+  const int64_t grain = std::max<int64_t>(1, grain_groups / per);
+  at::parallel_for(0, nchunks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      partial[c].assign(acc_size, T(0));
+      body(c * per, std::min(ngroups, (c + 1) * per), partial[c].data());
+    }
+  });
+  for (const auto& acc : partial)
+    for (int64_t j = 0; j < acc_size; ++j) total[j] += acc[j];
+}
+
 // ================================================================================================ lanes
 // Real factor on a lane tile: position p holds kLanes values.
 template <typename T>
@@ -293,13 +315,10 @@ void lanes_forward(const T* tw, const T* x, T* out, const Plan& P) {
 }
 
 template <typename T>
-void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, std::vector<std::vector<T>>& partial,
-                    int64_t tw_size, const Plan& P) {
+void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t tw_size, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
-  at::parallel_for(0, ntiles, grain_for(P, kLanes), [&](int64_t begin, int64_t end) {
-    std::vector<T>& acc = partial[at::get_thread_num()];
-    if (acc.empty()) acc.assign(tw_size, T(0));
+  chunked_reduce<T>(ntiles, grain_for(P, kLanes), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
     std::vector<T> acts(std::max<int64_t>(P.F, 1) * tile);
     std::vector<T> g(tile);
     for (int64_t t = begin; t < end; ++t) {
@@ -308,7 +327,7 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, std::vector<std
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         const T* twk = tw + k * P.stack_size();
-        T* acck = acc.data() + k * P.stack_size();
+        T* acck = acc + k * P.stack_size();
         lanes_load<T>(acts.data(), x, P.in_size, row0, rows, ic0, icount, P);
         for (int64_t f = 0; f + 1 < P.F; ++f) {
           T* next = acts.data() + (f + 1) * tile;
@@ -690,10 +709,9 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
-  std::vector<std::vector<float>> partial(at::get_num_threads());
-  at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
-    std::vector<float>& acc = partial[at::get_thread_num()];
-    if (acc.empty()) acc.assign(soa_size, 0.0f);
+  std::vector<float> total(soa_size, 0.0f);
+  chunked_reduce<float>(ngroups, grain_for(P, kRows), soa_size, total.data(), [&](int64_t begin, int64_t end,
+                                                                                    float* acc) {
     std::vector<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass
     std::vector<float> g(slot);
     for (int64_t grp = begin; grp < end; ++grp) {
@@ -702,7 +720,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         const float* soak = soa.data() + k * P.F * 4 * P.half;
-        float* acck = acc.data() + k * P.F * 4 * P.half;
+        float* acck = acc + k * P.F * 4 * P.half;
         rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
           float* next = acts.data() + (j + 1) * slot;
@@ -716,10 +734,6 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
       }
     }
   });
-  std::vector<float> total(soa_size, 0.0f);
-  for (const auto& a : partial)
-    if (!a.empty())
-      for (int64_t j = 0; j < soa_size; ++j) total[j] += a[j];
   rows_soa_to_raw(total.data(), gtw, P);
 }
 #endif  // __AVX512F__
@@ -753,10 +767,7 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, const Pl
     if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, P);
   }
 #endif
-  std::vector<std::vector<T>> partial(at::get_num_threads());
-  lanes_backward<T>(tw, x, gy, gx, partial, tw_size, P);
-  for (const auto& acc : partial)
-    for (int64_t j = 0; j < static_cast<int64_t>(acc.size()); ++j) gtw[j] += acc[j];
+  lanes_backward<T>(tw, x, gy, gx, gtw, tw_size, P);
 }
 
 // ================================================================================================ ops
@@ -825,7 +836,7 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor&
   at::Tensor tw = twiddle.contiguous();
   at::Tensor xc = x.contiguous();
   at::Tensor gc = grad.contiguous().to(x.scalar_type());
-  at::Tensor gx = at::zeros_like(xc);
+  at::Tensor gx = at::empty_like(xc);  // every column is written by some stack (see input_cols)
   at::Tensor gtw = at::zeros_like(tw);
   if (P.batch > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twiddle_butterfly_multiply_backward", [&] {

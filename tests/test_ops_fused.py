@@ -1,0 +1,188 @@
+"""The fused CPU kernel against the reference multiply: forward and backward, every option, both layouts.
+
+The kernel has two code paths: a row layout with AVX-512 intrinsics (real float32, n >= 32, on machines with
+AVX-512) and a lane-tile layout for everything else; the float32 cases below exercise the first where available.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from twiddle._layout import twiddle_shape
+from twiddle.ops import butterfly_multiply_reference, fused_cpu, kernel_for
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler to build the kernel"
+)
+
+TOL = {torch.float64: 1e-12, torch.complex128: 1e-12, torch.float32: 1e-5, torch.complex64: 1e-5}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().norm() / b.abs().norm().clamp_min(1e-300)).item()
+
+
+def run_both(dtype, n, nblocks, nstacks, increasing, transpose, conjugate, batch=(5,), in_size=None, out_size=None):
+    """Fused and reference results (forward, grad x, grad twiddle), the reference in float64 / complex128."""
+    complex_ = dtype.is_complex
+    wide = torch.complex128 if complex_ else torch.float64
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=wide) / 2**0.5
+    in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
+    m = in_limit if in_size is None else in_size
+    out = out_limit if out_size is None else out_size
+    x = torch.randn(*batch, m, dtype=wide)
+    g = torch.randn(*batch, out, dtype=wide)
+    results = []
+    for fused, dt in ((True, dtype), (False, wide)):
+        tt = t.to(dt).requires_grad_(True)
+        xx = x.to(dt).requires_grad_(True)
+        if fused:
+            y = fused_cpu.fused_butterfly_multiply(
+                tt, xx.reshape(-1, m), increasing, out_size=out, transpose=transpose, conjugate=conjugate
+            ).reshape(*batch, out)
+        else:
+            y = butterfly_multiply_reference(tt, xx, increasing, out_size=out, transpose=transpose, conjugate=conjugate)
+        (y * g.to(dt).conj()).real.sum().backward()
+        tgrad = tt.grad if tt.grad is not None else torch.zeros_like(tt)  # n = 1: no factor uses the twiddle
+        results.append((y.detach().to(wide), xx.grad.to(wide), tgrad.to(wide)))
+    return results
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernel():
+    assert fused_cpu.available(), "the fused CPU kernel failed to build"
+
+
+GRID = list(
+    itertools.product(
+        [torch.float32, torch.float64, torch.complex64, torch.complex128],
+        [1, 2, 4, 16, 32, 64, 256, 1024],  # n
+        [1, 2, 3],  # nblocks
+        [1, 2],  # nstacks
+        [True, False],  # increasing
+        [False, True],  # transpose
+    )
+)
+
+
+@pytest.mark.parametrize("dtype,n,nblocks,nstacks,increasing,transpose", GRID)
+def test_fused_matches_reference(dtype, n, nblocks, nstacks, increasing, transpose):
+    conjugate = dtype.is_complex and (n + nblocks) % 2 == 0
+    in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
+    (y, gx, gt), (yr, gxr, gtr) = run_both(
+        dtype, n, nblocks, nstacks, increasing, transpose, conjugate, batch=(19,),
+        in_size=max(1, in_limit - 3), out_size=max(1, out_limit - 2),
+    )
+    tol = TOL[dtype]
+    assert rel(y, yr) < tol
+    assert rel(gx, gxr) < tol
+    assert rel(gt, gtr) < tol
+
+
+def test_kernel_is_dispatched_for_cpu_tensors():
+    t = torch.randn(twiddle_shape(1, 1, 64))
+    assert kernel_for(t, torch.randn(3, 64)) == "fused-cpu"
+    assert kernel_for(t.double(), torch.randn(3, 64, dtype=torch.complex128)) == "fused-cpu"
+
+
+@pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
+def test_low_precision_computed_in_float32(low):
+    from twiddle.ops import butterfly_multiply
+
+    t = torch.randn(twiddle_shape(1, 1, 64)) / 2**0.5
+    x = torch.randn(8, 64)
+    y = butterfly_multiply(t.to(low), x.to(low))
+    assert y.dtype == low
+    ref = butterfly_multiply_reference(t.to(low).double(), x.to(low).double())
+    assert rel(y.double(), ref) < 1e-2
+
+
+def test_odd_leading_dims_noncontiguous_and_empty_batch():
+    from twiddle.ops import butterfly_multiply
+
+    t = torch.randn(twiddle_shape(2, 2, 128), dtype=torch.float64)
+    x = torch.randn(3, 7, 5, 128, dtype=torch.float64).transpose(0, 2)  # non-contiguous, odd leading dims
+    assert not x.is_contiguous()
+    y = butterfly_multiply(t, x, out_size=200)
+    torch.testing.assert_close(y, butterfly_multiply_reference(t, x, out_size=200), rtol=1e-12, atol=1e-12)
+    empty = butterfly_multiply(t, torch.randn(0, 128, dtype=torch.float64))
+    assert empty.shape == (0, 256)
+    tw32 = torch.randn(twiddle_shape(1, 1, 64)).transpose(3, 3)
+    xs = torch.randn(64, 40)[:, ::2].T  # strided rows
+    torch.testing.assert_close(
+        butterfly_multiply(tw32, xs), butterfly_multiply_reference(tw32, xs), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_gradcheck(dtype, transpose):
+    t = (torch.randn(twiddle_shape(2, 2, 8), dtype=dtype) / 2**0.5).requires_grad_(True)
+    m = 13 if transpose else 7
+    x = torch.randn(3, m, dtype=dtype, requires_grad=True)
+
+    def f(tw, xx):
+        return fused_cpu.fused_butterfly_multiply(tw, xx, True, out_size=6, transpose=transpose, conjugate=True)
+
+    assert torch.autograd.gradcheck(f, (t, x))
+
+
+def test_same_result_with_one_and_two_threads():
+    t = torch.randn(twiddle_shape(2, 2, 1024))
+    x = torch.randn(300, 1024)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            tt = t.clone().requires_grad_(True)
+            y = fused_cpu.fused_butterfly_multiply(tt, x, True, out_size=2048, transpose=False, conjugate=False)
+            y.sum().backward()
+            outs.append((y.detach(), tt.grad))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=0)  # deterministic reduction
+
+
+def test_reference_env_switch_disables_kernel():
+    code = (
+        "import torch, twiddle; from twiddle.ops import kernel_for; "
+        "print(kernel_for(torch.zeros(1,1,3,4,2,2), torch.zeros(2,8)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"TWIDDLE_KERNEL": "reference",
+                                                                          "PATH": ""}, check=True
+    )
+    assert out.stdout.strip() == "reference"
+
+
+@given(
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.complex64, torch.complex128]),
+    log_n=st.integers(0, 9),
+    nblocks=st.integers(1, 3),
+    nstacks=st.integers(1, 3),
+    increasing=st.booleans(),
+    transpose=st.booleans(),
+    conjugate=st.booleans(),
+    batch=st.lists(st.integers(1, 20), min_size=1, max_size=2),
+    data=st.data(),
+)
+def test_hypothesis_fused_vs_reference(dtype, log_n, nblocks, nstacks, increasing, transpose, conjugate, batch, data):
+    n = 1 << log_n
+    in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
+    m = data.draw(st.integers(1, in_limit), label="in_size")
+    out = data.draw(st.integers(1, out_limit), label="out_size")
+    (y, gx, gt), (yr, gxr, gtr) = run_both(
+        dtype, n, nblocks, nstacks, increasing, transpose, conjugate, batch=tuple(batch), in_size=m, out_size=out
+    )
+    tol = TOL[dtype]
+    assert rel(y, yr) < tol and rel(gx, gxr) < tol and rel(gt, gtr) < tol
