@@ -77,10 +77,11 @@ inline std::pair<int64_t, int64_t> output_cols(const Plan& P, int64_t k) {
 // buffers are summed in a fixed order, so the result does not depend on the number of threads.
 // body(group_begin, group_end, acc) processes a range of groups.
 constexpr int64_t kMaxChunks = 64;
+constexpr int64_t kMinGroupsPerChunk = 8;  // keeps the per-chunk buffers small against the work
 
 template <typename T, typename Body>
 void chunked_reduce(int64_t ngroups, int64_t grain_groups, int64_t acc_size, T* total, const Body& body) {
-  const int64_t per = std::max<int64_t>(1, (ngroups + kMaxChunks - 1) / kMaxChunks);
+  const int64_t per = std::max<int64_t>(kMinGroupsPerChunk, (ngroups + kMaxChunks - 1) / kMaxChunks);
   const int64_t nchunks = (ngroups + per - 1) / per;
   std::vector<std::vector<T>> partial(nchunks);
   const int64_t grain = std::max<int64_t>(1, grain_groups / per);
