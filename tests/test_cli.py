@@ -24,3 +24,27 @@ def test_demo_table(capsys):
 def test_bad_n():
     with pytest.raises(SystemExit):
         main(["demo", "-n", "0"])
+
+
+def test_bench_json_and_files(capsys, tmp_path):
+    assert main(["bench", "--sizes", "16", "--batches", "2", "--memory-batch", "64", "--out", str(tmp_path),
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    methods = {r["method"] for r in out["rows"]}
+    assert methods == {"linear", "monarch", "fft", "butterfly", "reference"}
+    for r in out["rows"]:
+        assert r["n"] == 16 and r["batch"] == 2
+        assert r["forward_ms"] > 0 and r["forward_backward_ms"] > 0
+        assert r["peak_extra_memory_x_input"] is not None
+    assert (tmp_path / "multiply.json").exists() and (tmp_path / "multiply.png").stat().st_size > 1000
+
+
+def test_bench_table(capsys):
+    assert main(["bench", "--sizes", "16", "--batches", "1", "--methods", "linear", "butterfly"]) == 0
+    table = capsys.readouterr().out
+    assert "| 16 | 1 | butterfly |" in table and "speed-up vs Linear" in table
+
+
+def test_bench_rejects_bad_sizes():
+    with pytest.raises(SystemExit):
+        main(["bench", "--sizes", "0"])

@@ -186,3 +186,74 @@ def test_hypothesis_fused_vs_reference(dtype, log_n, nblocks, nstacks, increasin
     )
     tol = TOL[dtype]
     assert rel(y, yr) < tol and rel(gx, gxr) < tol and rel(gt, gtr) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+@pytest.mark.parametrize("n,nstacks,transpose", [(64, 2, False), (8, 3, True), (1024, 1, False)])
+def test_fused_bias_and_its_gradient(dtype, n, nstacks, transpose):
+    from twiddle.ops import butterfly_multiply
+
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    t = torch.randn(twiddle_shape(nstacks, 2, n), dtype=wide) / 2**0.5
+    m = nstacks * n if transpose else n
+    out = n - 1 if transpose else nstacks * n - 3
+    x = torch.randn(6, m, dtype=wide)
+    b = torch.randn(out, dtype=wide)
+    g = torch.randn(6, out, dtype=wide)
+    grads = []
+    for dt, reference in ((dtype, False), (wide, True)):
+        tt, xx, bb = (v.to(dt).requires_grad_(True) for v in (t, x, b))
+        if reference:
+            y = butterfly_multiply_reference(tt, xx, out_size=out, transpose=transpose) + bb
+        else:
+            y = butterfly_multiply(tt, xx, out_size=out, transpose=transpose, bias=bb)
+        (y * g.to(dt).conj()).real.sum().backward()
+        grads.append([v.to(wide) for v in (y.detach(), tt.grad, xx.grad, bb.grad)])
+    for a, r in zip(*grads, strict=True):
+        assert rel(a, r) < TOL[dtype]
+
+
+def test_bias_shape_is_checked():
+    from twiddle.ops import butterfly_multiply
+
+    t = torch.randn(twiddle_shape(1, 1, 8))
+    with pytest.raises(ValueError, match=r"bias must be a tensor of shape \(8,\)"):
+        butterfly_multiply(t, torch.randn(2, 8), bias=torch.randn(7))
+
+
+def test_torch_compile_fullgraph_sees_one_op():
+    from twiddle import Butterfly
+
+    torch._dynamo.reset()
+    layer = Butterfly(100, 70, nblocks=2)
+    x = torch.randn(5, 100, requires_grad=True)
+    eager = layer(x)
+    eager.sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()] + [x.grad.clone()]
+    layer.zero_grad()
+    x.grad = None
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, eager)
+    for a, b in zip([p.grad for p in layer.parameters()] + [x.grad], grads, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_torch_compile_inductor_in_a_fresh_process():
+    code = """
+import torch, twiddle
+torch.manual_seed(0)
+layer = twiddle.Butterfly(100, 70, nblocks=2)
+x = torch.randn(5, 100, requires_grad=True)
+compiled = torch.compile(layer, fullgraph=True)
+y = compiled(x)
+y.sum().backward()
+g = x.grad.clone(); x.grad = None
+ye = layer(x); ye.sum().backward()
+assert torch.allclose(y, ye, atol=1e-6) and torch.allclose(g, x.grad, atol=1e-5)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

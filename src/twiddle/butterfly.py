@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._layout import num_stacks, padded_size, pair_positions, twiddle_shape
-from .ops import butterfly_multiply
+from .ops import butterfly_multiply, prepare_kernel
 
 __all__ = ["Butterfly", "ParameterCount", "INITS"]
 
@@ -153,6 +153,7 @@ class Butterfly(nn.Module):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        prepare_kernel(self.twiddle.device)
 
     # ------------------------------------------------------------------ initialization
     def reset_parameters(self) -> None:
@@ -197,8 +198,9 @@ class Butterfly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: ``x Wᵀ + b``."""
         self._check_input(x)
-        y = butterfly_multiply(self.twiddle, x, self.increasing_stride, out_size=self.out_features)
-        return y if self.bias is None else y + self.bias
+        return butterfly_multiply(
+            self.twiddle, x, self.increasing_stride, out_size=self.out_features, bias=self.bias
+        )
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):

@@ -1,6 +1,7 @@
 """The ``twiddle`` command line.
 
-Subcommands: ``demo`` (a Butterfly layer beside nn.Linear). Results go to stdout; logs to stderr.
+Subcommands: ``demo`` (a Butterfly layer beside nn.Linear), ``bench`` (the multiply benchmark).
+Results go to stdout; logs and progress bars to stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from . import __version__
 from ._timing import median_seconds
 from .butterfly import Butterfly
+from .ops import kernel_for
 
 
 def _log(message: str) -> None:
@@ -63,6 +65,7 @@ def _demo(args: argparse.Namespace) -> int:
             "forward_backward_ms": t_bfly_fb * 1e3,
         },
         "max_abs_error_vs_dense": max_err,
+        "kernel": kernel_for(butterfly.twiddle, x),
     }
     if args.json:
         print(json.dumps(result))
@@ -72,7 +75,29 @@ def _demo(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"\nparameters: {count.ratio:.1f}x fewer than dense")
     print(f"forward(x) vs x @ to_dense().T + bias: max |difference| = {max_err:.2e} (float32)")
-    print("(the butterfly runs on the pure-PyTorch reference multiply; the fused kernel is future work)")
+    print(f"butterfly kernel: {kernel_for(butterfly.twiddle, x)}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from . import benchmark
+
+    for name in ("sizes", "batches"):
+        bad = [v for v in getattr(args, name) if v <= 0]
+        if bad:
+            raise SystemExit(f"twiddle bench: --{name} must be positive integers, got {bad}")
+    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        benchmark.save_json(rows, args.out / "multiply.json")
+        benchmark.save_plot(rows, args.out / "multiply.png", batch=max(args.batches))
+        _log(f"wrote {args.out}/multiply.json and multiply.png")
+    if args.json:
+        print(json.dumps({"threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows]}))
+    else:
+        print(benchmark.format_table(rows))
     return 0
 
 
@@ -86,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     demo.set_defaults(func=_demo)
+
+    from pathlib import Path
+
+    from .benchmark import METHODS
+
+    bench = sub.add_parser("bench", help="butterfly multiply against nn.Linear, Monarch, torch.fft: ms and ratios")
+    bench.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096, 16384])
+    bench.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
+    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    bench.add_argument("--memory-batch", type=int, default=4096, help="rows for the peak-memory measurement")
+    bench.add_argument("--out", type=Path, default=None, help="also write multiply.json and multiply.png here")
+    bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -19,9 +19,15 @@ import torch
 from . import fused_cpu
 from .reference import butterfly_multiply_reference, check_multiply_args
 
-__all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for"]
+__all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel"]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def prepare_kernel(device: torch.device | str = "cpu") -> None:
+    """Build/load the fast kernel for ``device`` now (outside any torch.compile region). Modules call this."""
+    if torch.device(device).type == "cpu" and os.environ.get("TWIDDLE_KERNEL", "auto") != "reference":
+        fused_cpu.available()
 
 
 def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
@@ -37,12 +43,15 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
         and twiddle.device.type == "cpu"
         and (dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION)
     )
-    if fits and fused_cpu.available():
+    # While torch.compile traces, never build or take locks: use the kernel only if it is already loaded
+    # (modules load it when they are constructed, see Butterfly).
+    ready = fused_cpu.is_loaded() if torch.compiler.is_compiling() else fits and fused_cpu.available()
+    if fits and ready:
         return "fused-cpu"
     if mode == "fused":
         raise RuntimeError(
             f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype {dtype}, "
-            f"kernel built: {fused_cpu.available()})"
+            f"kernel loaded: {fused_cpu.is_loaded()})"
         )
     return "reference"
 
@@ -55,8 +64,9 @@ def butterfly_multiply(
     out_size: int | None = None,
     transpose: bool = False,
     conjugate: bool = False,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Apply the butterfly map stored in ``twiddle`` to the last dimension of ``x``.
+    """Apply the butterfly map stored in ``twiddle`` to the last dimension of ``x`` (and add ``bias``).
 
     Let ``(nstacks, nblocks, log_n, n // 2, 2, 2)`` be the twiddle shape (see :mod:`twiddle._layout`) and
     ``B_k = F_{k,last} ... F_{k,0}`` the product of the factors of stack ``k`` over all blocks.
@@ -68,17 +78,25 @@ def butterfly_multiply(
       zero-padded to ``nstacks * n`` and split into stacks; ``y = Σ_k B_kᵀ x_k``, truncated to ``out_size``
       (default ``n``).
     * ``conjugate=True`` conjugates every twiddle (with ``transpose=True``: the Hermitian adjoint).
+    * ``bias`` (``(out_size,)``) is added to every output row (fused into the kernel's final store).
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
     ``x`` (first derivatives; the reference kernel also supports higher ones).
     """
     _, _, _, lead, m, _, out = check_multiply_args(twiddle, x, transpose, out_size)
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
+            got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+            raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
     if kernel_for(twiddle, x) == "reference":
-        return butterfly_multiply_reference(
+        y = butterfly_multiply_reference(
             twiddle, x, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate
         )
+        return y if bias is None else y + bias
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    if bias is not None:
+        dtype = torch.promote_types(dtype, bias.dtype)
     compute = torch.float32 if dtype in _LOW_PRECISION else dtype
     y = fused_cpu.fused_butterfly_multiply(
         twiddle if twiddle.dtype == compute else twiddle.to(compute),
@@ -87,5 +105,6 @@ def butterfly_multiply(
         out_size=out,
         transpose=transpose,
         conjugate=conjugate,
+        bias=bias if bias is None or bias.dtype == compute else bias.to(compute),
     )
     return (y if y.dtype == dtype else y.to(dtype)).reshape(*lead, out)

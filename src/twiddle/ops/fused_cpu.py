@@ -2,8 +2,9 @@
 
 The C++ op takes the twiddle in the user's layout ``(nstacks, nblocks, log_n, n/2, 2, 2)`` (complex twiddles
 and data as real views with a trailing 2) and handles transpose, conjugate, padding, stacks and truncation
-itself, so autograd and ``torch.compile`` see a single op. Backward recomputes activations inside the kernel
-and returns both gradients in one pass; double backward is not supported (use the reference kernel).
+itself, and adds an optional bias in its final store, so autograd and ``torch.compile`` see a single op. Its
+autograd kernel is C++ (no Python on the hot path). Backward recomputes activations inside the kernel and returns
+both gradients in one pass; double backward is not supported (use the reference kernel).
 """
 
 from __future__ import annotations
@@ -19,30 +20,25 @@ _registered = False
 
 
 def _register() -> None:
+    """Fake (meta) implementations for torch.compile; the autograd kernel is registered in C++."""
     global _registered
     if _registered:
         return
 
     @torch.library.register_fake("twiddle::butterfly_multiply")
-    def _(twiddle, x, increasing_stride, transpose, conjugate, out_size):
+    def _(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size):
         return x.new_empty((x.shape[0], out_size) + tuple(x.shape[2:]))
 
     @torch.library.register_fake("twiddle::butterfly_multiply_backward")
     def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size):
         return torch.empty_like(twiddle), torch.empty_like(x)
 
-    def setup_context(ctx, inputs, output):
-        twiddle, x, increasing_stride, transpose, conjugate, out_size = inputs
-        ctx.save_for_backward(twiddle, x)
-        ctx.flags = (increasing_stride, transpose, conjugate, out_size)
-
-    def backward(ctx, grad):
-        twiddle, x = ctx.saved_tensors
-        grad_twiddle, grad_x = torch.ops.twiddle.butterfly_multiply_backward(twiddle, x, grad, *ctx.flags)
-        return grad_twiddle, grad_x, None, None, None, None
-
-    torch.library.register_autograd("twiddle::butterfly_multiply", backward, setup_context=setup_context)
     _registered = True
+
+
+def is_loaded() -> bool:
+    """True when the kernel is already loaded (never builds; safe while torch.compile traces)."""
+    return _registered
 
 
 def available() -> bool:
@@ -63,17 +59,19 @@ def fused_butterfly_multiply(
     out_size: int,
     transpose: bool,
     conjugate: bool,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as :func:`twiddle.ops.butterfly_multiply`; arguments already validated, ``x`` 2-D, and
-    ``twiddle`` and ``x`` of one dtype in :data:`SUPPORTED_DTYPES`."""
+    ``twiddle``, ``x`` and ``bias`` (``(out_size,)`` or None) of one dtype in :data:`SUPPORTED_DTYPES`."""
     if twiddle.is_complex():
         y = torch.ops.twiddle.butterfly_multiply(
             torch.view_as_real(twiddle.resolve_conj()),
             torch.view_as_real(x.resolve_conj()),
+            None if bias is None else torch.view_as_real(bias.resolve_conj()),
             increasing_stride,
             transpose,
             conjugate,
             out_size,
         )
         return torch.view_as_complex(y)
-    return torch.ops.twiddle.butterfly_multiply(twiddle, x, increasing_stride, transpose, conjugate, out_size)
+    return torch.ops.twiddle.butterfly_multiply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size)

@@ -22,6 +22,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -274,10 +275,11 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
   }
 }
 
-// Write (or add) tile positions [0, count) to columns [col0, col0 + count) of rows [row0, row0 + rows).
+// Write (or add) tile positions [0, count) to columns [col0, col0 + count) of rows [row0, row0 + rows);
+// a non-null bias (indexed by output column) is added by the writing (add = false) store.
 template <typename T>
 inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
-                        int64_t col0, int64_t count, bool add, const Plan& P) {
+                        int64_t col0, int64_t count, bool add, const Plan& P, const T* bias = nullptr) {
   const int64_t width = P.comps * kLanes;
   for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
     const int64_t pc = std::min(kLanes, count - p0);
@@ -287,7 +289,8 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
       for (int64_t j = 0; j < pc; ++j) {
         for (int64_t c = 0; c < P.comps; ++c) {
           const T v = blk[j * width + c * kLanes + l];
-          row[P.comps * j + c] = add ? row[P.comps * j + c] + v : v;
+          const T b = bias ? bias[(col0 + p0 + j) * P.comps + c] : T(0);
+          row[P.comps * j + c] = add ? row[P.comps * j + c] + v : v + b;
         }
       }
     }
@@ -295,7 +298,7 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
 }
 
 template <typename T>
-void lanes_forward(const T* tw, const T* x, T* out, const Plan& P) {
+void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
   at::parallel_for(0, ntiles, grain_for(P, kLanes), [&](int64_t begin, int64_t end) {
@@ -309,7 +312,7 @@ void lanes_forward(const T* tw, const T* x, T* out, const Plan& P) {
         const T* twk = tw + k * P.stack_size();
         lanes_load<T>(buf.data(), x, P.in_size, row0, rows, ic0, icount, P);
         for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf.data(), twk, P, f);
-        lanes_store<T>(buf.data(), out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P);
+        lanes_store<T>(buf.data(), out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
     }
   });
@@ -665,20 +668,24 @@ inline void rows_load(float* buf, int64_t ld, const float* src, int64_t ld_src, 
 }
 
 inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst, int64_t row0, int64_t rows,
-                       int64_t col0, int64_t count, bool add) {
+                       int64_t col0, int64_t count, bool add, const float* bias = nullptr) {
   for (int64_t r = 0; r < rows; ++r) {
     float* out = dst + (row0 + r) * ld_dst + col0;
     const float* in = buf + r * ld;
     if (add) {
 #pragma omp simd
       for (int64_t p = 0; p < count; ++p) out[p] += in[p];
+    } else if (bias) {
+      const float* b = bias + col0;
+#pragma omp simd
+      for (int64_t p = 0; p < count; ++p) out[p] = in[p] + b[p];
     } else {
       std::memcpy(out, in, sizeof(float) * count);
     }
   }
 }
 
-void rows_forward(const float* tw, const float* x, float* out, const Plan& P) {
+void rows_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
   const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
   const std::vector<float> soa = rows_soa(tw, P);
@@ -695,7 +702,7 @@ void rows_forward(const float* tw, const float* x, float* out, const Plan& P) {
         const float* soak = soa.data() + k * P.F * 4 * P.half;
         rows_load(buf.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (const Pass& pass : passes) pass_forward(buf.data(), rows, ld, soak, P, pass, perms);
-        rows_store(buf.data(), ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0);
+        rows_store(buf.data(), ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, bias);
       }
     }
   });
@@ -750,13 +757,13 @@ inline bool use_rows(const Plan& P) {
 }
 
 template <typename T>
-void forward_impl(const T* tw, const T* x, T* out, const Plan& P) {
+void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
 #if defined(TWIDDLE_HAVE_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_rows<T>(P)) return rows_forward(tw, x, out, P);
+    if (use_rows<T>(P)) return rows_forward(tw, x, bias, out, P);
   }
 #endif
-  lanes_forward<T>(tw, x, out, P);
+  lanes_forward<T>(tw, x, bias, out, P);
 }
 
 template <typename T>
@@ -814,17 +821,24 @@ Plan make_plan(const at::Tensor& twiddle, const at::Tensor& x, bool increasing, 
   return P;
 }
 
-at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, bool increasing_stride,
-                              bool transpose, bool conjugate, int64_t out_size) {
+at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, const std::optional<at::Tensor>& bias,
+                              bool increasing_stride, bool transpose, bool conjugate, int64_t out_size) {
   const Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
   at::Tensor tw = twiddle.contiguous();
   at::Tensor xc = x.contiguous();
+  at::Tensor bc;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias must have the dtype of x");
+    TORCH_CHECK(bias->numel() == out_size * P.comps, "bias: expected ", out_size, " entries");
+    bc = bias->contiguous();
+  }
   std::vector<int64_t> shape = {P.batch, out_size};
   if (P.complex) shape.push_back(2);
   at::Tensor out = at::empty(shape, x.options());
   if (P.batch == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twiddle_butterfly_multiply", [&] {
-    forward_impl<scalar_t>(tw.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), P);
+    forward_impl<scalar_t>(tw.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                           bc.defined() ? bc.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), P);
   });
   return out;
 }
@@ -848,11 +862,55 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor&
   return {gtw, gx};
 }
 
+// ------------------------------------------------------------------------------------------------ autograd
+// The autograd kernel lives in C++ too, so that a call costs one dispatch (no Python on the hot path). Both
+// inner calls go through the dispatcher, so fake/meta implementations (registered from Python) let
+// torch.compile trace forward and backward.
+class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& twiddle, const at::Tensor& x,
+                            const std::optional<at::Tensor>& bias, bool increasing_stride, bool transpose,
+                            bool conjugate, int64_t out_size) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("twiddle::butterfly_multiply", "")
+                         .typed<decltype(butterfly_multiply)>();
+    ctx->save_for_backward({twiddle, x});
+    ctx->saved_data["increasing_stride"] = increasing_stride;
+    ctx->saved_data["transpose"] = transpose;
+    ctx->saved_data["conjugate"] = conjugate;
+    ctx->saved_data["out_size"] = out_size;
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("twiddle::butterfly_multiply_backward", "")
+                         .typed<decltype(butterfly_multiply_backward)>();
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& grad = grads[0];
+    auto [gtw, gx] = op.call(saved[0], saved[1], grad, ctx->saved_data["increasing_stride"].toBool(),
+                             ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
+                             ctx->saved_data["out_size"].toInt());
+    at::Tensor gbias;
+    if (ctx->saved_data["has_bias"].toBool()) gbias = grad.sum(0);
+    return {gtw, gx, gbias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor butterfly_multiply_autograd(const at::Tensor& twiddle, const at::Tensor& x,
+                                       const std::optional<at::Tensor>& bias, bool increasing_stride,
+                                       bool transpose, bool conjugate, int64_t out_size) {
+  return ButterflyFunction::apply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size);
+}
+
 }  // namespace twiddle_cpu
 
 TORCH_LIBRARY(twiddle, m) {
-  m.def("butterfly_multiply(Tensor twiddle, Tensor x, bool increasing_stride, bool transpose, bool conjugate, "
-        "int out_size) -> Tensor");
+  m.def("butterfly_multiply(Tensor twiddle, Tensor x, Tensor? bias, bool increasing_stride, bool transpose, "
+        "bool conjugate, int out_size) -> Tensor");
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size) -> (Tensor, Tensor)");
 }
@@ -860,4 +918,8 @@ TORCH_LIBRARY(twiddle, m) {
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {
   m.impl("butterfly_multiply", &twiddle_cpu::butterfly_multiply);
   m.impl("butterfly_multiply_backward", &twiddle_cpu::butterfly_multiply_backward);
+}
+
+TORCH_LIBRARY_IMPL(twiddle, Autograd, m) {
+  m.impl("butterfly_multiply", &twiddle_cpu::butterfly_multiply_autograd);
 }

@@ -1,0 +1,217 @@
+"""The multiply benchmark: butterfly against nn.Linear, a Monarch-style layer, torch.fft and the reference.
+
+Used by ``benchmarks/multiply.py`` and ``twiddle bench``. Every method maps ``(batch, n) -> (batch, n)`` in
+float32 (the FFT in complex64) and is timed in the same process, forward and forward+backward (gradients for
+the input and the weights), median wall-clock over repeats. Ratios come from one run.
+
+Peak memory of forward+backward is measured in a fresh subprocess per method as the growth of the resident set
+(``ru_maxrss``) during one forward+backward at a large batch: it counts the output, the gradients and every
+temporary (weights excluded: they exist before), and is reported as a multiple of the input's size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ._timing import median_seconds
+from .butterfly import Butterfly
+from .ops import butterfly_multiply_reference, kernel_for
+
+__all__ = ["MonarchLinear", "METHODS", "BenchRow", "run", "format_table", "save_plot"]
+
+
+class MonarchLinear(nn.Module):
+    """Monarch-style structured layer (two block-diagonal ``bmm`` with a transpose between): n = m * m,
+    ``m`` blocks of ``m x m``; ``2 n sqrt(n)`` parameters. The baseline of the benchmark."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        m = math.isqrt(n)
+        if m * m != n:
+            raise ValueError(f"MonarchLinear needs a perfect-square n, got {n}")
+        self.m = m
+        self.w1 = nn.Parameter(torch.randn(m, m, m) / math.sqrt(m))
+        self.w2 = nn.Parameter(torch.randn(m, m, m) / math.sqrt(m))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, m = x.shape[0], self.m
+        y = torch.bmm(x.reshape(b, m, m).transpose(0, 1), self.w1)  # (m, b, m): block i on chunk i
+        y = torch.bmm(y.transpose(0, 2).reshape(m, b, m), self.w2)  # mix across blocks
+        return y.transpose(0, 1).reshape(b, m * m)
+
+
+def _make(method: str, n: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], torch.dtype]:
+    """(function, parameters, input dtype) of one method."""
+    if method == "linear":
+        layer = nn.Linear(n, n)
+        return layer, list(layer.parameters()), torch.float32
+    if method == "monarch":
+        layer = MonarchLinear(n)
+        return layer, list(layer.parameters()), torch.float32
+    if method == "fft":
+        return torch.fft.fft, [], torch.complex64
+    if method == "butterfly":
+        layer = Butterfly(n, n)
+        return layer, list(layer.parameters()), torch.float32
+    if method == "reference":
+        layer = Butterfly(n, n)
+        return (
+            lambda x: butterfly_multiply_reference(layer.twiddle, x) + layer.bias,
+            list(layer.parameters()),
+            torch.float32,
+        )
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+METHODS = ("linear", "monarch", "fft", "butterfly", "reference")
+
+
+@dataclass
+class BenchRow:
+    method: str
+    n: int
+    batch: int
+    forward_ms: float
+    forward_backward_ms: float
+    peak_extra_memory_x_input: float | None = None
+    kernel: str = ""
+
+
+def _time_method(method: str, n: int, batch: int, max_seconds: float) -> BenchRow:
+    fn, params, dtype = _make(method, n)
+    x = torch.randn(batch, n, dtype=dtype)
+    with torch.no_grad():
+        fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds)
+    xg = x.clone().requires_grad_(True)
+
+    def fwd_bwd() -> None:
+        y = fn(xg)
+        (y.real if y.is_complex() else y).sum().backward()
+        xg.grad = None
+        for p in params:
+            p.grad = None
+
+    fb = median_seconds(fwd_bwd, max_seconds=max_seconds)
+    kernel = ""
+    if method == "butterfly":
+        kernel = kernel_for(params[0], x)
+    return BenchRow(method, n, batch, fwd * 1e3, fb * 1e3, None, kernel)
+
+
+_MEMORY_SCRIPT = """
+import resource, sys, torch
+from twiddle.benchmark import _make
+method, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fn, params, dtype = _make(method, n)
+def step(b):
+    x = torch.randn(b, n, dtype=dtype, requires_grad=True)
+    y = fn(x)
+    (y.real if y.is_complex() else y).sum().backward()
+    return x
+step(2)  # load kernels, start threads
+x = torch.randn(batch, n, dtype=dtype, requires_grad=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+y = fn(x)
+(y.real if y.is_complex() else y).sum().backward()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024 / (x.numel() * x.element_size()))
+"""
+
+
+def peak_extra_memory(method: str, n: int, batch: int) -> float:
+    """Growth of the peak resident set during one forward+backward, in multiples of the input's size."""
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, method, str(n), str(batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run(
+    sizes: Iterable[int] = (256, 1024, 4096, 16384),
+    batches: Iterable[int] = (1, 16, 256),
+    methods: Iterable[str] = METHODS,
+    *,
+    memory_batch: int | None = 4096,
+    max_seconds: float = 2.0,
+    progress: bool = True,
+) -> list[BenchRow]:
+    """Time every method at every (n, batch). Peak memory is measured at ``memory_batch`` rows (large, so that
+    the growth of the resident set is well above the process's noise; None: skip) and attached to the row of
+    the largest batch."""
+    from tqdm import tqdm
+
+    sizes, batches, methods = list(sizes), list(batches), list(methods)
+    jobs = [(n, b, m) for n in sizes for b in batches for m in methods]
+    rows: list[BenchRow] = []
+    for n, b, m in tqdm(jobs, desc="twiddle bench", disable=not progress, file=sys.stderr):
+        row = _time_method(m, n, b, max_seconds)
+        if memory_batch is not None and b == max(batches):
+            row.peak_extra_memory_x_input = peak_extra_memory(m, n, memory_batch)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """Markdown table: ms, and ratios against nn.Linear (speed-up) and torch.fft (slow-down) from the same run."""
+    index = {(r.method, r.n, r.batch): r for r in rows}
+    lines = [
+        "| n | batch | method | forward ms | fwd+bwd ms | speed-up vs Linear (fwd / fwd+bwd) | time / FFT (fwd) "
+        "| peak extra mem, fwd+bwd (x input) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lin = index.get(("linear", r.n, r.batch))
+        fft = index.get(("fft", r.n, r.batch))
+        speed = ""
+        if lin:
+            speed = f"{lin.forward_ms / r.forward_ms:.1f}x / {lin.forward_backward_ms / r.forward_backward_ms:.1f}x"
+        vs_fft = f"{r.forward_ms / fft.forward_ms:.2f}" if fft else ""
+        mem = "" if r.peak_extra_memory_x_input is None else f"{r.peak_extra_memory_x_input:.2f}"
+        lines.append(
+            f"| {r.n} | {r.batch} | {r.method} | {r.forward_ms:.3f} | {r.forward_backward_ms:.3f} | {speed} "
+            f"| {vs_fft} | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def save_json(rows: list[BenchRow], path: Path) -> None:
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32 (fft: complex64)"}
+    path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
+
+
+def save_plot(rows: list[BenchRow], path: Path, batch: int = 256) -> None:
+    """Forward and forward+backward time against n (log-log) for every method at one batch size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, field, title in zip(axes, ("forward_ms", "forward_backward_ms"), ("forward", "forward + backward"),
+                                strict=True):
+        for method in dict.fromkeys(r.method for r in rows):
+            pts = sorted((r.n, getattr(r, field)) for r in rows if r.method == method and r.batch == batch)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("n")
+        ax.set_ylabel("ms")
+        ax.set_title(f"{title}, batch {batch}, float32, {torch.get_num_threads()} threads")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
