@@ -5,6 +5,8 @@ Kernels:
 * ``reference`` — pure PyTorch (:mod:`twiddle.ops.reference`), the specification; any device and dtype.
 * ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built on first use; CPU tensors of
   dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32 and cast back).
+* ``triton`` — the Triton GPU kernel (:mod:`twiddle.ops.triton_kernel`) for real CUDA tensors when Triton is
+  installed (complex CUDA tensors use the reference).
 
 Choose with the environment variable ``TWIDDLE_KERNEL`` = ``auto`` (default: fused where it applies),
 ``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run).
@@ -24,6 +26,12 @@ __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
+def _have_triton() -> bool:
+    from . import triton_kernel  # imported lazily: only CUDA tensors need it
+
+    return triton_kernel.HAVE_TRITON
+
+
 def prepare_kernel(device: torch.device | str = "cpu") -> None:
     """Build/load the fast kernel for ``device`` now (outside any torch.compile region). Modules call this."""
     if torch.device(device).type == "cpu" and os.environ.get("TWIDDLE_KERNEL", "auto") != "reference":
@@ -38,6 +46,8 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     if mode == "reference":
         return "reference"
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    if x.device.type == "cuda" and twiddle.device.type == "cuda" and not dtype.is_complex and _have_triton():
+        return "triton"
     fits = (
         x.device.type == "cpu"
         and twiddle.device.type == "cpu"
@@ -89,7 +99,18 @@ def butterfly_multiply(
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
-    if kernel_for(twiddle, x) == "reference":
+    kernel = kernel_for(twiddle, x)
+    if kernel == "triton":
+        from .triton_kernel import triton_butterfly_multiply
+
+        dtype = torch.promote_types(x.dtype, twiddle.dtype)
+        compute = torch.float32 if dtype in _LOW_PRECISION else dtype
+        y = triton_butterfly_multiply(
+            twiddle.to(compute), x.reshape(-1, m).to(compute), increasing_stride, out_size=out, transpose=transpose
+        ).to(dtype)
+        y = y.reshape(*lead, out)
+        return y if bias is None else y + bias
+    if kernel == "reference":
         y = butterfly_multiply_reference(
             twiddle, x, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate
         )
