@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._layout import num_stacks, padded_size, pair_positions, twiddle_shape
-from .ops import butterfly_multiply, prepare_kernel
+from .ops import _multiply_checked, butterfly_multiply, prepare_kernel
 
 __all__ = ["Butterfly", "ParameterCount", "INITS"]
 
@@ -198,8 +198,9 @@ class Butterfly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: ``x Wᵀ + b``."""
         self._check_input(x)
-        return butterfly_multiply(
-            self.twiddle, x, self.increasing_stride, out_size=self.out_features, bias=self.bias
+        return _multiply_checked(
+            self.twiddle, x, self.increasing_stride, x.shape[:-1], self.in_features, self.out_features,
+            False, False, self.bias,
         )
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -217,6 +218,8 @@ class Butterfly(nn.Module):
             )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"Butterfly expected a floating-point or complex input, got dtype {x.dtype}")
+        if x.device != self.twiddle.device:
+            raise ValueError(f"input is on {x.device} but the Butterfly layer is on {self.twiddle.device}")
 
     # ------------------------------------------------------------------ inspection
     def to_dense(self) -> torch.Tensor:

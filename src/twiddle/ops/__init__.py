@@ -99,6 +99,21 @@ def butterfly_multiply(
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
+    return _multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate, bias)
+
+
+def _multiply_checked(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool,
+    lead: torch.Size,
+    m: int,
+    out: int,
+    transpose: bool,
+    conjugate: bool,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Dispatch with arguments already validated (modules that own their twiddles call this directly)."""
     kernel = kernel_for(twiddle, x)
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply

@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <vector>
@@ -364,19 +365,21 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
 //   Single: one factor with stride >= 16.
 constexpr int64_t kRows = 8;
 
+#define TWIDDLE_INLINE inline __attribute__((always_inline))
+
 struct Quad {
   __m512 a, b, c, d;
 };
 
-inline Quad zero_quad() { return {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()}; }
+TWIDDLE_INLINE Quad zero_quad() { return {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()}; }
 
 // blocks i..i+15 of a factor whose SoA twiddles start at fs (h blocks per entry)
-inline Quad load_quad(const float* fs, int64_t h, int64_t i) {
+TWIDDLE_INLINE Quad load_quad(const float* fs, int64_t h, int64_t i) {
   return {_mm512_loadu_ps(fs + i), _mm512_loadu_ps(fs + h + i), _mm512_loadu_ps(fs + 2 * h + i),
           _mm512_loadu_ps(fs + 3 * h + i)};
 }
 
-inline void add_quad(float* fs, int64_t h, int64_t i, const Quad& q) {
+TWIDDLE_INLINE void add_quad(float* fs, int64_t h, int64_t i, const Quad& q) {
   _mm512_storeu_ps(fs + i, _mm512_add_ps(_mm512_loadu_ps(fs + i), q.a));
   _mm512_storeu_ps(fs + h + i, _mm512_add_ps(_mm512_loadu_ps(fs + h + i), q.b));
   _mm512_storeu_ps(fs + 2 * h + i, _mm512_add_ps(_mm512_loadu_ps(fs + 2 * h + i), q.c));
@@ -384,7 +387,7 @@ inline void add_quad(float* fs, int64_t h, int64_t i, const Quad& q) {
 }
 
 // (u, v) <- T (u, v)
-inline void apply2(const Quad& q, __m512& u, __m512& v) {
+TWIDDLE_INLINE void apply2(const Quad& q, __m512& u, __m512& v) {
   const __m512 y0 = _mm512_fmadd_ps(q.a, u, _mm512_mul_ps(q.b, v));
   const __m512 y1 = _mm512_fmadd_ps(q.c, u, _mm512_mul_ps(q.d, v));
   u = y0;
@@ -392,7 +395,7 @@ inline void apply2(const Quad& q, __m512& u, __m512& v) {
 }
 
 // Backward of (y0, y1) = T (u, v): acc += (g0 u, g0 v, g1 u, g1 v); (g0, g1) <- T^T (g0, g1).
-inline void backward2(const Quad& q, Quad& acc, __m512 u, __m512 v, __m512& g0, __m512& g1) {
+TWIDDLE_INLINE void backward2(const Quad& q, Quad& acc, __m512 u, __m512 v, __m512& g0, __m512& g1) {
   acc.a = _mm512_fmadd_ps(g0, u, acc.a);
   acc.b = _mm512_fmadd_ps(g0, v, acc.b);
   acc.c = _mm512_fmadd_ps(g1, u, acc.c);
@@ -430,11 +433,11 @@ struct PermTable {
   const SmallPerm& operator()(int64_t s) const { return by_log[s == 1 ? 0 : s == 2 ? 1 : s == 4 ? 2 : 3]; }
 };
 
-inline void split(const SmallPerm& pm, __m512 x0, __m512 x1, __m512& u, __m512& v) {
+TWIDDLE_INLINE void split(const SmallPerm& pm, __m512 x0, __m512 x1, __m512& u, __m512& v) {
   u = _mm512_permutex2var_ps(x0, pm.u, x1);
   v = _mm512_permutex2var_ps(x0, pm.v, x1);
 }
-inline void merge(const SmallPerm& pm, __m512 u, __m512 v, __m512& x0, __m512& x1) {
+TWIDDLE_INLINE void merge(const SmallPerm& pm, __m512 u, __m512 v, __m512& x0, __m512& x1) {
   x0 = _mm512_permutex2var_ps(u, pm.lo, v);
   x1 = _mm512_permutex2var_ps(u, pm.hi, v);
 }
@@ -470,17 +473,33 @@ inline std::vector<Pass> make_passes(const Plan& P) {
 // index of the block of a stride-s factor that acts on position p (bit s of p clear)
 inline int64_t block_index(int64_t p, int64_t s) { return (p / (2 * s)) * s + p % s; }
 
-// raw user-layout twiddles -> SoA in application order (one stack after another)
-std::vector<float> rows_soa(const float* tw, const Plan& P) {
+// raw user-layout twiddles -> SoA in application order (one stack after another). 16 blocks at a time: four
+// loads of (a b c d) x 4 blocks, eight two-source permutes.
+std::unique_ptr<float[]> rows_soa(const float* tw, const Plan& P) {
+  alignas(64) static const int32_t ab_idx[16] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29};
+  alignas(64) static const int32_t cd_idx[16] = {2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
+  alignas(64) static const int32_t lo_idx[16] = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  alignas(64) static const int32_t hi_idx[16] = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const __m512i ab = _mm512_load_si512(ab_idx), cd = _mm512_load_si512(cd_idx);
+  const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
   const int64_t h = P.half;
-  std::vector<float> soa(P.nstacks * P.F * 4 * h);
+  std::unique_ptr<float[]> soa(new float[std::max<int64_t>(1, P.nstacks * P.F * 4 * h)]);  // no zero-fill
   for (int64_t k = 0; k < P.nstacks; ++k)
     for (int64_t f = 0; f < P.F; ++f) {
       const float* src = tw + k * P.stack_size() + P.offsets[f];
-      float* dst = soa.data() + (k * P.F + f) * 4 * h;
-      for (int e = 0; e < 4; ++e) {
-        const int64_t re = raw_entry(P, e);
-        for (int64_t i = 0; i < h; ++i) dst[e * h + i] = src[4 * i + re];
+      float* dst = soa.get() + (k * P.F + f) * 4 * h;
+      float* db = dst + (P.transpose ? 2 : 1) * h;  // the transpose swaps t01 and t10
+      float* dc = dst + (P.transpose ? 1 : 2) * h;
+      for (int64_t i = 0; i < h; i += 16) {
+        const float* t = src + 4 * i;
+        const __m512 v0 = _mm512_loadu_ps(t), v1 = _mm512_loadu_ps(t + 16);
+        const __m512 v2 = _mm512_loadu_ps(t + 32), v3 = _mm512_loadu_ps(t + 48);
+        const __m512 ab01 = _mm512_permutex2var_ps(v0, ab, v1), cd01 = _mm512_permutex2var_ps(v0, cd, v1);
+        const __m512 ab23 = _mm512_permutex2var_ps(v2, ab, v3), cd23 = _mm512_permutex2var_ps(v2, cd, v3);
+        _mm512_storeu_ps(dst + i, _mm512_permutex2var_ps(ab01, lo, ab23));
+        _mm512_storeu_ps(db + i, _mm512_permutex2var_ps(ab01, hi, ab23));
+        _mm512_storeu_ps(dc + i, _mm512_permutex2var_ps(cd01, lo, cd23));
+        _mm512_storeu_ps(dst + 3 * h + i, _mm512_permutex2var_ps(cd01, hi, cd23));
       }
     }
   return soa;
@@ -688,21 +707,22 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
 void rows_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
   const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
-  const std::vector<float> soa = rows_soa(tw, P);
+  const std::unique_ptr<float[]> soa = rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
   const PermTable perms;
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(kRows * ld);
+    std::unique_ptr<float[]> buf_owner(new float[kRows * ld]);  // rows_load initializes what is used
+    float* const buf = buf_owner.get();
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
-        const float* soak = soa.data() + k * P.F * 4 * P.half;
-        rows_load(buf.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
-        for (const Pass& pass : passes) pass_forward(buf.data(), rows, ld, soak, P, pass, perms);
-        rows_store(buf.data(), ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, bias);
+        const float* soak = soa.get() + k * P.F * 4 * P.half;
+        rows_load(buf, ld, x, P.in_size, row0, rows, ic0, icount, P.n);
+        for (const Pass& pass : passes) pass_forward(buf, rows, ld, soak, P, pass, perms);
+        rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, bias);
       }
     }
   });
@@ -713,7 +733,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t ld = P.n + 16;
   const int64_t slot = kRows * ld;
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
-  const std::vector<float> soa = rows_soa(tw, P);
+  const std::unique_ptr<float[]> soa = rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
@@ -727,7 +747,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
-        const float* soak = soa.data() + k * P.F * 4 * P.half;
+        const float* soak = soa.get() + k * P.F * 4 * P.half;
         float* acck = acc + k * P.F * 4 * P.half;
         rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
