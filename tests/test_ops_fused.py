@@ -257,3 +257,27 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_backward_reads_strided_gradients_in_place(dtype, transpose):
+    """y.sum() hands the backward an expanded (stride 0) gradient; a transposed view gives strided rows."""
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    t = torch.randn(twiddle_shape(2, 1, 64), dtype=wide) / 2**0.5
+    m = 128 if transpose else 64
+    out = 64 if transpose else 128
+    x = torch.randn(9, m, dtype=wide)
+    gview = torch.randn(out, 9, dtype=wide).T  # non-contiguous gradient
+    for make_loss in (lambda y: y.real.sum(), lambda y: (y * gview.to(y.dtype)).real.sum()):
+        grads = []
+        for dt, fused in ((dtype, True), (wide, False)):
+            tt = t.detach().to(dt).clone().requires_grad_(True)
+            xx = x.detach().to(dt).clone().requires_grad_(True)
+            f = fused_cpu.fused_butterfly_multiply if fused else butterfly_multiply_reference
+            kwargs = dict(out_size=out, transpose=transpose, conjugate=False)
+            y = f(tt, xx, True, **kwargs)
+            make_loss(y).backward()
+            grads.append((tt.grad.to(wide), xx.grad.to(wide)))
+        for a, r in zip(*grads, strict=True):
+            assert rel(a, r) < TOL[dtype]

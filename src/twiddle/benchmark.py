@@ -4,9 +4,10 @@ Used by ``benchmarks/multiply.py`` and ``twiddle bench``. Every method maps ``(b
 float32 (the FFT in complex64) and is timed in the same process, forward and forward+backward (gradients for
 the input and the weights), median wall-clock over repeats. Ratios come from one run.
 
-Peak memory of forward+backward is measured in a fresh subprocess per method as the growth of the resident set
-(``ru_maxrss``) during one forward+backward at a large batch: it counts the output, the gradients and every
-temporary (weights excluded: they exist before), and is reported as a multiple of the input's size.
+Peak memory of forward+backward is measured in a fresh subprocess per method as the peak resident set during
+one forward+backward at a large batch (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``)
+minus the resident set before it: it counts the output, the gradients and every temporary (weights and input
+excluded: they exist before), and is reported as a multiple of the input's size.
 """
 
 from __future__ import annotations
@@ -110,20 +111,29 @@ def _time_method(method: str, n: int, batch: int, max_seconds: float) -> BenchRo
 _MEMORY_SCRIPT = """
 import resource, sys, torch
 from twiddle.benchmark import _make
+
+def rss(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(field)
+
 method, n, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 fn, params, dtype = _make(method, n)
 def step(b):
     x = torch.randn(b, n, dtype=dtype, requires_grad=True)
     y = fn(x)
     (y.real if y.is_complex() else y).sum().backward()
-    return x
 step(2)  # load kernels, start threads
 x = torch.randn(batch, n, dtype=dtype, requires_grad=True)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = rss("VmRSS:")
+with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident set
+    f.write("5")
 y = fn(x)
 (y.real if y.is_complex() else y).sum().backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) * 1024 / (x.numel() * x.element_size()))
+peak = rss("VmHWM:")
+print((peak - before) / (x.numel() * x.element_size()))
 """
 
 

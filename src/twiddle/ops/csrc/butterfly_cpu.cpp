@@ -45,6 +45,10 @@ struct Plan {
   int64_t in_size, out_size, batch;
   std::vector<int64_t> strides;  // stride of the f-th applied factor
   std::vector<int64_t> offsets;  // offset of the f-th applied factor of stack 0 in the twiddle tensor
+  // element strides (row, column, real/imag) of the incoming gradient; it is read in place, without a
+  // contiguous copy (autograd often hands over an expanded tensor, e.g. the gradient of y.sum())
+  int64_t g_row = 0, g_col = 1, g_comp = 1;
+  bool g_contiguous = true;
 
   int64_t stack_size() const { return nblocks * log_n * factor_size; }
 };
@@ -298,6 +302,19 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
   }
 }
 
+// lanes_load for a strided source (the incoming gradient): element (row, col, comp) at
+// src[row * P.g_row + col * P.g_col + comp * P.g_comp].
+template <typename T>
+inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64_t row0, int64_t rows,
+                               int64_t col0, int64_t count, const Plan& P) {
+  const int64_t width = P.comps * kLanes;
+  std::memset(buf, 0, sizeof(T) * P.n * width);
+  for (int64_t p = 0; p < count; ++p)
+    for (int64_t c = 0; c < P.comps; ++c)
+      for (int64_t l = 0; l < rows; ++l)
+        buf[p * width + c * kLanes + l] = src[(row0 + l) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
+}
+
 template <typename T>
 void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
@@ -339,7 +356,10 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
           std::memcpy(next, acts.data() + f * tile, sizeof(T) * tile);
           lanes_factor<T>(next, twk, P, f);
         }
-        lanes_load<T>(g.data(), gy, P.out_size, row0, rows, oc0, ocount, P);
+        if (P.g_contiguous)
+          lanes_load<T>(g.data(), gy, P.out_size, row0, rows, oc0, ocount, P);
+        else
+          lanes_load_strided<T>(g.data(), gy, row0, rows, oc0, ocount, P);
         for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T>(g.data(), acts.data() + f * tile, twk, acck, P, f);
         if (icount > 0) lanes_store<T>(g.data(), gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
       }
@@ -686,6 +706,16 @@ inline void rows_load(float* buf, int64_t ld, const float* src, int64_t ld_src, 
   }
 }
 
+inline void rows_load_strided(float* buf, int64_t ld, const float* src, const Plan& P, int64_t row0, int64_t rows,
+                              int64_t col0, int64_t count) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* dst = buf + r * ld;
+    const float* row = src + (row0 + r) * P.g_row + col0 * P.g_col;
+    for (int64_t p = 0; p < count; ++p) dst[p] = row[p * P.g_col];
+    if (count < P.n) std::memset(dst + count, 0, sizeof(float) * (P.n - count));
+  }
+}
+
 inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst, int64_t row0, int64_t rows,
                        int64_t col0, int64_t count, bool add, const float* bias = nullptr) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -755,7 +785,10 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
           std::memcpy(next, acts.data() + j * slot, sizeof(float) * rows * ld);
           pass_forward(next, rows, ld, soak, P, passes[j], perms);
         }
-        rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
+        if (P.g_contiguous)
+          rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
+        else
+          rows_load_strided(g.data(), ld, gy, P, row0, rows, oc0, ocount);
         for (int64_t j = npasses - 1; j >= 0; --j)
           pass_backward(g.data(), acts.data() + j * slot, rows, ld, soak, acck, P, passes[j], perms);
         if (icount > 0) rows_store(g.data(), ld, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0);
@@ -866,11 +899,15 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
 std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor& twiddle, const at::Tensor& x,
                                                                const at::Tensor& grad, bool increasing_stride,
                                                                bool transpose, bool conjugate, int64_t out_size) {
-  const Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
-  TORCH_CHECK(grad.size(0) == P.batch && grad.size(1) == out_size, "grad: shape mismatch");
+  Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
+  TORCH_CHECK(grad.dim() == x.dim() && grad.size(0) == P.batch && grad.size(1) == out_size, "grad: shape mismatch");
   at::Tensor tw = twiddle.contiguous();
   at::Tensor xc = x.contiguous();
-  at::Tensor gc = grad.contiguous().to(x.scalar_type());
+  at::Tensor gc = grad.to(x.scalar_type());
+  P.g_contiguous = gc.is_contiguous();
+  P.g_row = gc.stride(0);
+  P.g_col = gc.stride(1);
+  P.g_comp = P.complex ? gc.stride(2) : 1;
   at::Tensor gx = at::empty_like(xc);  // every column is written by some stack (see input_cols)
   at::Tensor gtw = at::zeros_like(tw);
   if (P.batch > 0) {
