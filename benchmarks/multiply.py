@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
     parser.add_argument("--methods", nargs="+", default=list(benchmark.METHODS), choices=benchmark.METHODS)
     parser.add_argument("--memory-batch", type=int, default=4096, help="rows at which peak memory is measured")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch)
     table = benchmark.format_table(rows)
