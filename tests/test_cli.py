@@ -48,3 +48,26 @@ def test_bench_table(capsys):
 def test_bench_rejects_bad_sizes():
     with pytest.raises(SystemExit):
         main(["bench", "--sizes", "0"])
+
+
+def test_factor_json(capsys):
+    assert main(["factor", "dft", "-n", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == "dft" and out["n"] == 64 and out["method"] == "hierarchical"
+    assert out["relative_error"] < 1e-12 and out["rmse"] < 1e-12
+    assert {"seconds", "params", "permutation"} <= set(out)
+
+
+def test_factor_npy_and_summary(capsys, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "h.npy"
+    np.save(path, np.array([[1.0, 1.0], [1.0, -1.0]]))
+    assert main(["factor", str(path), "--permutation", "identity"]) == 0
+    assert "relative error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["factor", "fourier", "-n", "8"], ["factor", "dft"], ["factor", "dft", "-n", "6"]])
+def test_factor_bad_input(argv):
+    with pytest.raises(SystemExit):
+        main(argv)

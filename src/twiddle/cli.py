@@ -1,6 +1,7 @@
 """The ``twiddle`` command line.
 
-Subcommands: ``demo`` (a Butterfly layer beside nn.Linear), ``bench`` (the multiply benchmark).
+Subcommands: ``demo`` (a Butterfly layer beside nn.Linear), ``bench`` (the multiply benchmark), ``factor``
+(find a butterfly factorization of a named target or a .npy matrix).
 Results go to stdout; logs and progress bars to stderr.
 """
 
@@ -101,6 +102,28 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _factor(args: argparse.Namespace) -> int:
+    from .factorize import TARGETS, factorize, target_matrix
+
+    if args.target.endswith(".npy"):
+        matrix, name = args.target, args.target
+    elif args.target in TARGETS:
+        if args.n is None:
+            raise SystemExit(f"twiddle factor: -n is required for the target {args.target!r}")
+        matrix, name = target_matrix(args.target, args.n, seed=args.seed), args.target
+    else:
+        raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a .npy file")
+    try:
+        result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order)
+    except (ValueError, TypeError) as exc:
+        raise SystemExit(f"twiddle factor: {exc}") from None
+    if args.json:
+        print(json.dumps({"target": name, **result.to_dict()}))
+    else:
+        print(result.summary())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twiddle", description="Butterfly factorizations for PyTorch.")
     parser.add_argument("--version", action="version", version=f"twiddle {__version__}")
@@ -124,14 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="also write multiply.json and multiply.png here")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(func=_bench)
+
+    from .factorize import METHODS
+    from .factorize.hierarchical import ORDERS
+    from .permutations import PERMUTATION_NAMES
+
+    factor = sub.add_parser("factor", help="butterfly factorization of a target matrix or a .npy file")
+    factor.add_argument("target", help="dft, idft, dct, dst, hadamard, hartley, convolution, legendre, hilbert, "
+                        "randn, or a .npy file holding a square matrix")
+    factor.add_argument("-n", type=int, default=None, help="size of a named target")
+    factor.add_argument("--method", default="hierarchical", choices=METHODS)
+    factor.add_argument("--permutation", default="auto", choices=("auto",) + PERMUTATION_NAMES)
+    factor.add_argument("--order", default="right", choices=ORDERS)
+    factor.add_argument("--seed", type=int, default=0, help="seed of the random targets (convolution, randn)")
+    factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    factor.set_defaults(func=_factor)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "n", 1) <= 0:
-        parser.error(f"-n must be a positive integer, got {args.n}")
+    n = getattr(args, "n", 1)
+    if n is not None and n <= 0:
+        parser.error(f"-n must be a positive integer, got {n}")
     if getattr(args, "batch", 1) <= 0:
         parser.error(f"--batch must be a positive integer, got {args.batch}")
     return int(args.func(args))

@@ -13,7 +13,19 @@ from torch import nn
 
 from ._layout import ceil_log2
 
-__all__ = ["bitreversal_permutation", "invert_permutation", "check_permutation", "FixedPermutation"]
+__all__ = [
+    "bitreversal_permutation",
+    "bp_permutation",
+    "named_permutation",
+    "PERMUTATION_NAMES",
+    "invert_permutation",
+    "check_permutation",
+    "FixedPermutation",
+]
+
+# The 8 permutations of the BP model (Dao et al. 2019) with the choices shared across levels, by their 3-bit
+# code (separate even/odd, reverse first half, reverse second half); bp000 is the identity, bp100 bit reversal.
+PERMUTATION_NAMES = ("identity", "bitrev") + tuple(f"bp{a}{b}{c}" for a in "01" for b in "01" for c in "01")
 
 
 def bitreversal_permutation(n: int, *, device: torch.device | str | None = None) -> torch.Tensor:
@@ -29,6 +41,43 @@ def bitreversal_permutation(n: int, *, device: torch.device | str | None = None)
     for bit in range(log_n):
         rev |= ((i >> bit) & 1) << (log_n - 1 - bit)
     return rev
+
+
+def bp_permutation(n: int, separate: bool, reverse_first: bool, reverse_second: bool) -> torch.Tensor:
+    """One of the 8 permutations of the 2019 paper's BP model (choices shared by every level).
+
+    Level by level, from the whole vector down to blocks of 4 (the 2-element level is the identity), each block
+    is (1) optionally split into its even then its odd entries, then (2) its first half and (3) its second half
+    are optionally reversed. ``(True, False, False)`` is bit reversal. Gather convention: ``y = x[perm]``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or n & (n - 1):
+        raise ValueError(f"n must be a positive power of two, got {n!r}")
+    perm = torch.arange(n)
+    size = n
+    while size >= 4:
+        blocks = perm.view(-1, size)
+        if separate:
+            blocks = torch.cat((blocks[:, 0::2], blocks[:, 1::2]), dim=1)
+        half = size // 2
+        if reverse_first:
+            blocks = torch.cat((blocks[:, :half].flip(1), blocks[:, half:]), dim=1)
+        if reverse_second:
+            blocks = torch.cat((blocks[:, :half], blocks[:, half:].flip(1)), dim=1)
+        perm = blocks.reshape(n)
+        size = half
+    return perm.clone()
+
+
+def named_permutation(name: str, n: int) -> torch.Tensor:
+    """A permutation by name: ``identity``, ``bitrev`` or ``bpXYZ`` (see :func:`bp_permutation`)."""
+    if name == "identity":
+        return torch.arange(n)
+    if name == "bitrev":
+        return bitreversal_permutation(n)
+    if name in PERMUTATION_NAMES and name.startswith("bp"):
+        a, b, c = (ch == "1" for ch in name[2:])
+        return bp_permutation(n, a, b, c)
+    raise ValueError(f"unknown permutation {name!r}; expected one of {PERMUTATION_NAMES}")
 
 
 def check_permutation(perm: torch.Tensor | Sequence[int], name: str = "perm") -> torch.Tensor:

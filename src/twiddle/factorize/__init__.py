@@ -1,0 +1,143 @@
+"""Find a fast algorithm for a matrix: ``M ≈ B P`` with ``B`` a butterfly and ``P`` a permutation.
+
+:func:`factorize` is the entry point; :mod:`~twiddle.factorize.targets` has the 2019 paper's target matrices and
+:mod:`~twiddle.factorize.hierarchical` the closed-form algorithm.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutation
+from .hierarchical import ORDERS, hierarchical_twiddle
+from .result import FactorizationResult, PermutedButterfly
+from .targets import TARGETS, target_matrix
+
+__all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix"]
+
+METHODS = ("hierarchical",)
+# "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
+_AUTO_CANDIDATES = tuple(name for name in PERMUTATION_NAMES if name.startswith("bp"))
+_ALIASES = {"bp000": "identity", "bp100": "bitrev"}
+
+
+def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
+    """A square, finite, non-empty matrix as a float64/complex128 tensor; ``.npy`` paths are loaded.
+
+    Raises ValueError naming what is wrong (shape, emptiness, NaN/Inf) and TypeError for other types.
+    """
+    if isinstance(matrix, (str, Path)):
+        path = Path(matrix)
+        if path.suffix != ".npy":
+            raise ValueError(f"matrix file must be a .npy file, got {str(path)!r}")
+        if not path.exists():
+            raise ValueError(f"matrix file {str(path)!r} does not exist")
+        matrix = np.load(path, allow_pickle=False)
+    if isinstance(matrix, np.ndarray):
+        if not (np.issubdtype(matrix.dtype, np.number)) or np.issubdtype(matrix.dtype, np.bool_):
+            raise TypeError(f"matrix must hold numbers, got numpy dtype {matrix.dtype}")
+        matrix = torch.from_numpy(np.ascontiguousarray(matrix))
+    if not isinstance(matrix, torch.Tensor):
+        raise TypeError(f"matrix must be a torch.Tensor, a numpy array or a .npy path, got {type(matrix).__name__}")
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(
+            f"matrix must be square (n × n), got shape {tuple(matrix.shape)}; pad a rectangular matrix with zeros "
+            "to a square power-of-two size first"
+        )
+    if matrix.numel() == 0:
+        raise ValueError("matrix is empty")
+    m = matrix.detach().to("cpu")
+    m = m.to(torch.complex128) if m.is_complex() else m.to(torch.float64)
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError("matrix contains NaN or Inf entries")
+    return m
+
+
+def _resolve_permutations(permutation: str | torch.Tensor | Sequence[int], n: int) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(permutation, str):
+        if permutation == "auto":
+            return [(_ALIASES.get(name, name), named_permutation(name, n)) for name in _AUTO_CANDIDATES]
+        if permutation not in PERMUTATION_NAMES:
+            raise ValueError(f"permutation must be 'auto', one of {PERMUTATION_NAMES} or an index sequence, "
+                             f"got {permutation!r}")
+        return [(permutation, named_permutation(permutation, n))]
+    perm = check_permutation(permutation, name="permutation")
+    if perm.numel() != n:
+        raise ValueError(f"permutation has {perm.numel()} entries but the matrix is {n} × {n}")
+    return [("given", perm)]
+
+
+def factorize(
+    matrix: torch.Tensor | np.ndarray | str | Path,
+    method: str = "hierarchical",
+    permutation: str | torch.Tensor | Sequence[int] = "auto",
+    *,
+    order: str = "right",
+    complex: bool | None = None,
+) -> FactorizationResult:
+    """Factor ``matrix`` (n × n, n a power of two) as ``M ≈ B P``.
+
+    Args:
+        matrix: tensor, numpy array or ``.npy`` path; real or complex.
+        method: ``"hierarchical"`` — the closed-form algorithm (one batched SVD per split; exact, to rounding, when
+            ``M P⁻¹`` is a butterfly).
+        permutation: ``"auto"`` (try the 8 BP permutations, identity and bit reversal among them, keep the best),
+            a name (``identity``, ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with
+            ``(P x)[i] = x[perm[i]]``.
+        order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
+            thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
+        complex: complex twiddles; default: complex exactly when the matrix is.
+
+    Returns:
+        A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
+        ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64 parameters
+        (``.float()`` converts).
+
+    Non-square matrices and sizes that are not powers of two are refused with a ValueError (pad with zeros first).
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    m = load_matrix(matrix)
+    n = m.shape[0]
+    if n < 2 or n & (n - 1):
+        raise ValueError(f"the hierarchical method needs n a power of two >= 2, got n = {n}; pad the matrix with "
+                         "zeros to the next power of two")
+    use_complex = m.is_complex() if complex is None else bool(complex)
+    if m.is_complex() and not use_complex:
+        raise ValueError("complex=False was asked for, but the matrix is complex")
+    work = m.to(torch.complex128) if use_complex else m
+    norm = float(work.norm())
+    best = None
+    errors: dict[str, float] = {}
+    for name, perm in _resolve_permutations(permutation, n):
+        target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
+        tw = hierarchical_twiddle(target, order)
+        module = PermutedButterfly(perm, tw)
+        with torch.no_grad():
+            err = float((module.to_dense() - work).norm())
+        rel = err / norm if norm > 0 else err
+        errors[name] = rel
+        if best is None or rel < best[0]:
+            best = (rel, err, name, perm, module)
+    assert best is not None
+    rel, err, name, perm, module = best
+    return FactorizationResult(
+        module=module,
+        rmse=err / n,
+        relative_error=rel,
+        permutation=perm,
+        permutation_name=name,
+        seconds=time.perf_counter() - start,
+        method=method,
+        order=order,
+        candidates=errors if len(errors) > 1 else {},
+    )
+

@@ -1,0 +1,89 @@
+"""Hierarchical butterfly factorization in closed form (Zheng, Riccietti, Gribonval 2022; Le et al. 2024).
+
+Write a butterfly as ``B = X_0 X_1 ... X_{L-1}`` (``X_{L-1}`` applied first, stride 1; ``X_0`` last, stride n/2).
+The product of consecutive factors ``X_s ... X_e`` has support ``I_a ⊗ 1_{m×m} ⊗ I_d`` with ``a = 2^s``,
+``m = 2^(e-s+1)``, ``d = n / 2^(e+1)``; it is stored as ``T[a, d, m, m]`` (entry ``(ia, r, id), (ia, c, id)`` at
+``T[ia, id, r, c]``).
+
+Splitting it into ``X_s..X_i`` (``m1 = 2^(i-s+1)``) and ``X_{i+1}..X_e`` (``m2 = m / m1``) is exact-optimal block
+by block: with rows ``(r1, r2)`` and columns ``(c1, c2)``,
+``T[ia, id, (r1, r2), (c1, c2)] = Lt[ia, (r2, id), r1, c1] · Rt[(ia, c1), id, r2, c2]``, so for each
+``(ia, c1, r2, id)`` the ``m1 × m2`` matrix over ``(r1, c2)`` must be rank one. One batched SVD per split gives the
+best rank-one approximations; the left factor takes ``u``, the right ``σ v`` (or the reverse).
+
+Orthonormalization (Le et al. 2024): the part that is final — a single factor — keeps the unit singular vector
+and the singular value moves to the part still to be split, so the norms are pushed inward and the error of the
+whole factorization stays within a constant of the best possible.
+
+Orders: ``"balanced"`` splits every node in the middle (log2 L levels of SVDs); ``"left"`` peels one factor at a
+time from the left (``X_0`` first), ``"right"`` from the right.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ORDERS", "hierarchical_twiddle", "split_node"]
+
+ORDERS = ("balanced", "left", "right")
+
+
+def split_node(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a node ``T (a, d, m, m)`` into ``left (a, m2 d, m1, m1)`` and ``right (a m1, d, m2, m2)``.
+
+    ``sigma_to`` ("left" or "right") says which side receives the singular values.
+    """
+    a, d, m, _ = T.shape
+    m2 = m // m1
+    # axes (ia, id, r1, r2, c1, c2) -> (ia, c1, r2, id, r1, c2): a batch of m1 x m2 rank-one blocks
+    blocks = T.reshape(a, d, m1, m2, m1, m2).permute(0, 4, 3, 1, 2, 5)
+    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+    u1, s1, v1 = u[..., :, 0], s[..., 0], vh[..., 0, :]  # (a, c1, r2, id, m1), (a, c1, r2, id), (..., m2)
+    if sigma_to == "left":
+        u1 = u1 * s1.unsqueeze(-1)
+    else:
+        v1 = v1 * s1.unsqueeze(-1)
+    # left[ia, (r2, id), r1, c1] = u1[ia, c1, r2, id, r1]
+    left = u1.permute(0, 2, 3, 4, 1).reshape(a, m2 * d, m1, m1)
+    # right[(ia, c1), id, r2, c2] = v1[ia, c1, r2, id, c2]
+    right = v1.permute(0, 1, 3, 2, 4).reshape(a * m1, d, m2, m2)
+    return left, right
+
+
+def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced") -> torch.Tensor:
+    """Butterfly factors of ``target`` (n × n, n a power of two) as a twiddle ``(1, 1, log2 n, n/2, 2, 2)``.
+
+    The twiddle is in twiddle's layout for ``increasing_stride=True`` (factor ``f`` applied f-th, stride ``2^f``),
+    so ``Butterfly(n, n, bias=False, init=twiddle).to_dense() ≈ target``.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    n = target.shape[-1]
+    L = n.bit_length() - 1
+    if L == 0:
+        raise ValueError("n = 1 has no butterfly factors")
+    leaves: dict[int, torch.Tensor] = {}
+
+    # stack of nodes (s, e, T); T holds the product X_s..X_e
+    def choose_split(s: int, e: int) -> int:
+        if order == "balanced":
+            return (s + e) // 2
+        return s if order == "left" else e - 1
+
+    nodes = [(0, L - 1, target.reshape(1, 1, n, n))]
+    while nodes:
+        s, e, T = nodes.pop()
+        if s == e:
+            leaves[s] = T
+            continue
+        i = choose_split(s, e)
+        # the singular values go to the side that will be split further (left side if both or neither)
+        left_final, right_final = i == s, i + 1 == e
+        sigma_to = "right" if left_final and not right_final else "left"
+        left, right = split_node(T, 2 ** (i - s + 1), sigma_to)
+        nodes.append((s, i, left))
+        nodes.append((i + 1, e, right))
+    # X_l: T[a = 2^l, d = n / 2^(l+1), 2, 2] acts with stride d on p = ia 2d + id, block index ia d + id;
+    # applied as factor f = L - 1 - l (stride 2^f = d).
+    factors = [leaves[L - 1 - f].reshape(n // 2, 2, 2) for f in range(L)]
+    return torch.stack(factors).unsqueeze(0).unsqueeze(0)

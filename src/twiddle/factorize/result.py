@@ -1,0 +1,105 @@
+"""What a factorization returns: the learned module (a fixed permutation, then a butterfly) and its quality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..butterfly import Butterfly
+from ..permutations import FixedPermutation
+
+__all__ = ["PermutedButterfly", "FactorizationResult"]
+
+
+class PermutedButterfly(nn.Module):
+    """``x ↦ B (P x)``: a fixed permutation ``P`` (``(P x)[i] = x[perm[i]]``) followed by a square butterfly ``B``.
+
+    Args:
+        perm: permutation of ``0..n-1``.
+        twiddle: ``(1, 1, log2 n, n/2, 2, 2)`` twiddles of ``B`` (increasing stride).
+
+    Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel.
+    """
+
+    def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor) -> None:
+        super().__init__()
+        n = perm.numel()
+        self.permutation = FixedPermutation(perm)
+        self.butterfly = Butterfly(
+            n, n, bias=False, complex=twiddle.is_complex(), init=twiddle, dtype=twiddle.real.dtype
+        )
+
+    @property
+    def size(self) -> int:
+        return self.permutation.size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.butterfly(self.permutation(x))
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``n × n`` matrix ``M = B P`` with ``forward(x) == x @ M.T``."""
+        return self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
+
+
+@dataclass
+class FactorizationResult:
+    """A factorization ``M ≈ B P`` and how good it is.
+
+    Attributes:
+        module: the :class:`PermutedButterfly` computing ``x ↦ B P x``.
+        rmse: root mean square entry error ``‖B P − M‖_F / n``.
+        relative_error: ``‖B P − M‖_F / ‖M‖_F``.
+        permutation: the permutation ``perm`` (``(P x)[i] = x[perm[i]]``).
+        permutation_name: its name (``bitrev``, ``bp101``, …) or ``"given"``.
+        seconds: wall-clock time of the factorization (all candidates included).
+        method, order: how it was found.
+        candidates: relative error of every permutation tried (``permutation="auto"``).
+    """
+
+    module: PermutedButterfly
+    rmse: float
+    relative_error: float
+    permutation: torch.Tensor
+    permutation_name: str
+    seconds: float
+    method: str
+    order: str
+    candidates: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def params(self) -> int:
+        """Stored numbers of the butterfly (``2 n log2 n``, complex entries counted once)."""
+        return self.module.butterfly.twiddle.numel()
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "order": self.order,
+            "n": self.module.size,
+            "rmse": self.rmse,
+            "relative_error": self.relative_error,
+            "seconds": self.seconds,
+            "params": self.params,
+            "permutation": self.permutation_name,
+            "complex": self.module.butterfly.complex,
+            "candidates": self.candidates,
+        }
+
+    def summary(self) -> str:
+        n = self.module.size
+        kind = "complex" if self.module.butterfly.complex else "real"
+        lines = [
+            f"{self.method} factorization ({self.order} order) of a {n}×{n} matrix into a {kind} butterfly "
+            f"× permutation '{self.permutation_name}'",
+            f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
+            f"  {self.params} parameters ({n * n} dense, {n * n / self.params:.1f}× fewer)",
+        ]
+        if self.candidates:
+            best = sorted(self.candidates.items(), key=lambda kv: kv[1])
+            lines.append("  permutations tried: " + ", ".join(f"{k} {v:.2e}" for k, v in best))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
