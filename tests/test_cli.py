@@ -71,3 +71,9 @@ def test_factor_npy_and_summary(capsys, tmp_path):
 def test_factor_bad_input(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_factor_gradient_json(capsys):
+    assert main(["factor", "dft", "-n", "8", "--method", "gradient", "--time-budget", "60", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "gradient" and out["permutation"] == "learned" and out["rmse"] < 1e-4

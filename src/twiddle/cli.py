@@ -114,7 +114,10 @@ def _factor(args: argparse.Namespace) -> int:
     else:
         raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a .npy file")
     try:
-        result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order)
+        extra = {}
+        if args.method == "gradient":
+            extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json)
+        result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order, **extra)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"twiddle factor: {exc}") from None
     if args.json:
@@ -159,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--method", default="hierarchical", choices=METHODS)
     factor.add_argument("--permutation", default="auto", choices=("auto",) + PERMUTATION_NAMES)
     factor.add_argument("--order", default="right", choices=ORDERS)
-    factor.add_argument("--seed", type=int, default=0, help="seed of the random targets (convolution, randn)")
+    factor.add_argument("--seed", type=int, default=0,
+                        help="seed of the random targets (convolution, randn) and of the gradient method")
+    factor.add_argument("--trials", type=int, default=16, help="gradient method: restarts trained together")
+    factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
     factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     factor.set_defaults(func=_factor)
     return parser

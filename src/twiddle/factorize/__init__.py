@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutation
+from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix"]
 
-METHODS = ("hierarchical",)
+METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
 _AUTO_CANDIDATES = tuple(name for name in PERMUTATION_NAMES if name.startswith("bp"))
 _ALIASES = {"bp000": "identity", "bp100": "bitrev"}
@@ -72,6 +73,52 @@ def _resolve_permutations(permutation: str | torch.Tensor | Sequence[int], n: in
     return [("given", perm)]
 
 
+def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: float, seed: int,
+                        target_rmse: float, progress: bool, start: float) -> FactorizationResult:
+    if not (isinstance(permutation, str) and permutation == "auto"):
+        raise ValueError("the gradient method learns its permutation; pass permutation='auto'")
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    if not time_budget > 0:
+        raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
+    config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed), target_rmse=target_rmse)
+    bar = None
+    callback = None
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.max_epochs, desc=f"gradient BP n={m.shape[0]}", file=sys.stderr)
+
+        def callback(epoch: int, rmse: float) -> None:
+            bar.update(1)
+            bar.set_postfix(best_rmse=f"{rmse:.2e}")
+
+    try:
+        fit = fit_bp(m, config, progress=callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    n = m.shape[0]
+    module = PermutedButterfly(fit["perm"], fit["twiddle"].reshape(1, 1, *fit["twiddle"].shape),
+                               real_output=not m.is_complex())
+    with torch.no_grad():
+        err = float((module.to_dense() - m).norm())
+    norm = float(m.norm())
+    return FactorizationResult(
+        module=module,
+        rmse=err / n,
+        relative_error=err / norm if norm > 0 else err,
+        permutation=fit["perm"],
+        permutation_name="learned",
+        seconds=time.perf_counter() - start,
+        method="gradient",
+        order="n/a",
+        candidates={},
+    )
+
+
 def factorize(
     matrix: torch.Tensor | np.ndarray | str | Path,
     method: str = "hierarchical",
@@ -79,19 +126,29 @@ def factorize(
     *,
     order: str = "right",
     complex: bool | None = None,
+    trials: int = 16,
+    time_budget: float = 600.0,
+    seed: int = 0,
+    target_rmse: float = 1e-4,
+    progress: bool = False,
 ) -> FactorizationResult:
     """Factor ``matrix`` (n × n, n a power of two) as ``M ≈ B P``.
 
     Args:
         matrix: tensor, numpy array or ``.npy`` path; real or complex.
         method: ``"hierarchical"`` — the closed-form algorithm (one batched SVD per split; exact, to rounding, when
-            ``M P⁻¹`` is a butterfly).
+            ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP model with a
+            learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
+            real part of the complex model, as in the paper.
         permutation: ``"auto"`` (try the 8 BP permutations, identity and bit reversal among them, keep the best),
             a name (``identity``, ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with
             ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
-        complex: complex twiddles; default: complex exactly when the matrix is.
+        complex: complex twiddles; default: complex exactly when the matrix is (hierarchical; the gradient
+            method always uses complex twiddles).
+        trials, time_budget, seed, target_rmse, progress: the gradient method's restarts (trained together),
+            wall-clock budget in seconds, seed, stopping RMSE, and a progress bar on stderr.
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
@@ -108,8 +165,10 @@ def factorize(
     m = load_matrix(matrix)
     n = m.shape[0]
     if n < 2 or n & (n - 1):
-        raise ValueError(f"the hierarchical method needs n a power of two >= 2, got n = {n}; pad the matrix with "
+        raise ValueError(f"the {method} method needs n a power of two >= 2, got n = {n}; pad the matrix with "
                          "zeros to the next power of two")
+    if method == "gradient":
+        return _factorize_gradient(m, permutation, trials, time_budget, seed, target_rmse, progress, start)
     use_complex = m.is_complex() if complex is None else bool(complex)
     if m.is_complex() and not use_complex:
         raise ValueError("complex=False was asked for, but the matrix is complex")

@@ -20,12 +20,15 @@ class PermutedButterfly(nn.Module):
         perm: permutation of ``0..n-1``.
         twiddle: ``(1, 1, log2 n, n/2, 2, 2)`` twiddles of ``B`` (increasing stride).
 
+        real_output: return the real part (a complex butterfly fitted to a real target, as in the 2019 paper).
+
     Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel.
     """
 
-    def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor) -> None:
+    def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False) -> None:
         super().__init__()
         n = perm.numel()
+        self.real_output = real_output
         self.permutation = FixedPermutation(perm)
         self.butterfly = Butterfly(
             n, n, bias=False, complex=twiddle.is_complex(), init=twiddle, dtype=twiddle.real.dtype
@@ -36,11 +39,14 @@ class PermutedButterfly(nn.Module):
         return self.permutation.size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.butterfly(self.permutation(x))
+        y = self.butterfly(self.permutation(x))
+        return y.real if self.real_output and y.is_complex() else y
 
     def to_dense(self) -> torch.Tensor:
-        """The ``n × n`` matrix ``M = B P`` with ``forward(x) == x @ M.T``."""
-        return self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
+        """The ``n × n`` matrix ``M = B P`` (its real part if ``real_output``) with ``forward(x) == x @ M.T``
+        for real ``x``."""
+        dense = self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
+        return dense.real if self.real_output and dense.is_complex() else dense
 
 
 @dataclass
@@ -90,9 +96,10 @@ class FactorizationResult:
     def summary(self) -> str:
         n = self.module.size
         kind = "complex" if self.module.butterfly.complex else "real"
+        how = f"{self.method} factorization" + (f" ({self.order} order)" if self.method == "hierarchical" else "")
+        real = " (real part)" if self.module.real_output else ""
         lines = [
-            f"{self.method} factorization ({self.order} order) of a {n}×{n} matrix into a {kind} butterfly "
-            f"× permutation '{self.permutation_name}'",
+            f"{how} of a {n}×{n} matrix into a {kind} butterfly{real} × permutation '{self.permutation_name}'",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
             f"  {self.params} parameters ({n * n} dense, {n * n / self.params:.1f}× fewer)",
         ]

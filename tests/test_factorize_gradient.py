@@ -1,0 +1,56 @@
+"""The gradient method (2019 paper): relaxed permutation, and recovery of DFT-16 and Hadamard-16 with the
+permutation learned, not given."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from twiddle import factorize
+from twiddle.factorize import target_matrix
+from twiddle.factorize.gradient import hard_permutation, relaxed_permute
+from twiddle.permutations import bp_permutation
+
+
+@pytest.mark.parametrize("n", [4, 8, 32])
+def test_hard_relaxed_permutation_matches_bp_permutations(n):
+    levels = n.bit_length() - 2
+    for a, b, c in itertools.product([False, True], repeat=3):
+        logits = torch.tensor([[a, b, c]] * levels, dtype=torch.float64).unsqueeze(0) * 2 - 1
+        assert torch.equal(hard_permutation(logits, n)[0], bp_permutation(n, a, b, c))
+
+
+def test_relaxed_permutation_is_doubly_stochastic_and_differentiable():
+    n = 16
+    logits = torch.randn(3, 3, 3, dtype=torch.float64, requires_grad=True)
+    eye = torch.eye(n, dtype=torch.float64).expand(3, n, n)
+    mix = relaxed_permute(eye, torch.sigmoid(logits))
+    torch.testing.assert_close(mix.sum(-1), torch.ones(3, n, dtype=torch.float64))
+    torch.testing.assert_close(mix.sum(-2), torch.ones(3, n, dtype=torch.float64))
+    mix.pow(2).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dft", "hadamard"])
+def test_gradient_method_learns_permutation_and_reaches_1e4(name):
+    target = target_matrix(name, 16)
+    result = factorize(target, method="gradient", time_budget=120, seed=0)
+    assert result.rmse < 1e-4
+    assert result.permutation_name == "learned"
+    assert sorted(result.permutation.tolist()) == list(range(16))
+    x = torch.randn(4, 16, dtype=torch.float64)
+    expected = x.to(target.dtype) @ target.T
+    assert (result.module(x) - expected).abs().max() < 1e-3
+    if name == "hadamard":
+        assert result.module.real_output and not result.module(x).is_complex()
+
+
+def test_gradient_method_refuses_a_given_permutation_and_bad_settings():
+    with pytest.raises(ValueError, match="learns its permutation"):
+        factorize(torch.eye(8), method="gradient", permutation="bitrev")
+    with pytest.raises(ValueError, match="trials"):
+        factorize(torch.eye(8), method="gradient", trials=0)
+    with pytest.raises(ValueError, match="time_budget"):
+        factorize(torch.eye(8), method="gradient", time_budget=0)
