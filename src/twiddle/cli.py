@@ -127,6 +127,29 @@ def _factor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from . import experiments
+
+    if args.list or args.name is None:
+        for exp in experiments.EXPERIMENTS.values():
+            print(f"{exp.name}: {exp.description}")
+        return 0
+    options = {}
+    if args.method:
+        options["methods"] = tuple(args.method)
+    if args.time_budget is not None:
+        options["time_budget"] = args.time_budget
+    options["seed"] = args.seed
+    try:
+        results = experiments.run(args.name, quick=args.quick, out=args.out, **options)
+    except ValueError as exc:
+        raise SystemExit(f"twiddle reproduce: {exc}") from None
+    table = (args.out / args.name / "table.md").read_text()
+    print(json.dumps(results) if args.json else table)
+    _log(f"wrote {args.out / args.name}/results.json, table.md and a PNG")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twiddle", description="Butterfly factorizations for PyTorch.")
     parser.add_argument("--version", action="version", version=f"twiddle {__version__}")
@@ -168,6 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
     factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     factor.set_defaults(func=_factor)
+
+    reproduce = sub.add_parser("reproduce", help="reproduce a paper experiment (twiddle reproduce --list)")
+    reproduce.add_argument("name", nargs="?", help="experiment name")
+    reproduce.add_argument("--list", action="store_true", help="list the experiments")
+    reproduce.add_argument("--quick", action="store_true", help="small sizes, seconds instead of hours")
+    reproduce.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/NAME/")
+    reproduce.add_argument("--method", action="append", choices=METHODS, help="factorization method(s) to run")
+    reproduce.add_argument("--time-budget", type=float, default=None, help="seconds per gradient-method cell")
+    reproduce.add_argument("--seed", type=int, default=0)
+    reproduce.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    reproduce.set_defaults(func=_reproduce)
     return parser
 
 
