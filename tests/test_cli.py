@@ -6,7 +6,7 @@ from twiddle.cli import main
 
 
 def test_demo_json(capsys):
-    assert main(["demo", "-n", "64", "--batch", "8", "--json"]) == 0
+    assert main(["demo", "-n", "64", "--batch", "8", "--json", "--skip-factorize"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 64
     assert out["butterfly"]["params"] == 6 * 32 * 4 + 64
@@ -16,7 +16,7 @@ def test_demo_json(capsys):
 
 
 def test_demo_table(capsys):
-    assert main(["demo", "-n", "100", "--batch", "4"]) == 0
+    assert main(["demo", "-n", "100", "--batch", "4", "--skip-factorize"]) == 0
     out = capsys.readouterr().out
     assert "nn.Linear(100, 100)" in out and "twiddle.Butterfly(100, 100)" in out
 
@@ -77,3 +77,9 @@ def test_factor_gradient_json(capsys):
     assert main(["factor", "dft", "-n", "8", "--method", "gradient", "--time-budget", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "gradient" and out["permutation"] == "learned" and out["rmse"] < 1e-4
+
+
+def test_demo_main_job_with_factorization(capsys):
+    assert main(["demo", "-n", "64", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "DFT-1024, hierarchical" in out and "DFT-32, gradient" in out and "torch.fft.fft" in out

@@ -68,16 +68,55 @@ def _demo(args: argparse.Namespace) -> int:
         "max_abs_error_vs_dense": max_err,
         "kernel": kernel_for(butterfly.twiddle, x),
     }
+    if not args.skip_factorize:
+        result["factorize"] = _demo_factorize(batch)
     if args.json:
         print(json.dumps(result))
         return 0
+    print("1. A Butterfly layer as a drop-in for nn.Linear\n")
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     print(f"\nparameters: {count.ratio:.1f}x fewer than dense")
     print(f"forward(x) vs x @ to_dense().T + bias: max |difference| = {max_err:.2e} (float32)")
     print(f"butterfly kernel: {kernel_for(butterfly.twiddle, x)}")
+    if "factorize" in result:
+        f = result["factorize"]
+        print("\n2. Finding fast algorithms\n")
+        h = f["hierarchical_dft1024"]
+        print(f"DFT-1024, hierarchical (closed form): relative error {h['relative_error']:.1e} in {h['seconds']:.2f} s,"
+              f" permutation {h['permutation']}")
+        g = f["gradient_dft32"]
+        print(f"DFT-32, gradient (the 2019 paper, permutation learned): RMSE {g['rmse']:.1e} in {g['seconds']:.1f} s;"
+              f" learned permutation is {'a' if g['permutation_is_exact'] else 'NOT a'} valid FFT ordering")
+        sp = f["speed_dft1024"]
+        print(f"DFT-1024 as the factored module, batch {batch}, complex64: {sp['module_ms']:.3f} ms; "
+              f"dense matmul {sp['dense_ms']:.3f} ms; torch.fft.fft {sp['fft_ms']:.3f} ms")
     return 0
+
+
+def _demo_factorize(batch: int) -> dict:
+    from .factorize import PermutedButterfly, factorize, target_matrix
+
+    _log("factoring DFT-1024 in closed form, then learning DFT-32 by gradient descent ...")
+    dft = target_matrix("dft", 1024)
+    h = factorize(dft, permutation="auto")
+    g = factorize(target_matrix("dft", 32), method="gradient", time_budget=120, seed=0)
+    # a learned permutation is "exact" when the closed form finds an exact butterfly under it
+    exact = factorize(target_matrix("dft", 32), permutation=g.permutation).relative_error < 1e-10
+    module = PermutedButterfly(h.permutation, h.module.butterfly.twiddle.detach().to(torch.complex64))
+    x = torch.randn(batch, 1024, dtype=torch.complex64)
+    dense = dft.to(torch.complex64)
+    with torch.no_grad():
+        t_mod = median_seconds(lambda: module(x))
+        t_dense = median_seconds(lambda: x @ dense.T)
+        t_fft = median_seconds(lambda: torch.fft.fft(x, norm="ortho"))
+    return {
+        "hierarchical_dft1024": {"relative_error": h.relative_error, "seconds": h.seconds,
+                                 "permutation": h.permutation_name},
+        "gradient_dft32": {"rmse": g.rmse, "seconds": g.seconds, "permutation_is_exact": exact},
+        "speed_dft1024": {"module_ms": t_mod * 1e3, "dense_ms": t_dense * 1e3, "fft_ms": t_fft * 1e3},
+    }
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -159,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--batch", type=int, default=256, help="batch size (default 256)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    demo.add_argument("--skip-factorize", action="store_true", help="only the layer comparison")
     demo.set_defaults(func=_demo)
 
     from pathlib import Path
