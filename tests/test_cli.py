@@ -83,3 +83,15 @@ def test_demo_main_job_with_factorization(capsys):
     assert main(["demo", "-n", "64", "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "DFT-1024, hierarchical" in out and "DFT-32, gradient" in out and "torch.fft.fft" in out
+
+
+def test_factor_out_saves_a_loadable_module(capsys, tmp_path):
+    import torch
+
+    from twiddle.factorize import PermutedButterfly, target_matrix
+
+    path = tmp_path / "dft.safetensors"
+    assert main(["factor", "dft", "-n", "32", "--out", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(path)
+    module = PermutedButterfly.load(path)
+    torch.testing.assert_close(module.to_dense(), target_matrix("dft", 32), atol=1e-12, rtol=0)

@@ -159,3 +159,27 @@ def test_bad_arguments(tmp_path):
         factorize([[1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match="unknown target"):
         target_matrix("fourier", 8)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_save_load_round_trip(tmp_path, complex_):
+    from twiddle.factorize import PermutedButterfly
+
+    M = random_butterfly_matrix(16, complex=complex_, seed=4)
+    result = factorize(M)
+    path = tmp_path / "m.safetensors"
+    result.module.save(path)
+    loaded = PermutedButterfly.load(path)
+    torch.testing.assert_close(loaded.to_dense(), result.module.to_dense(), rtol=0, atol=0)
+    assert torch.equal(loaded.permutation.perm, result.permutation)
+
+
+def test_load_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from twiddle.factorize import PermutedButterfly
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ValueError, match="not a twiddle factorization file"):
+        PermutedButterfly.load(path)

@@ -159,8 +159,13 @@ def _factor(args: argparse.Namespace) -> int:
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order, **extra)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"twiddle factor: {exc}") from None
+    info = {"target": name, **result.to_dict()}
+    if args.out is not None:
+        result.module.save(args.out)
+        info["out"] = str(args.out)
+        _log(f"saved the module to {args.out} (load with twiddle.factorize.PermutedButterfly.load)")
     if args.json:
-        print(json.dumps({"target": name, **result.to_dict()}))
+        print(json.dumps(info))
     else:
         print(result.summary())
     return 0
@@ -229,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the random targets (convolution, randn) and of the gradient method")
     factor.add_argument("--trials", type=int, default=16, help="gradient method: restarts trained together")
     factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
+    factor.add_argument("--out", type=Path, default=None, help="save the learned module (safetensors)")
     factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     factor.set_defaults(func=_factor)
 

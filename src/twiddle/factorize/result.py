@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -41,6 +42,34 @@ class PermutedButterfly(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.butterfly(self.permutation(x))
         return y.real if self.real_output and y.is_complex() else y
+
+    def save(self, path: str | Path) -> None:
+        """Save to a safetensors file (complex twiddles stored as their real view; the layout in the metadata)."""
+        from safetensors.torch import save_file
+
+        tw = self.butterfly.twiddle.detach()
+        tensors = {
+            "perm": self.permutation.perm.contiguous(),
+            "twiddle": (torch.view_as_real(tw) if tw.is_complex() else tw).contiguous(),
+        }
+        metadata = {"format": "twiddle.PermutedButterfly/1", "complex": str(int(tw.is_complex())),
+                    "real_output": str(int(self.real_output)), "n": str(self.size)}
+        save_file(tensors, str(path), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PermutedButterfly:
+        """Load a module written by :meth:`save` (or by ``twiddle factor --out``)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != "twiddle.PermutedButterfly/1":
+                found = metadata.get("format")
+                raise ValueError(f"{str(path)!r} is not a twiddle factorization file (format {found!r})")
+            perm, tw = f.get_tensor("perm"), f.get_tensor("twiddle")
+        if metadata["complex"] == "1":
+            tw = torch.view_as_complex(tw.contiguous())
+        return cls(perm, tw, real_output=metadata["real_output"] == "1")
 
     def to_dense(self) -> torch.Tensor:
         """The ``n × n`` matrix ``M = B P`` (its real part if ``real_output``) with ``forward(x) == x @ M.T``
