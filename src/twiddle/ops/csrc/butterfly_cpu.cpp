@@ -63,7 +63,7 @@ inline int64_t raw_entry(const Plan& P, int e) {
 // Work items handed to one thread at least: small batches run inline, without waking the thread pool.
 inline int64_t grain_for(const Plan& P, int64_t rows_per_item) {
   const int64_t work = std::max<int64_t>(1, P.nstacks * std::max<int64_t>(P.F, 1) * P.n * rows_per_item);
-  return std::max<int64_t>(1, (int64_t(1) << 17) / work);
+  return std::max<int64_t>(1, (int64_t(1) << 20) / work);
 }
 
 // Columns of the input (ld = in_size) that stack k reads, and of the output (ld = out_size) it writes.
@@ -495,7 +495,9 @@ inline int64_t block_index(int64_t p, int64_t s) { return (p / (2 * s)) * s + p 
 
 // raw user-layout twiddles -> SoA in application order (one stack after another). 16 blocks at a time: four
 // loads of (a b c d) x 4 blocks, eight two-source permutes.
-std::unique_ptr<float[]> rows_soa(const float* tw, const Plan& P) {
+// The buffer is reused by the calling thread from call to call (grow-only, a few MB at most): allocating it fresh
+// costs page faults that dominate small batches at large n.
+const float* rows_soa(const float* tw, const Plan& P) {
   alignas(64) static const int32_t ab_idx[16] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29};
   alignas(64) static const int32_t cd_idx[16] = {2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
   alignas(64) static const int32_t lo_idx[16] = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
@@ -503,11 +505,14 @@ std::unique_ptr<float[]> rows_soa(const float* tw, const Plan& P) {
   const __m512i ab = _mm512_load_si512(ab_idx), cd = _mm512_load_si512(cd_idx);
   const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
   const int64_t h = P.half;
-  std::unique_ptr<float[]> soa(new float[std::max<int64_t>(1, P.nstacks * P.F * 4 * h)]);  // no zero-fill
+  static thread_local std::vector<float> cache;
+  const size_t needed = static_cast<size_t>(std::max<int64_t>(1, P.nstacks * P.F * 4 * h));
+  if (cache.size() < needed) cache.resize(needed);
+  float* soa = cache.data();
   for (int64_t k = 0; k < P.nstacks; ++k)
     for (int64_t f = 0; f < P.F; ++f) {
       const float* src = tw + k * P.stack_size() + P.offsets[f];
-      float* dst = soa.get() + (k * P.F + f) * 4 * h;
+      float* dst = soa + (k * P.F + f) * 4 * h;
       float* db = dst + (P.transpose ? 2 : 1) * h;  // the transpose swaps t01 and t10
       float* dc = dst + (P.transpose ? 1 : 2) * h;
       for (int64_t i = 0; i < h; i += 16) {
@@ -539,15 +544,43 @@ void rows_soa_to_raw(const float* gsoa, float* gtw, const Plan& P) {
     }
 }
 
-// Forward of one pass on `rows` rows (buffer rows ld floats apart); soa = this stack's twiddles.
-inline void pass_forward(float* buf, int64_t rows, int64_t ld, const float* soa, const Plan& P, const Pass& pass,
-                         const PermTable& perms) {
-  const int64_t n = P.n, h = P.half;
+// 16 consecutive blocks straight from the user's layout (a b c d a b c d ...): four loads, eight permutes.
+TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap) {
+  const __m512i ab = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+  const __m512i cd = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+  const __m512i lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const __m512 v0 = _mm512_loadu_ps(t), v1 = _mm512_loadu_ps(t + 16);
+  const __m512 v2 = _mm512_loadu_ps(t + 32), v3 = _mm512_loadu_ps(t + 48);
+  const __m512 ab01 = _mm512_permutex2var_ps(v0, ab, v1), cd01 = _mm512_permutex2var_ps(v0, cd, v1);
+  const __m512 ab23 = _mm512_permutex2var_ps(v2, ab, v3), cd23 = _mm512_permutex2var_ps(v2, cd, v3);
+  Quad q{_mm512_permutex2var_ps(ab01, lo, ab23), _mm512_permutex2var_ps(ab01, hi, ab23),
+         _mm512_permutex2var_ps(cd01, lo, cd23), _mm512_permutex2var_ps(cd01, hi, cd23)};
+  if (swap) std::swap(q.b, q.c);
+  return q;
+}
+
+// Where the pass kernels read one stack's twiddles: the SoA copy (converted once per call), or — for a single
+// group of rows, where the conversion would cost more than the work — the user's layout directly.
+struct TwiddleSource {
+  const float* base;  // SoA: this stack's SoA twiddles; raw: this stack's twiddles in the user's layout
+  int64_t h;
+  bool raw, swap;
+  const int64_t* offsets;  // raw: offset of each applied factor
+  TWIDDLE_INLINE Quad quad(int64_t f, int64_t i) const {
+    return raw ? load_quad_raw(base + offsets[f] + 4 * i, swap) : load_quad(base + f * 4 * h, h, i);
+  }
+};
+
+// Forward of one pass on `rows` rows (buffer rows ld floats apart).
+inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSource& tws, const Plan& P,
+                         const Pass& pass, const PermTable& perms) {
+  const int64_t n = P.n;
   if (pass.kind == PassKind::Small) {
     const int64_t m = pass.count;
     Quad q[kMaxSmallRun];
     for (int64_t c = 0; c < n / 32; ++c) {
-      for (int64_t j = 0; j < m; ++j) q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, 16 * c);
+      for (int64_t j = 0; j < m; ++j) q[j] = tws.quad(pass.f0 + j, 16 * c);
       for (int64_t r = 0; r < rows; ++r) {
         float* x = buf + r * ld + 32 * c;
         __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), u, v;
@@ -563,12 +596,11 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const float* soa,
     }
   } else if (pass.kind == PassKind::Pair) {
     const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
-    const float* t1 = soa + pass.f0 * 4 * h;
-    const float* t2 = t1 + 4 * h;
     for (int64_t p = 0; p < n; p += 16) {
       if ((p & s1) || (p & s2)) continue;
-      const Quad q10 = load_quad(t1, h, block_index(p, s1)), q11 = load_quad(t1, h, block_index(p + s2, s1));
-      const Quad q20 = load_quad(t2, h, block_index(p, s2)), q21 = load_quad(t2, h, block_index(p + s1, s2));
+      const Quad q10 = tws.quad(pass.f0, block_index(p, s1)), q11 = tws.quad(pass.f0, block_index(p + s2, s1));
+      const Quad q20 = tws.quad(pass.f0 + 1, block_index(p, s2));
+      const Quad q21 = tws.quad(pass.f0 + 1, block_index(p + s1, s2));
       for (int64_t r = 0; r < rows; ++r) {
         float* x = buf + r * ld + p;
         __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + s1);
@@ -585,10 +617,9 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const float* soa,
     }
   } else {
     const int64_t s = P.strides[pass.f0];
-    const float* t = soa + pass.f0 * 4 * h;
     for (int64_t p = 0; p < n; p += 16) {
       if (p & s) continue;
-      const Quad q = load_quad(t, h, block_index(p, s));
+      const Quad q = tws.quad(pass.f0, block_index(p, s));
       for (int64_t r = 0; r < rows; ++r) {
         float* x = buf + r * ld + p;
         __m512 u = _mm512_loadu_ps(x), v = _mm512_loadu_ps(x + s);
@@ -737,7 +768,8 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
 void rows_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
   const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
-  const std::unique_ptr<float[]> soa = rows_soa(tw, P);
+  const bool raw = P.batch <= kRows;  // one group of rows: read the user's layout, skip the conversion
+  const float* const soa = raw ? nullptr : rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
   const PermTable perms;
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
@@ -749,9 +781,11 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
-        const float* soak = soa.get() + k * P.F * 4 * P.half;
+        const TwiddleSource tws = raw ? TwiddleSource{tw + k * P.stack_size(), P.half, true, P.transpose,
+                                                      P.offsets.data()}
+                                      : TwiddleSource{soa + k * P.F * 4 * P.half, P.half, false, false, nullptr};
         rows_load(buf, ld, x, P.in_size, row0, rows, ic0, icount, P.n);
-        for (const Pass& pass : passes) pass_forward(buf, rows, ld, soak, P, pass, perms);
+        for (const Pass& pass : passes) pass_forward(buf, rows, ld, tws, P, pass, perms);
         rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, bias);
       }
     }
@@ -763,7 +797,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t ld = P.n + 16;
   const int64_t slot = kRows * ld;
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
-  const std::unique_ptr<float[]> soa = rows_soa(tw, P);
+  const float* const soa = rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
@@ -777,13 +811,13 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
-        const float* soak = soa.get() + k * P.F * 4 * P.half;
+        const float* soak = soa + k * P.F * 4 * P.half;
         float* acck = acc + k * P.F * 4 * P.half;
         rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
           float* next = acts.data() + (j + 1) * slot;
           std::memcpy(next, acts.data() + j * slot, sizeof(float) * rows * ld);
-          pass_forward(next, rows, ld, soak, P, passes[j], perms);
+          pass_forward(next, rows, ld, TwiddleSource{soak, P.half, false, false, nullptr}, P, passes[j], perms);
         }
         if (P.g_contiguous)
           rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
