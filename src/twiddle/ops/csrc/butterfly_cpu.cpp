@@ -60,7 +60,8 @@ inline int64_t raw_entry(const Plan& P, int e) {
   return 3 - e;
 }
 
-// Work items handed to one thread at least: small batches run inline, without waking the thread pool.
+// Work items handed to one thread at least: small batches run inline, without waking the thread pool (about a
+// million block-row updates per thread make the wake-up worth it). The backward does ~4x the work per item.
 inline int64_t grain_for(const Plan& P, int64_t rows_per_item) {
   const int64_t work = std::max<int64_t>(1, P.nstacks * std::max<int64_t>(P.F, 1) * P.n * rows_per_item);
   return std::max<int64_t>(1, (int64_t(1) << 20) / work);
@@ -340,7 +341,7 @@ template <typename T>
 void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t tw_size, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
-  chunked_reduce<T>(ntiles, grain_for(P, kLanes), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
+  chunked_reduce<T>(ntiles, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
     std::vector<T> acts(std::max<int64_t>(P.F, 1) * tile);
     std::vector<T> g(tile);
     for (int64_t t = begin; t < end; ++t) {
@@ -802,7 +803,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
   std::vector<float> total(soa_size, 0.0f);
-  chunked_reduce<float>(ngroups, grain_for(P, kRows), soa_size, total.data(), [&](int64_t begin, int64_t end,
+  chunked_reduce<float>(ngroups, std::max<int64_t>(1, grain_for(P, kRows) / 4), soa_size, total.data(), [&](int64_t begin, int64_t end,
                                                                                     float* acc) {
     std::vector<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass
     std::vector<float> g(slot);
