@@ -282,3 +282,15 @@ def test_backward_reads_strided_gradients_in_place(dtype, transpose):
             grads.append((tt.grad.to(wide), xx.grad.to(wide)))
         for a, r in zip(*grads, strict=True):
             assert rel(a, r) < TOL[dtype]
+
+
+def test_double_backward_is_refused_not_silently_wrong():
+    t = torch.randn(twiddle_shape(1, 1, 16), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)
+    y = fused_cpu.fused_butterfly_multiply(t, x, True, out_size=16, transpose=False, conjugate=False)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
+    # first derivatives are unaffected
+    y = fused_cpu.fused_butterfly_multiply(t, x, True, out_size=16, transpose=False, conjugate=False)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.shape == x.shape

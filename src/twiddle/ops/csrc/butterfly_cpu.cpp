@@ -981,6 +981,11 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("twiddle::butterfly_multiply_backward", "")
                          .typed<decltype(butterfly_multiply_backward)>();
+    // create_graph=True runs this with grad mode on: the kernel's gradients are not differentiable, so refuse
+    // instead of returning silently wrong (zero) higher derivatives.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "twiddle's fused butterfly kernel does not support double backward (create_graph=True); "
+                "set TWIDDLE_KERNEL=reference to use the pure-PyTorch multiply, which does");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& grad = grads[0];
     auto [gtw, gx] = op.call(saved[0], saved[1], grad, ctx->saved_data["increasing_stride"].toBool(),
