@@ -294,3 +294,25 @@ def test_double_backward_is_refused_not_silently_wrong():
     y = fused_cpu.fused_butterfly_multiply(t, x, True, out_size=16, transpose=False, conjugate=False)
     (gx,) = torch.autograd.grad(y.sum(), x)
     assert gx.shape == x.shape
+
+
+def test_falls_back_to_reference_with_one_warning_without_a_compiler(tmp_path):
+    code = """
+import warnings, torch
+from twiddle.ops import butterfly_multiply, butterfly_multiply_reference, kernel_for
+t = torch.randn(1, 1, 3, 4, 2, 2)
+x = torch.randn(2, 8)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    y1 = butterfly_multiply(t, x)
+    y2 = butterfly_multiply(t, x)
+msgs = [str(w.message) for w in caught if "fused CPU butterfly kernel could not be built" in str(w.message)]
+assert len(msgs) == 1, msgs
+assert kernel_for(t, x) == "reference"
+assert torch.allclose(y1, butterfly_multiply_reference(t, x))
+print("ok")
+"""
+    env = {"PATH": str(tmp_path), "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")

@@ -40,6 +40,7 @@ def load() -> bool:
             if not _already_registered():
                 from torch.utils import cpp_extension
 
+                _put_ninja_on_path()
                 cpp_extension.load(
                     name="twiddle_butterfly_cpu",
                     sources=[str(_SOURCE)],
@@ -60,6 +61,17 @@ def load() -> bool:
                 stacklevel=3,
             )
         return bool(_state["ok"])
+
+
+def _put_ninja_on_path() -> None:
+    """The ``ninja`` pip package installs its binary next to the interpreter; make sure a subprocess finds it even
+    when the virtual environment is not activated (e.g. ``.venv/bin/python -m pytest``)."""
+    import shutil
+    import sys
+
+    if shutil.which("ninja") is None:
+        bindir = os.path.dirname(sys.executable)
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
 def error() -> str | None:
