@@ -446,13 +446,46 @@ inline SmallPerm small_perm(int64_t s) {
   return {_mm512_load_si512(u), _mm512_load_si512(v), _mm512_load_si512(out), _mm512_load_si512(out + 16)};
 }
 
+// From the U | V halves of a stride-a factor straight to the U | V halves of a stride-b factor (merge then
+// split, composed): two permutes instead of four between consecutive small-stride factors.
+struct HalfChange {
+  __m512i u, v;
+};
+
+inline int small_log(int64_t s) { return s == 1 ? 0 : s == 2 ? 1 : s == 4 ? 2 : 3; }
+
 struct PermTable {
   SmallPerm by_log[4];  // strides 1, 2, 4, 8
+  HalfChange change[4][4];
   PermTable() {
     for (int j = 0; j < 4; ++j) by_log[j] = small_perm(int64_t(1) << j);
+    for (int a = 0; a < 4; ++a)
+      for (int b = 0; b < 4; ++b) {
+        const int sa = 1 << a, sb = 1 << b;
+        int32_t where[32];  // position p (0..31) sits at index where[p] of U | V for stride a
+        for (int j = 0; j < 16; ++j) {
+          const int ua = 2 * sa * (j / sa) + j % sa;
+          where[ua] = j;
+          where[ua + sa] = 16 + j;
+        }
+        alignas(64) int32_t cu[16], cv[16];
+        for (int t = 0; t < 16; ++t) {
+          const int ub = 2 * sb * (t / sb) + t % sb;
+          cu[t] = where[ub];
+          cv[t] = where[ub + sb];
+        }
+        change[a][b] = {_mm512_load_si512(cu), _mm512_load_si512(cv)};
+      }
   }
-  const SmallPerm& operator()(int64_t s) const { return by_log[s == 1 ? 0 : s == 2 ? 1 : s == 4 ? 2 : 3]; }
+  const SmallPerm& operator()(int64_t s) const { return by_log[small_log(s)]; }
+  const HalfChange& between(int64_t from, int64_t to) const { return change[small_log(from)][small_log(to)]; }
 };
+
+TWIDDLE_INLINE void change_halves(const HalfChange& c, __m512& u, __m512& v) {
+  const __m512 nu = _mm512_permutex2var_ps(u, c.u, v), nv = _mm512_permutex2var_ps(u, c.v, v);
+  u = nu;
+  v = nv;
+}
 
 TWIDDLE_INLINE void split(const SmallPerm& pm, __m512 x0, __m512 x1, __m512& u, __m512& v) {
   u = _mm512_permutex2var_ps(x0, pm.u, x1);
@@ -585,12 +618,13 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSour
       for (int64_t r = 0; r < rows; ++r) {
         float* x = buf + r * ld + 32 * c;
         __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), u, v;
+        const int64_t* st = P.strides.data() + pass.f0;
+        split(perms(st[0]), x0, x1, u, v);
         for (int64_t j = 0; j < m; ++j) {
-          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
-          split(pm, x0, x1, u, v);
           apply2(q[j], u, v);
-          merge(pm, u, v, x0, x1);
+          if (j + 1 < m) change_halves(perms.between(st[j], st[j + 1]), u, v);
         }
+        merge(perms(st[m - 1]), u, v, x0, x1);
         _mm512_storeu_ps(x, x0);
         _mm512_storeu_ps(x + 16, x1);
       }
@@ -648,22 +682,23 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = u + r * ld + 32 * c;
         float* gr = g + r * ld + 32 * c;
-        __m512 su[kMaxSmallRun], sv[kMaxSmallRun];  // inputs of each factor, split into U | V
-        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
-        for (int64_t j = 0; j < m; ++j) {
-          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
-          split(pm, x0, x1, su[j], sv[j]);
+        __m512 su[kMaxSmallRun], sv[kMaxSmallRun];  // inputs of each factor, split into its U | V
+        const int64_t* st = P.strides.data() + pass.f0;
+        split(perms(st[0]), _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), su[0], sv[0]);
+        for (int64_t j = 0; j + 1 < m; ++j) {
           __m512 a = su[j], b = sv[j];
           apply2(q[j], a, b);
-          merge(pm, a, b, x0, x1);
+          change_halves(perms.between(st[j], st[j + 1]), a, b);
+          su[j + 1] = a;
+          sv[j + 1] = b;
         }
-        __m512 g0 = _mm512_loadu_ps(gr), g1 = _mm512_loadu_ps(gr + 16), gu, gv;
+        __m512 gu, gv, g0, g1;
+        split(perms(st[m - 1]), _mm512_loadu_ps(gr), _mm512_loadu_ps(gr + 16), gu, gv);
         for (int64_t j = m - 1; j >= 0; --j) {
-          const SmallPerm& pm = perms(P.strides[pass.f0 + j]);
-          split(pm, g0, g1, gu, gv);
           backward2(q[j], acc[j], su[j], sv[j], gu, gv);
-          merge(pm, gu, gv, g0, g1);
+          if (j > 0) change_halves(perms.between(st[j], st[j - 1]), gu, gv);
         }
+        merge(perms(st[0]), gu, gv, g0, g1);
         _mm512_storeu_ps(gr, g0);
         _mm512_storeu_ps(gr + 16, g1);
       }
