@@ -43,7 +43,7 @@ if HAVE_TRITON:
         return tl.reshape(tl.permute(tl.join(u, v), (0, 1, 3, 2)), (BLOCK_B, N))
 
     @triton.jit
-    def _block_entries(tw_ptr, N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
+    def _block_entries(N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
         """Raw offsets of the applied entries t00, t01, t10, t11 of every block, each (N/2S, S)."""
         i = tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
         eb: tl.constexpr = 1 + TRANSPOSE
@@ -51,28 +51,33 @@ if HAVE_TRITON:
         return 4 * i, 4 * i + eb, 4 * i + ec, 4 * i + 3
 
     @triton.jit
-    def _apply_factor(x, tw_ptr, BLOCK_B: tl.constexpr, N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr,
-                      COMPUTE: tl.constexpr):
-        u, v = _split_pairs(x, BLOCK_B, N, S)
-        oa, ob, oc, od = _block_entries(tw_ptr, N, S, TRANSPOSE)
-        a = tl.load(tw_ptr + oa).to(COMPUTE)[None, :, :]
-        b = tl.load(tw_ptr + ob).to(COMPUTE)[None, :, :]
-        c = tl.load(tw_ptr + oc).to(COMPUTE)[None, :, :]
-        d = tl.load(tw_ptr + od).to(COMPUTE)[None, :, :]
-        return _merge_pairs(a * u + b * v, c * u + d * v, BLOCK_B, N, S)
+    def _load_entries(t, oa, ob, oc, od, COMPUTE: tl.constexpr):
+        """The four applied entries of every block at offsets from :func:`_block_entries`, each (1, N/2S, S)."""
+        a = tl.load(t + oa).to(COMPUTE)[None, :, :]
+        b = tl.load(t + ob).to(COMPUTE)[None, :, :]
+        c = tl.load(t + oc).to(COMPUTE)[None, :, :]
+        d = tl.load(t + od).to(COMPUTE)[None, :, :]
+        return a, b, c, d
 
     @triton.jit
     def _forward_step(x, tw_k, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                       INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr,
                       COMPUTE: tl.constexpr):
-        """Apply the j-th factor (all geometry compile-time; a helper so that every j gets its own scope)."""
+        """Apply the j-th factor (all geometry compile-time; a helper so that every j gets its own scope).
+
+        The geometry lines are repeated in :func:`_backward_step`: a Triton helper cannot return constexprs, and
+        the stride must be one (it shapes the reshapes)."""
         jb: tl.constexpr = j // LOG_N
         jf: tl.constexpr = j % LOG_N
         b: tl.constexpr = (NBLOCKS - 1 - jb) * TRANSPOSE + jb * (1 - TRANSPOSE)
         f: tl.constexpr = (LOG_N - 1 - jf) * TRANSPOSE + jf * (1 - TRANSPOSE)
         inc: tl.constexpr = (INCREASING + b) % 2
         S: tl.constexpr = 1 << (f * inc + (LOG_N - 1 - f) * (1 - inc))
-        return _apply_factor(x, tw_k + (b * LOG_N + f) * (N * 2), BLOCK_B, N, S, TRANSPOSE, COMPUTE)
+        raw: tl.constexpr = b * LOG_N + f
+        u, v = _split_pairs(x, BLOCK_B, N, S)
+        oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
+        a, bb, c, d = _load_entries(tw_k + raw * (N * 2), oa, ob, oc, od, COMPUTE)
+        return _merge_pairs(a * u + bb * v, c * u + d * v, BLOCK_B, N, S)
 
     @triton.jit
     def _backward_step(g, u, tw_k, dtw, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
@@ -86,15 +91,12 @@ if HAVE_TRITON:
         f: tl.constexpr = (LOG_N - 1 - jf) * TRANSPOSE + jf * (1 - TRANSPOSE)
         inc: tl.constexpr = (INCREASING + b) % 2
         S: tl.constexpr = 1 << (f * inc + (LOG_N - 1 - f) * (1 - inc))
-        t = tw_k + (b * LOG_N + f) * (N * 2)
-        dt = dtw + (b * LOG_N + f) * (N * 2)
+        raw: tl.constexpr = b * LOG_N + f
+        dt = dtw + raw * (N * 2)
         u0, u1 = _split_pairs(u, BLOCK_B, N, S)
         g0, g1 = _split_pairs(g, BLOCK_B, N, S)
-        oa, ob, oc, od = _block_entries(t, N, S, TRANSPOSE)
-        a = tl.load(t + oa).to(COMPUTE)[None, :, :]
-        bb = tl.load(t + ob).to(COMPUTE)[None, :, :]
-        c = tl.load(t + oc).to(COMPUTE)[None, :, :]
-        d = tl.load(t + od).to(COMPUTE)[None, :, :]
+        oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
+        a, bb, c, d = _load_entries(tw_k + raw * (N * 2), oa, ob, oc, od, COMPUTE)
         tl.store(dt + oa, tl.sum(g0 * u0, axis=0))
         tl.store(dt + ob, tl.sum(g0 * u1, axis=0))
         tl.store(dt + oc, tl.sum(g1 * u0, axis=0))
