@@ -19,7 +19,7 @@ import os
 import torch
 
 from . import fused_cpu
-from .reference import butterfly_multiply_reference, check_multiply_args
+from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_checked
 
 __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel"]
 
@@ -94,7 +94,7 @@ def butterfly_multiply(
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
     ``x`` (first derivatives; the reference kernel also supports higher ones).
     """
-    _, _, _, lead, m, _, out = check_multiply_args(twiddle, x, transpose, out_size)
+    lead, m, out = check_multiply_args(twiddle, x, transpose, out_size)
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
@@ -126,9 +126,7 @@ def _multiply_checked(
         y = y.reshape(*lead, out)
         return y if bias is None else y + bias
     if kernel == "reference":
-        y = butterfly_multiply_reference(
-            twiddle, x, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate
-        )
+        y = reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
         return y if bias is None else y + bias
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     if bias is not None:

@@ -10,7 +10,7 @@ import torch
 
 from .._layout import block_directions, check_twiddle, factor_stride
 
-__all__ = ["butterfly_multiply_reference", "apply_factor", "check_multiply_args"]
+__all__ = ["butterfly_multiply_reference", "reference_multiply_checked", "apply_factor", "check_multiply_args"]
 
 
 def apply_factor(x: torch.Tensor, factor: torch.Tensor, stride: int) -> torch.Tensor:
@@ -45,9 +45,10 @@ def _run_blocks(x: torch.Tensor, twiddle: torch.Tensor, increasing_stride: bool)
 
 def check_multiply_args(
     twiddle: torch.Tensor, x: torch.Tensor, transpose: bool, out_size: int | None
-) -> tuple[int, int, int, torch.Size, int, int, int]:
-    """Validate the multiply's arguments; return ``(nstacks, nblocks, n, lead_shape, m, in_limit, out_size)``."""
-    nstacks, nblocks, _, n = check_twiddle(twiddle)
+) -> tuple[torch.Size, int, int]:
+    """Validate the multiply's arguments; return ``(lead_shape, m, out_size)``: the leading dimensions of ``x``,
+    its number of features and the output size (``out_size`` or its default)."""
+    nstacks, _, _, n = check_twiddle(twiddle)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
@@ -65,7 +66,7 @@ def check_multiply_args(
         raise ValueError(f"out_size must be in [1, {out_limit}], got {out_size}")
     if x.device != twiddle.device:
         raise ValueError(f"x is on {x.device} but twiddle is on {twiddle.device}; move them to the same device")
-    return nstacks, nblocks, n, lead, m, in_limit, out
+    return lead, m, out
 
 
 def butterfly_multiply_reference(
@@ -78,7 +79,25 @@ def butterfly_multiply_reference(
     conjugate: bool = False,
 ) -> torch.Tensor:
     """Multiply ``x`` by the butterfly map stored in ``twiddle`` (see :func:`twiddle.ops.butterfly_multiply`)."""
-    nstacks, nblocks, n, lead, m, in_limit, out = check_multiply_args(twiddle, x, transpose, out_size)
+    lead, m, out = check_multiply_args(twiddle, x, transpose, out_size)
+    return reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
+
+
+def reference_multiply_checked(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool,
+    lead: torch.Size,
+    m: int,
+    out: int,
+    transpose: bool,
+    conjugate: bool,
+) -> torch.Tensor:
+    """:func:`butterfly_multiply_reference` with its arguments already validated (``lead``, ``m``, ``out`` as
+    returned by :func:`check_multiply_args`)."""
+    nstacks, nblocks, log_n = twiddle.shape[:3]
+    n = 1 << log_n
+    in_limit = nstacks * n if transpose else n
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     t = twiddle.to(dtype)
     if conjugate and t.is_complex():
