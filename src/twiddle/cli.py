@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -206,28 +207,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--skip-factorize", action="store_true", help="only the layer comparison")
     demo.set_defaults(func=_demo)
 
-    from pathlib import Path
-
-    from .benchmark import METHODS
+    from .benchmark import METHODS as BENCH_METHODS
+    from .factorize import METHODS as FACTOR_METHODS
+    from .factorize.hierarchical import ORDERS
+    from .permutations import PERMUTATION_NAMES
 
     bench = sub.add_parser("bench", help="butterfly multiply against nn.Linear, Monarch, torch.fft: ms and ratios")
     bench.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     bench.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
-    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
     bench.add_argument("--memory-batch", type=int, default=4096, help="rows for the peak-memory measurement")
     bench.add_argument("--out", type=Path, default=None, help="also write multiply.json and multiply.png here")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(func=_bench)
 
-    from .factorize import METHODS
-    from .factorize.hierarchical import ORDERS
-    from .permutations import PERMUTATION_NAMES
-
     factor = sub.add_parser("factor", help="butterfly factorization of a target matrix or a .npy file")
     factor.add_argument("target", help="dft, idft, dct, dst, hadamard, hartley, convolution, legendre, hilbert, "
                         "randn, or a .npy file holding a square matrix")
     factor.add_argument("-n", type=int, default=None, help="size of a named target")
-    factor.add_argument("--method", default="hierarchical", choices=METHODS)
+    factor.add_argument("--method", default="hierarchical", choices=FACTOR_METHODS)
     factor.add_argument("--permutation", default="auto", choices=("auto",) + PERMUTATION_NAMES)
     factor.add_argument("--order", default="right", choices=ORDERS)
     factor.add_argument("--seed", type=int, default=0,
@@ -243,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--list", action="store_true", help="list the experiments")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, seconds instead of hours")
     reproduce.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/NAME/")
-    reproduce.add_argument("--method", action="append", choices=METHODS, help="factorization method(s) to run")
+    reproduce.add_argument("--method", action="append", choices=FACTOR_METHODS,
+                           help="factorization method(s) to run")
     reproduce.add_argument("--time-budget", type=float, default=None, help="seconds per gradient-method cell")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument("--json", action="store_true", help="print the results as one JSON object")

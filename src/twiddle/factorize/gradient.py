@@ -153,9 +153,11 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
-    eye = torch.eye(n, dtype=torch.complex128).expand(T, n, n)
     use_probes = config.probes is not None and config.probes < n
-    target_c = target.to(torch.complex128)
+    if use_probes:
+        target_c = target.to(torch.complex128)
+    else:
+        eye = torch.eye(n, dtype=torch.complex128).expand(T, n, n)
     best = {"mse": math.inf, "twiddle": None, "perm": None}
     step = 0
     epoch = 0
