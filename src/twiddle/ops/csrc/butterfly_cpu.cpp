@@ -103,50 +103,63 @@ void chunked_reduce(int64_t ngroups, int64_t grain_groups, int64_t acc_size, T* 
 }
 
 // ================================================================================================ lanes
+// Calls body(i, p) for every block i of a stride-s factor on n positions; p is its first member (p + s the second).
+template <typename Body>
+inline void for_each_block(int64_t n, int64_t s, const Body& body) {
+  int64_t i = 0;
+  for (int64_t g = 0; g < n; g += 2 * s)
+    for (int64_t r = 0; r < s; ++r, ++i) body(i, g + r);
+}
+
+// The applied entries of complex block i (raw layout: re/im pairs of t00 t01 t10 t11): eb/ec locate t01/t10
+// (swapped by the transpose), sign = -1 conjugates.
+template <typename T>
+struct ComplexBlock {
+  T ar, ai, br, bi, cr, ci, dr, di;
+};
+
+template <typename T>
+inline ComplexBlock<T> complex_block(const T* tw, int64_t i, int eb, int ec, T sign) {
+  const T* t = tw + 8 * i;
+  return {t[0], sign * t[1], t[2 * eb], sign * t[2 * eb + 1], t[2 * ec], sign * t[2 * ec + 1], t[6], sign * t[7]};
+}
+
 // Real factor on a lane tile: position p holds kLanes values.
 template <typename T>
 inline void lanes_factor_real(T* __restrict buf, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec) {
-  int64_t i = 0;
-  for (int64_t g = 0; g < n; g += 2 * s) {
-    for (int64_t r = 0; r < s; ++r, ++i) {
-      T* __restrict xp = buf + (g + r) * kLanes;
-      T* __restrict xq = xp + s * kLanes;
-      const T* t = tw + 4 * i;
-      const T a = t[0], b = t[eb], c = t[ec], d = t[3];
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    T* __restrict xp = buf + p * kLanes;
+    T* __restrict xq = xp + s * kLanes;
+    const T* t = tw + 4 * i;
+    const T a = t[0], b = t[eb], c = t[ec], d = t[3];
 #pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const T u = xp[l], v = xq[l];
-        xp[l] = a * u + b * v;
-        xq[l] = c * u + d * v;
-      }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T u = xp[l], v = xq[l];
+      xp[l] = a * u + b * v;
+      xq[l] = c * u + d * v;
     }
-  }
+  });
 }
 
 // Complex factor on a lane tile: position p holds kLanes real parts, then kLanes imaginary parts.
 template <typename T>
 inline void lanes_factor_complex(T* __restrict buf, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec,
                                  T sign) {
-  int64_t i = 0;
-  for (int64_t g = 0; g < n; g += 2 * s) {
-    for (int64_t r = 0; r < s; ++r, ++i) {
-      T* __restrict pr = buf + (g + r) * 2 * kLanes;
-      T* __restrict pi = pr + kLanes;
-      T* __restrict qr = pr + s * 2 * kLanes;
-      T* __restrict qi = qr + kLanes;
-      const T* t = tw + 8 * i;
-      const T ar = t[0], ai = sign * t[1], br = t[2 * eb], bi = sign * t[2 * eb + 1];
-      const T cr = t[2 * ec], ci = sign * t[2 * ec + 1], dr = t[6], di = sign * t[7];
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    T* __restrict pr = buf + p * 2 * kLanes;
+    T* __restrict pi = pr + kLanes;
+    T* __restrict qr = pr + s * 2 * kLanes;
+    T* __restrict qi = qr + kLanes;
+    const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
 #pragma omp simd
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const T ur = pr[l], ui = pi[l], vr = qr[l], vi = qi[l];
-        pr[l] = ar * ur - ai * ui + br * vr - bi * vi;
-        pi[l] = ar * ui + ai * ur + br * vi + bi * vr;
-        qr[l] = cr * ur - ci * ui + dr * vr - di * vi;
-        qi[l] = cr * ui + ci * ur + dr * vi + di * vr;
-      }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T ur = pr[l], ui = pi[l], vr = qr[l], vi = qi[l];
+      pr[l] = ar * ur - ai * ui + br * vr - bi * vi;
+      pi[l] = ar * ui + ai * ur + br * vi + bi * vr;
+      qr[l] = cr * ur - ci * ui + dr * vr - di * vi;
+      qi[l] = cr * ui + ci * ur + dr * vi + di * vr;
     }
-  }
+  });
 }
 
 // Backward through one real factor: g (gradient w.r.t. the factor's output) becomes the gradient w.r.t. its
@@ -154,33 +167,30 @@ inline void lanes_factor_complex(T* __restrict buf, const T* __restrict tw, int6
 template <typename T>
 inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                        T* __restrict dtw, int64_t n, int64_t s, int eb, int ec) {
-  int64_t i = 0;
-  for (int64_t gg = 0; gg < n; gg += 2 * s) {
-    for (int64_t r = 0; r < s; ++r, ++i) {
-      T* __restrict gp = g + (gg + r) * kLanes;
-      T* __restrict gq = gp + s * kLanes;
-      const T* __restrict up = u + (gg + r) * kLanes;
-      const T* __restrict uq = up + s * kLanes;
-      const T* t = tw + 4 * i;
-      const T a = t[0], b = t[eb], c = t[ec], d = t[3];
-      T sa = 0, sb = 0, sc = 0, sd = 0;
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    T* __restrict gp = g + p * kLanes;
+    T* __restrict gq = gp + s * kLanes;
+    const T* __restrict up = u + p * kLanes;
+    const T* __restrict uq = up + s * kLanes;
+    const T* t = tw + 4 * i;
+    const T a = t[0], b = t[eb], c = t[ec], d = t[3];
+    T sa = 0, sb = 0, sc = 0, sd = 0;
 #pragma omp simd reduction(+ : sa, sb, sc, sd)
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const T x0 = up[l], x1 = uq[l], g0 = gp[l], g1 = gq[l];
-        sa += g0 * x0;
-        sb += g0 * x1;
-        sc += g1 * x0;
-        sd += g1 * x1;
-        gp[l] = a * g0 + c * g1;
-        gq[l] = b * g0 + d * g1;
-      }
-      T* dt = dtw + 4 * i;
-      dt[0] += sa;
-      dt[eb] += sb;
-      dt[ec] += sc;
-      dt[3] += sd;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T x0 = up[l], x1 = uq[l], g0 = gp[l], g1 = gq[l];
+      sa += g0 * x0;
+      sb += g0 * x1;
+      sc += g1 * x0;
+      sd += g1 * x1;
+      gp[l] = a * g0 + c * g1;
+      gq[l] = b * g0 + d * g1;
     }
-  }
+    T* dt = dtw + 4 * i;
+    dt[0] += sa;
+    dt[eb] += sb;
+    dt[ec] += sc;
+    dt[3] += sd;
+  });
 }
 
 // Complex: g_in = conj(T)^T g_out, dT += g conj(u)^T; with `sign` = -1 (conjugated twiddles) the raw
@@ -188,49 +198,44 @@ inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, c
 template <typename T>
 inline void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                           T* __restrict dtw, int64_t n, int64_t s, int eb, int ec, T sign) {
-  int64_t i = 0;
-  for (int64_t gg = 0; gg < n; gg += 2 * s) {
-    for (int64_t r = 0; r < s; ++r, ++i) {
-      T* __restrict gpr = g + (gg + r) * 2 * kLanes;
-      T* __restrict gpi = gpr + kLanes;
-      T* __restrict gqr = gpr + s * 2 * kLanes;
-      T* __restrict gqi = gqr + kLanes;
-      const T* __restrict upr = u + (gg + r) * 2 * kLanes;
-      const T* __restrict upi = upr + kLanes;
-      const T* __restrict uqr = upr + s * 2 * kLanes;
-      const T* __restrict uqi = uqr + kLanes;
-      const T* t = tw + 8 * i;
-      const T ar = t[0], ai = sign * t[1], br = t[2 * eb], bi = sign * t[2 * eb + 1];
-      const T cr = t[2 * ec], ci = sign * t[2 * ec + 1], dr = t[6], di = sign * t[7];
-      T sar = 0, sai = 0, sbr = 0, sbi = 0, scr = 0, sci = 0, sdr = 0, sdi = 0;
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    T* __restrict gpr = g + p * 2 * kLanes;
+    T* __restrict gpi = gpr + kLanes;
+    T* __restrict gqr = gpr + s * 2 * kLanes;
+    T* __restrict gqi = gqr + kLanes;
+    const T* __restrict upr = u + p * 2 * kLanes;
+    const T* __restrict upi = upr + kLanes;
+    const T* __restrict uqr = upr + s * 2 * kLanes;
+    const T* __restrict uqi = uqr + kLanes;
+    const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
+    T sar = 0, sai = 0, sbr = 0, sbi = 0, scr = 0, sci = 0, sdr = 0, sdi = 0;
 #pragma omp simd reduction(+ : sar, sai, sbr, sbi, scr, sci, sdr, sdi)
-      for (int64_t l = 0; l < kLanes; ++l) {
-        const T xr0 = upr[l], xi0 = upi[l], xr1 = uqr[l], xi1 = uqi[l];
-        const T g0r = gpr[l], g0i = gpi[l], g1r = gqr[l], g1i = gqi[l];
-        sar += g0r * xr0 + g0i * xi0;
-        sai += g0i * xr0 - g0r * xi0;
-        sbr += g0r * xr1 + g0i * xi1;
-        sbi += g0i * xr1 - g0r * xi1;
-        scr += g1r * xr0 + g1i * xi0;
-        sci += g1i * xr0 - g1r * xi0;
-        sdr += g1r * xr1 + g1i * xi1;
-        sdi += g1i * xr1 - g1r * xi1;
-        gpr[l] = ar * g0r + ai * g0i + cr * g1r + ci * g1i;
-        gpi[l] = ar * g0i - ai * g0r + cr * g1i - ci * g1r;
-        gqr[l] = br * g0r + bi * g0i + dr * g1r + di * g1i;
-        gqi[l] = br * g0i - bi * g0r + dr * g1i - di * g1r;
-      }
-      T* dt = dtw + 8 * i;
-      dt[0] += sar;
-      dt[1] += sign * sai;
-      dt[2 * eb] += sbr;
-      dt[2 * eb + 1] += sign * sbi;
-      dt[2 * ec] += scr;
-      dt[2 * ec + 1] += sign * sci;
-      dt[6] += sdr;
-      dt[7] += sign * sdi;
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const T xr0 = upr[l], xi0 = upi[l], xr1 = uqr[l], xi1 = uqi[l];
+      const T g0r = gpr[l], g0i = gpi[l], g1r = gqr[l], g1i = gqi[l];
+      sar += g0r * xr0 + g0i * xi0;
+      sai += g0i * xr0 - g0r * xi0;
+      sbr += g0r * xr1 + g0i * xi1;
+      sbi += g0i * xr1 - g0r * xi1;
+      scr += g1r * xr0 + g1i * xi0;
+      sci += g1i * xr0 - g1r * xi0;
+      sdr += g1r * xr1 + g1i * xi1;
+      sdi += g1i * xr1 - g1r * xi1;
+      gpr[l] = ar * g0r + ai * g0i + cr * g1r + ci * g1i;
+      gpi[l] = ar * g0i - ai * g0r + cr * g1i - ci * g1r;
+      gqr[l] = br * g0r + bi * g0i + dr * g1r + di * g1i;
+      gqi[l] = br * g0i - bi * g0r + dr * g1i - di * g1r;
     }
-  }
+    T* dt = dtw + 8 * i;
+    dt[0] += sar;
+    dt[1] += sign * sai;
+    dt[2 * eb] += sbr;
+    dt[2 * eb + 1] += sign * sbi;
+    dt[2 * ec] += scr;
+    dt[2 * ec + 1] += sign * sci;
+    dt[6] += sdr;
+    dt[7] += sign * sdi;
+  });
 }
 
 template <typename T>
