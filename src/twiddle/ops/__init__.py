@@ -115,16 +115,6 @@ def _multiply_checked(
 ) -> torch.Tensor:
     """Dispatch with arguments already validated (modules that own their twiddles call this directly)."""
     kernel = kernel_for(twiddle, x)
-    if kernel == "triton":
-        from .triton_kernel import triton_butterfly_multiply
-
-        dtype = torch.promote_types(x.dtype, twiddle.dtype)
-        compute = torch.float32 if dtype in _LOW_PRECISION else dtype
-        y = triton_butterfly_multiply(
-            twiddle.to(compute), x.reshape(-1, m).to(compute), increasing_stride, out_size=out, transpose=transpose
-        ).to(dtype)
-        y = y.reshape(*lead, out)
-        return y if bias is None else y + bias
     if kernel == "reference":
         y = reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
         return y if bias is None else y + bias
@@ -132,13 +122,22 @@ def _multiply_checked(
     if bias is not None:
         dtype = torch.promote_types(dtype, bias.dtype)
     compute = torch.float32 if dtype in _LOW_PRECISION else dtype
-    y = fused_cpu.fused_butterfly_multiply(
-        twiddle if twiddle.dtype == compute else twiddle.to(compute),
-        x.reshape(-1, m) if x.dtype == compute else x.reshape(-1, m).to(compute),
-        increasing_stride,
-        out_size=out,
-        transpose=transpose,
-        conjugate=conjugate,
-        bias=bias if bias is None or bias.dtype == compute else bias.to(compute),
-    )
+    tw = twiddle if twiddle.dtype == compute else twiddle.to(compute)
+    x2 = x.reshape(-1, m) if x.dtype == compute else x.reshape(-1, m).to(compute)
+    if kernel == "triton":
+        from .triton_kernel import triton_butterfly_multiply
+
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose)
+        if bias is not None:
+            y = y + bias
+    else:
+        y = fused_cpu.fused_butterfly_multiply(
+            tw,
+            x2,
+            increasing_stride,
+            out_size=out,
+            transpose=transpose,
+            conjugate=conjugate,
+            bias=bias if bias is None or bias.dtype == compute else bias.to(compute),
+        )
     return (y if y.dtype == dtype else y.to(dtype)).reshape(*lead, out)
