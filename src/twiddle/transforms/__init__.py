@@ -1,0 +1,7 @@
+"""Exact fast transforms as butterflies (work in progress)."""
+
+from ._dft import fft, fft2d, hartley, ifft, ifft2d
+from ._modules import Diagonal, Transform
+from ._trig import dct, dst, idct, idst
+
+__all__ = ["fft", "ifft", "fft2d", "ifft2d", "hartley", "dct", "dst", "idct", "idst", "Diagonal", "Transform"]

@@ -1,0 +1,237 @@
+"""The pieces every transform is assembled from, and the container that holds them.
+
+A transform is a short pipeline of :class:`~twiddle.Butterfly` modules, fixed permutations / selections and
+diagonals, wrapped in :class:`Transform`, which checks the input shape, handles complex input to real
+transforms, and offers ``to_dense()`` and ``stored_numbers()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["Transform", "Diagonal"]
+
+_COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def real_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The real dtype a transform is built in: ``dtype`` (a real floating dtype) or torch's default."""
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype not in _COMPLEX_OF:
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
+def complex_dtype(dtype: torch.dtype | None) -> torch.dtype:
+    """The complex counterpart of :func:`real_dtype`."""
+    return _COMPLEX_OF[real_dtype(dtype)]
+
+
+def check_size(n: object, name: str = "n") -> int:
+    """``n`` as a positive int, or ValueError naming the argument."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return n
+
+
+def _count_numbers(tensor: torch.Tensor) -> int:
+    """Real numbers a tensor stores (a complex entry is two)."""
+    return tensor.numel() * (2 if tensor.is_complex() else 1)
+
+
+class Diagonal(nn.Module):
+    """Elementwise scaling of the trailing dimensions: ``y = x * weight``.
+
+    Args:
+        values: the diagonal, shape ``(n,)`` (or any shape that broadcasts against the input's trailing dims).
+        trainable: whether ``weight`` is learned.
+
+    Shapes: ``(..., n) -> (..., n)``.
+    """
+
+    def __init__(self, values: torch.Tensor, *, trainable: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(values.detach().clone(), requires_grad=trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.weight.shape)}, dtype={self.weight.dtype}"
+
+
+class _ZeroPad(nn.Module):
+    """Zero-pad the last dimension to ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.pad(x, (0, self.size - x.shape[-1]))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+class _Take(nn.Module):
+    """Gather ``x[..., index]`` along the last dimension (a fixed selection; entries may repeat)."""
+
+    index: torch.Tensor
+
+    def __init__(self, index: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("index", index.to(torch.long).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(-1, self.index)
+
+    def extra_repr(self) -> str:
+        return f"size={self.index.numel()}"
+
+
+class _RealPart(nn.Module):
+    """``Re(x)`` (identity on real tensors)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.real if x.is_complex() else x
+
+
+class _AlongDim(nn.Module):
+    """Apply ``module`` (which acts on the last dimension) along dimension ``dim`` instead."""
+
+    def __init__(self, module: nn.Module, dim: int) -> None:
+        super().__init__()
+        self.module = module
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dim == -1:
+            return self.module(x)
+        return self.module(x.movedim(self.dim, -1)).movedim(-1, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class _ChannelMix(nn.Module):
+    """Per-frequency channel mixing: ``y[..., o, f] = Σ_c weight[o, c, f] · x[..., c, f]`` (``f`` may be several
+    trailing dimensions). A multi-channel convolution is this between a forward and an inverse DFT."""
+
+    def __init__(self, weight: torch.Tensor, *, trainable: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        freq_dims = self.weight.dim() - 2
+        # (..., c, *f) x (o, c, *f) -> (..., o, *f)
+        x = x.unsqueeze(-freq_dims - 2)
+        return (x * self.weight).sum(dim=-freq_dims - 1)
+
+    def extra_repr(self) -> str:
+        out_ch, in_ch = self.weight.shape[:2]
+        return f"in_channels={in_ch}, out_channels={out_ch}, frequencies={tuple(self.weight.shape[2:])}"
+
+
+class _AddBias(nn.Module):
+    """Add ``bias[o]`` to channel ``o`` of an ``(..., out_channels, *spatial)`` tensor."""
+
+    def __init__(self, bias: torch.Tensor, spatial_dims: int, *, trainable: bool = False) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=trainable)
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias.reshape(-1, *([1] * self.spatial_dims))
+
+
+class _Concat(nn.Module):
+    """Run several pipelines on the same input, concatenate their outputs along the last dimension, keep the
+    first ``out_features``."""
+
+    def __init__(self, branches: Sequence[nn.Module], out_features: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([branch(x) for branch in self.branches], dim=-1)
+        return y[..., : self.out_features]
+
+
+class Transform(nn.Module):
+    """A fixed linear transform assembled from butterflies, permutations and diagonals.
+
+    Built by the constructors of :mod:`twiddle.transforms`; not usually instantiated directly.
+
+    Attributes:
+        name: what it computes (e.g. ``"dct-2"``).
+        in_shape, out_shape: the trailing input/output dimensions it acts on; leading dimensions are batch.
+        real: a real-to-real transform. A complex input is transformed as ``T(x.real) + i·T(x.imag)``, as
+            ``scipy.fft.dct`` does.
+        steps: the pipeline (``nn.Sequential``), applied in order.
+
+    Shapes: ``(..., *in_shape) -> (..., *out_shape)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        steps: Sequence[nn.Module],
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        real: bool,
+        trainable: bool,
+    ) -> None:
+        super().__init__()
+        self.name = name
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.real = real
+        self.steps = nn.Sequential(*steps)
+        for p in self.parameters():
+            p.requires_grad_(trainable)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{self.name} expected a torch.Tensor input, got {type(x).__name__}")
+        k = len(self.in_shape)
+        if x.dim() < k or tuple(x.shape[-k:]) != self.in_shape:
+            dims = "dimension" if k == 1 else f"{k} dimensions"
+            raise ValueError(
+                f"{self.name} expected input whose last {dims} {'is' if k == 1 else 'are'} "
+                f"{self.in_shape if k > 1 else self.in_shape[0]}, got shape {tuple(x.shape)}"
+            )
+        if not (x.is_floating_point() or x.is_complex()):
+            raise TypeError(f"{self.name} expected a floating-point or complex input, got dtype {x.dtype}")
+        if self.real and x.is_complex():
+            return torch.complex(self.steps(x.real), self.steps(x.imag))
+        return self.steps(x)
+
+    def to_dense(self) -> torch.Tensor:
+        """The matrix ``M`` (``prod(out_shape) × prod(in_shape)``) with ``forward(x).flatten() == M @ x.flatten()``
+        for one sample (trailing dimensions flattened row-major)."""
+        size = math.prod(self.in_shape)
+        ref = next(iter(self.parameters()), None)
+        if ref is None:
+            ref = next(iter(self.buffers()))
+        dtype = ref.real.dtype if ref.is_complex() else ref.dtype
+        if not dtype.is_floating_point:
+            dtype = torch.get_default_dtype()
+        eye = torch.eye(size, dtype=dtype, device=ref.device).reshape(size, *self.in_shape)
+        with torch.no_grad():
+            y = self.forward(eye)
+        return y.reshape(size, -1).T
+
+    def stored_numbers(self) -> int:
+        """Real numbers stored in parameters and buffers (complex entries count twice, indices once): grows like
+        ``n log n`` for every transform here, against ``n²`` for a dense matrix."""
+        return sum(_count_numbers(t) for t in self.parameters()) + sum(_count_numbers(t) for t in self.buffers())
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, in_shape={self.in_shape}, out_shape={self.out_shape}, real={self.real}"
