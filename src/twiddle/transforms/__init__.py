@@ -1,9 +1,44 @@
-"""Exact fast transforms as butterflies (work in progress)."""
+"""Exact fast transforms as butterflies, for any size.
 
+Every constructor returns a :class:`Transform`: an ``nn.Module`` made only of :class:`~twiddle.Butterfly`
+modules, fixed permutations / selections and diagonals, so it runs in ``O(n log n)`` and can be fine-tuned
+(``trainable=True``; the twiddles are fixed by default). Sizes that are not powers of two use Bluestein's
+chirp-z (DFT family) or a power-of-two circulant embedding (circulant, Toeplitz, convolutions).
+
+* DFT family: :func:`fft`, :func:`ifft` (``norm`` as ``torch.fft``), :func:`fft2d`, :func:`ifft2d`,
+  :func:`hartley`.
+* Real trigonometric: :func:`dct`, :func:`dst` (types 2, 3, 4; ``norm`` as ``scipy.fft``), :func:`idct`,
+  :func:`idst`.
+* Structured matrices: :func:`circulant`, :func:`toeplitz`, :func:`conv1d_circular`, :func:`conv2d_circular`.
+* Others: :func:`hadamard`, :func:`haar`, :func:`fastfood`, :func:`acdc`, :func:`permutation_to_butterfly`.
+"""
+
+from ._benes import permutation_to_butterfly
 from ._conv import circulant, conv1d_circular, conv2d_circular, toeplitz
 from ._dft import fft, fft2d, hartley, ifft, ifft2d
 from ._modules import Diagonal, Transform
+from ._structured import acdc, fastfood, haar, hadamard
 from ._trig import dct, dst, idct, idst
 
-__all__ = ["fft", "ifft", "fft2d", "ifft2d", "hartley", "dct", "dst", "idct", "idst", "circulant", "toeplitz",
-           "conv1d_circular", "conv2d_circular", "Diagonal", "Transform"]
+__all__ = [
+    "fft",
+    "ifft",
+    "fft2d",
+    "ifft2d",
+    "hartley",
+    "dct",
+    "dst",
+    "idct",
+    "idst",
+    "circulant",
+    "toeplitz",
+    "conv1d_circular",
+    "conv2d_circular",
+    "hadamard",
+    "haar",
+    "fastfood",
+    "acdc",
+    "permutation_to_butterfly",
+    "Diagonal",
+    "Transform",
+]
