@@ -17,9 +17,16 @@ import torch
 from torch import nn
 
 from .._layout import ceil_log2
-from ..butterfly import Butterfly
 from ..permutations import bitreversal_permutation
-from ._fourier import _CDTYPE, circulant_embedding, circulant_twiddle, dif_twiddle, dit_twiddle, is_power_of_two
+from ._fourier import (
+    _CDTYPE,
+    circulant_embedding,
+    circulant_twiddle,
+    complex_butterfly,
+    dif_twiddle,
+    dit_twiddle,
+    is_power_of_two,
+)
 from ._modules import (
     Diagonal,
     Transform,
@@ -29,6 +36,8 @@ from ._modules import (
     _RealPart,
     _Take,
     _ZeroPad,
+    as_float64,
+    check_size,
     complex_dtype,
     real_dtype,
 )
@@ -38,12 +47,9 @@ __all__ = ["circulant", "toeplitz", "conv1d_circular", "conv2d_circular"]
 
 def _as_vector(values: object, name: str) -> torch.Tensor:
     """A 1-D, non-empty, finite tensor (real → float64, complex → complex128)."""
-    t = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values.detach().cpu())
+    t = as_float64(values, name)
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D vector, got shape {tuple(t.shape)}")
-    t = t.to(torch.complex128 if t.is_complex() else torch.float64)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf")
     return t
 
 
@@ -60,7 +66,7 @@ def _toeplitz_steps(first_column: torch.Tensor, first_row: torch.Tensor, dtype, 
     if m == 1:
         return [Diagonal(first_column.to(device=device, dtype=complex_dtype(dtype)))]
     steps: list[nn.Module] = [] if m == cols else [_ZeroPad(m)]
-    steps.append(_butterfly(twiddle, m, rows, False, dtype, device))
+    steps.append(complex_butterfly(twiddle, m, rows, False, dtype, device))
     return steps
 
 
@@ -71,15 +77,8 @@ def _circulant_steps(c: torch.Tensor, dtype: torch.dtype, device) -> list[nn.Mod
     if n == 1:
         return [Diagonal(c.to(device=device, dtype=complex_dtype(dtype)))]
     if is_power_of_two(n):
-        return [_butterfly(circulant_twiddle(c), n, n, False, dtype, device)]
+        return [complex_butterfly(circulant_twiddle(c), n, n, False, dtype, device)]
     return _toeplitz_steps(c, torch.cat([c[:1], c[1:].flip(0)]), dtype, device)
-
-
-def _butterfly(twiddle: torch.Tensor, in_features: int, out_features: int, increasing_stride: bool, dtype, device):
-    return Butterfly(
-        in_features, out_features, bias=False, complex=True, increasing_stride=increasing_stride,
-        nblocks=twiddle.shape[1], init=twiddle, dtype=dtype, device=device,
-    )
 
 
 def circulant(
@@ -197,25 +196,20 @@ def _spectral_size(n: int) -> int:
 
 
 def _check_weight(weight: object, dims: int) -> torch.Tensor:
-    w = torch.as_tensor(np.asarray(weight) if not isinstance(weight, torch.Tensor) else weight.detach().cpu())
+    w = as_float64(weight, "weight", allow_complex=False)
     if w.dim() != dims + 2 or w.numel() == 0:
         layout = "(out_channels, in_channels, kernel_size)" if dims == 1 else "(out_channels, in_channels, kh, kw)"
         raise ValueError(f"weight must have shape {layout}, got {tuple(w.shape)}")
-    if w.is_complex():
-        raise ValueError("weight must be real (as for nn.Conv)")
-    w = w.to(torch.float64)
-    if not torch.isfinite(w).all():
-        raise ValueError("weight contains NaN or Inf")
     return w
 
 
 def _check_bias(bias: object, out_channels: int) -> torch.Tensor | None:
     if bias is None:
         return None
-    b = torch.as_tensor(np.asarray(bias) if not isinstance(bias, torch.Tensor) else bias.detach().cpu())
+    b = as_float64(bias, "bias", allow_complex=False)
     if b.shape != (out_channels,):
         raise ValueError(f"bias must have shape ({out_channels},) (out_channels), got {tuple(b.shape)}")
-    return b.to(torch.float64)
+    return b
 
 
 def _pair(value: object, name: str) -> tuple:
@@ -224,12 +218,6 @@ def _pair(value: object, name: str) -> tuple:
             raise ValueError(f"{name} must be one value or a pair, got {value!r}")
         return tuple(value)
     return (value, value)
-
-
-def _check_dilation(d: object, name: str) -> int:
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"{name} must be a positive integer, got {d!r}")
-    return d
 
 
 def conv1d_circular(
@@ -261,11 +249,11 @@ def conv1d_circular(
 
     Shapes: ``(..., in_channels, n) -> (..., out_channels, n_out)`` real.
     """
-    n = _check_n(n)
+    n = check_size(n)
     w = _check_weight(weight, 1)
     out_ch, in_ch, k = w.shape
     b = _check_bias(bias, out_ch)
-    left, out_len = _conv_geometry(n, k, padding, _check_dilation(dilation, "dilation"), "")
+    left, out_len = _conv_geometry(n, k, padding, check_size(dilation, "dilation"), "")
     dtype = real_dtype(dtype)
     cols = _circular_column(w, n, left, dilation)  # (out, in, n)
     if out_ch == 1 and in_ch == 1:
@@ -279,12 +267,6 @@ def conv1d_circular(
     if b is not None:
         steps.append(_AddBias(b.to(dtype), 1))
     return Transform("conv1d_circular", steps, (in_ch, n), (out_ch, out_len), real=True, trainable=trainable)
-
-
-def _check_n(n: object, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be a positive integer (the input length), got {n!r}")
-    return n
 
 
 def _spectral_steps(
@@ -303,7 +285,7 @@ def _spectral_steps(
         spectrum = spectrum.index_select(2 + axis, bitreversal_permutation(m))
     spectrum = spectrum / float(np.prod(sizes))
     steps: list[nn.Module] = []
-    for axis, (m, length) in enumerate(zip(sizes, lengths)):
+    for axis, (m, length) in enumerate(zip(sizes, lengths, strict=True)):
         dim = axis - dims
         if m != length:
             steps.append(_AlongDim(_ZeroPad(m), dim))
@@ -312,7 +294,7 @@ def _spectral_steps(
         t = dif_twiddle(ceil_log2(m), -1)[None, None]
         steps.append(_AlongDim(_butterfly_or_identity(t, m, m, False, dtype, device), dim))
     steps.append(_ChannelMix(spectrum.to(device=device, dtype=complex_dtype(dtype))))
-    for axis, (m, length) in enumerate(zip(sizes, lengths)):
+    for axis, (m, length) in enumerate(zip(sizes, lengths, strict=True)):
         dim = axis - dims
         t = dit_twiddle(ceil_log2(m), +1)[None, None]
         steps.append(_AlongDim(_butterfly_or_identity(t, m, length, True, dtype, device), dim))
@@ -322,7 +304,7 @@ def _spectral_steps(
 def _butterfly_or_identity(twiddle, in_features, out_features, increasing, dtype, device) -> nn.Module:
     if in_features == 1:
         return nn.Identity()
-    return _butterfly(twiddle, in_features, out_features, increasing, dtype, device)
+    return complex_butterfly(twiddle, in_features, out_features, increasing, dtype, device)
 
 
 def conv2d_circular(
@@ -351,7 +333,7 @@ def conv2d_circular(
     Shapes: ``(..., in_channels, height, width) -> (..., out_channels, height_out, width_out)`` real.
     """
     h, w_len = _pair(shape, "shape")
-    h, w_len = _check_n(h, "shape[0]"), _check_n(w_len, "shape[1]")
+    h, w_len = check_size(h, "shape[0]"), check_size(w_len, "shape[1]")
     w = _check_weight(weight, 2)
     out_ch, in_ch, kh, kw = w.shape
     b = _check_bias(bias, out_ch)
@@ -359,7 +341,7 @@ def conv2d_circular(
         pads = (padding, padding)
     else:
         pads = _pair(padding, "padding")
-    dh, dw = (_check_dilation(d, "dilation") for d in _pair(dilation, "dilation"))
+    dh, dw = (check_size(d, "dilation") for d in _pair(dilation, "dilation"))
     left_h, out_h = _conv_geometry(h, kh, pads[0], dh, " (height)")
     left_w, out_w = _conv_geometry(w_len, kw, pads[1], dw, " (width)")
     dtype = real_dtype(dtype)

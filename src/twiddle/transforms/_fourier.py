@@ -120,11 +120,26 @@ def circulant_embedding(first_column: torch.Tensor, first_row: torch.Tensor, siz
     return c
 
 
-def _butterfly(twiddle: torch.Tensor, in_features: int, out_features: int, increasing_stride: bool,
-               dtype: torch.dtype | None, device: torch.device | str | None) -> Butterfly:
+def complex_butterfly(
+    twiddle: torch.Tensor,
+    in_features: int,
+    out_features: int,
+    increasing_stride: bool,
+    dtype: torch.dtype | None,
+    device: torch.device | str | None,
+) -> Butterfly:
+    """A bias-free complex :class:`~twiddle.Butterfly` initialized with ``twiddle`` (its ``nblocks`` from the
+    shape)."""
     return Butterfly(
-        in_features, out_features, bias=False, complex=True, increasing_stride=increasing_stride,
-        nblocks=twiddle.shape[1], init=twiddle, dtype=dtype, device=device,
+        in_features,
+        out_features,
+        bias=False,
+        complex=True,
+        increasing_stride=increasing_stride,
+        nblocks=twiddle.shape[1],
+        init=twiddle,
+        dtype=dtype,
+        device=device,
     )
 
 
@@ -179,7 +194,7 @@ def dft_steps(
             full_out = torch.ones(n, dtype=_CDTYPE)
             full_out[:out_size] = out_d
             fold_output_diagonal(t[0, 0, -1], factor_stride(log_n - 1, log_n, True), full_out)
-            steps.append(_butterfly(t, n, out_size, True, dtype, device))
+            steps.append(complex_butterfly(t, n, out_size, True, dtype, device))
         else:  # n == 1: the DFT is the identity; keep the scaling
             steps.append(_butterfly_scalar(in_d[0] * out_d[0], dtype, device))
     else:
@@ -197,7 +212,7 @@ def dft_steps(
         if not torch.equal(perm, torch.arange(in_size)):
             steps.append(FixedPermutation(perm))
         steps.append(_ZeroPad(m))
-        steps.append(_butterfly(t, m, out_size, False, dtype, device))
+        steps.append(complex_butterfly(t, m, out_size, False, dtype, device))
 
     if out_perm is not None and not torch.equal(out_perm.to(torch.long), torch.arange(out_size)):
         steps.append(_Take(out_perm) if out_perm.numel() != out_size else FixedPermutation(out_perm))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,18 @@ def real_dtype(dtype: torch.dtype | None) -> torch.dtype:
 def complex_dtype(dtype: torch.dtype | None) -> torch.dtype:
     """The complex counterpart of :func:`real_dtype`."""
     return _COMPLEX_OF[real_dtype(dtype)]
+
+
+def as_float64(values: object, name: str, *, allow_complex: bool = True) -> torch.Tensor:
+    """``values`` (tensor, array or sequence) as a detached CPU float64 tensor (complex128 if complex), or
+    ValueError naming ``name`` when it is complex and may not be, or holds NaN/Inf."""
+    t = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    if t.is_complex() and not allow_complex:
+        raise ValueError(f"{name} must be real")
+    t = t.to(torch.complex128 if t.is_complex() else torch.float64)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf")
+    return t
 
 
 def check_size(n: object, name: str = "n") -> int:

@@ -12,7 +12,7 @@ from .._layout import ceil_log2, factor_stride, padded_size
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
 from ._fourier import is_power_of_two
-from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, check_size, real_dtype
+from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, as_float64, check_size, real_dtype
 from ._trig import _cosine_steps
 
 __all__ = ["hadamard", "haar", "fastfood", "acdc"]
@@ -177,18 +177,17 @@ def acdc(
         raise ValueError(f"trainable must be False, True or 'diagonals', got {trainable!r}")
     a_t, d_t = _as_layers(a, "a"), _as_layers(d, "d")
     if a_t.shape != d_t.shape:
-        raise ValueError(f"a and d must have the same shape (K, n) or (n,), got {tuple(a_t.shape)} and "
-                         f"{tuple(d_t.shape)}")
+        raise ValueError(
+            f"a and d must have the same shape (K, n) or (n,), got {tuple(a_t.shape)} and {tuple(d_t.shape)}"
+        )
     layers, n = a_t.shape
     dtype = real_dtype(dtype)
     steps: list[nn.Module] = []
     for k in range(layers):
         steps.append(Diagonal(a_t[k].to(device=device, dtype=dtype)))
-        steps.append(nn.Sequential(*_cosine_steps(n, 2, "ortho", sine=False, dtype=dtype, device=device),
-                                   _RealPart()))
+        steps.append(nn.Sequential(*_cosine_steps(n, 2, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
         steps.append(Diagonal(d_t[k].to(device=device, dtype=dtype)))
-        steps.append(nn.Sequential(*_cosine_steps(n, 3, "ortho", sine=False, dtype=dtype, device=device),
-                                   _RealPart()))
+        steps.append(nn.Sequential(*_cosine_steps(n, 3, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
     module = Transform("acdc", steps, (n,), (n,), real=True, trainable=trainable is True)
     if trainable == "diagonals":
         for step in module.steps:
@@ -198,14 +197,9 @@ def acdc(
 
 
 def _as_layers(values: object, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values.detach().cpu())
+    t = as_float64(values, name, allow_complex=False)
     if t.dim() == 1:
         t = t.unsqueeze(0)
     if t.dim() != 2 or t.numel() == 0:
         raise ValueError(f"{name} must have shape (n,) or (K, n), got {tuple(t.shape)}")
-    if t.is_complex():
-        raise ValueError(f"{name} must be real")
-    t = t.to(torch.float64)
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} contains NaN or Inf")
     return t

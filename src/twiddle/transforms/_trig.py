@@ -75,23 +75,48 @@ def _cosine_steps(n: int, type: int, norm: str | None, *, sine: bool, dtype, dev
         g = _makhoul_order(n)
         out_diag = 2 * _unit(-math.pi * kf / (2 * n)) * scale
         in_diag = sigma[g] if sine else None
-        return dft_steps(n, -1, in_perm=g, in_diag=in_diag, out_diag=out_diag, out_perm=reverse if sine else None,
-                         dtype=dtype, device=device)
+        return dft_steps(
+            n,
+            -1,
+            in_perm=g,
+            in_diag=in_diag,
+            out_diag=out_diag,
+            out_perm=reverse if sine else None,
+            dtype=dtype,
+            device=device,
+        )
     if type == 3:
         g = _makhoul_order(n)
         weight = scale if norm == "ortho" else scale * torch.tensor([0.5] + [1.0] * (n - 1), dtype=_CDTYPE)
         in_diag = 2 * _unit(-math.pi * kf / (2 * n)) * weight
         ginv = torch.argsort(g)
-        return dft_steps(n, -1, in_perm=reverse if sine else None, in_diag=in_diag,
-                         out_diag=sigma[g] if sine else None, out_perm=ginv, dtype=dtype, device=device)
+        return dft_steps(
+            n,
+            -1,
+            in_perm=reverse if sine else None,
+            in_diag=in_diag,
+            out_diag=sigma[g] if sine else None,
+            out_perm=ginv,
+            dtype=dtype,
+            device=device,
+        )
     # type 4: a DFT of size 2N on the zero-padded input
     j = torch.arange(2 * n, dtype=torch.float64)
     in_diag = _unit(-math.pi * j / (2 * n))
     out_diag = 2 * _unit(-math.pi * (2 * kf + 1) / (4 * n)) * scale
     if sine:
         out_diag = out_diag * sigma
-    return dft_steps(2 * n, -1, in_size=n, out_size=n, in_perm=reverse if sine else None, in_diag=in_diag,
-                     out_diag=out_diag, dtype=dtype, device=device)
+    return dft_steps(
+        2 * n,
+        -1,
+        in_size=n,
+        out_size=n,
+        in_perm=reverse if sine else None,
+        in_diag=in_diag,
+        out_diag=out_diag,
+        dtype=dtype,
+        device=device,
+    )
 
 
 def _build(name: str, n: int, type: int, norm: str | None, sine: bool, trainable: bool, dtype, device) -> Transform:
