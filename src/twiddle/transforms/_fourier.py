@@ -34,40 +34,36 @@ def _root(k: torch.Tensor, period: int, sign: int) -> torch.Tensor:
     return torch.polar(torch.ones_like(angle), sign * angle)
 
 
+def _cooley_tukey(log_n: int, sign: int, in_time: bool) -> torch.Tensor:
+    n = 1 << log_n
+    t = torch.ones(log_n, n // 2, 2, 2, dtype=_CDTYPE)
+    i = torch.arange(n // 2)
+    for f in range(log_n):
+        s = factor_stride(f, log_n, in_time)
+        w = _root(i % s, 2 * s, sign)
+        # time: [[1, w], [1, -w]] (twiddle, then sum/difference); frequency: [[1, 1], [w, -w]] (the transpose)
+        if in_time:
+            t[f, :, 0, 1] = w
+        else:
+            t[f, :, 1, 0] = w
+        t[f, :, 1, 1] = -w
+    return t
+
+
 def dit_twiddle(log_n: int, sign: int) -> torch.Tensor:
     """Decimation in time: increasing strides, bit-reversed input, natural-order output. ``(log_n, n/2, 2, 2)``.
 
     The factor with stride ``s`` merges DFTs of size ``s`` into size ``2s``: block ``i`` (``k = i mod s``) is
     ``[[1, w^k], [1, -w^k]]`` with ``w = exp(sign·2πi/(2s))``. ``DFT_n = B · P_bitrev``.
     """
-    n = 1 << log_n
-    t = torch.empty(log_n, n // 2, 2, 2, dtype=_CDTYPE)
-    i = torch.arange(n // 2)
-    for f in range(log_n):
-        s = factor_stride(f, log_n, True)
-        w = _root(i % s, 2 * s, sign)
-        t[f, :, 0, 0] = 1
-        t[f, :, 0, 1] = w
-        t[f, :, 1, 0] = 1
-        t[f, :, 1, 1] = -w
-    return t
+    return _cooley_tukey(log_n, sign, True)
 
 
 def dif_twiddle(log_n: int, sign: int) -> torch.Tensor:
     """Decimation in frequency: decreasing strides, natural-order input, bit-reversed output.
     ``(log_n, n/2, 2, 2)``; the factor with stride ``s`` has blocks ``[[1, 1], [w^k, -w^k]]`` (``k = i mod s``,
     ``w = exp(sign·2πi/(2s))``). ``DFT_n = P_bitrev · B`` (it is the transpose of :func:`dit_twiddle`)."""
-    n = 1 << log_n
-    t = torch.empty(log_n, n // 2, 2, 2, dtype=_CDTYPE)
-    i = torch.arange(n // 2)
-    for f in range(log_n):
-        s = factor_stride(f, log_n, False)
-        w = _root(i % s, 2 * s, sign)
-        t[f, :, 0, 0] = 1
-        t[f, :, 0, 1] = 1
-        t[f, :, 1, 0] = w
-        t[f, :, 1, 1] = -w
-    return t
+    return _cooley_tukey(log_n, sign, False)
 
 
 def fold_input_diagonal(factor: torch.Tensor, stride: int, diag: torch.Tensor) -> None:
