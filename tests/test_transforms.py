@@ -458,3 +458,10 @@ def test_wrong_input_shapes_are_named():
         conv(torch.randn(4, 2, 8))
     with pytest.raises(TypeError, match="floating-point or complex"):
         transforms.dct(8)(torch.arange(8))
+
+
+def test_transform_compiles_without_graph_breaks():
+    module = transforms.dct(100, 2, "ortho")
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 100)
+    assert torch.allclose(compiled(x), module(x), atol=1e-6)

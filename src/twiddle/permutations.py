@@ -21,6 +21,7 @@ __all__ = [
     "invert_permutation",
     "check_permutation",
     "FixedPermutation",
+    "gather_last",
 ]
 
 # The 8 permutations of the BP model (Dao et al. 2019) with the choices shared across levels, by their 3-bit
@@ -106,6 +107,18 @@ def invert_permutation(perm: torch.Tensor | Sequence[int]) -> torch.Tensor:
     return inv
 
 
+def gather_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index]`` for a 1-D ``index``: ``(..., n) -> (..., len(index))``.
+
+    Uses ``torch.gather`` with a stride-0 expanded index, which torch vectorizes for every dtype
+    (``index_select`` along the last dimension is 3-4x slower for float64 and complex tensors on CPU).
+    """
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.gather(flat, 1, index.expand(flat.shape[0], index.numel()))
+    return out.reshape(*lead, index.numel())
+
+
 class FixedPermutation(nn.Module):
     """A fixed (non-learnable) permutation of the last dimension: ``y[..., i] = x[..., perm[i]]``.
 
@@ -134,7 +147,7 @@ class FixedPermutation(nn.Module):
             raise ValueError(
                 f"FixedPermutation expected x with last dimension {self.size}, got shape {tuple(x.shape)}"
             )
-        return x.index_select(-1, self.perm)
+        return gather_last(x, self.perm)
 
     def inverse(self) -> FixedPermutation:
         """The inverse permutation as a new module."""

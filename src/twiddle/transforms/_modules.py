@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..permutations import gather_last
+
 __all__ = ["Transform", "Diagonal"]
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -101,7 +103,7 @@ class _Take(nn.Module):
         self.register_buffer("index", index.to(torch.long).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.index_select(-1, self.index)
+        return gather_last(x, self.index)
 
     def extra_repr(self) -> str:
         return f"size={self.index.numel()}"
