@@ -7,11 +7,31 @@ Public names (see README "API at a glance"):
 * :mod:`twiddle.permutations` — bit reversal, the BP permutations, :class:`~twiddle.permutations.FixedPermutation`.
 * :mod:`twiddle.transforms` — exact fast transforms (FFT, DCT/DST, Hadamard, convolutions, …) as butterfly modules.
 * :func:`factorize` — find ``M ≈ B P`` (butterfly times permutation) for a matrix.
+* Fixed-structure networks (Ailon et al. 2021): :class:`TruncatedButterfly`, :func:`fjlt`,
+  :class:`TruncatedButterflyLinear` (the ``J2ᵀ W̃ J1`` layer), :func:`replace_linear`,
+  :class:`ButterflyAutoencoder` (:mod:`twiddle.autoencoder`), learned sketches (:mod:`twiddle.sketch`).
 """
 
-from . import ops, permutations, transforms
+from . import autoencoder, ops, permutations, sketch, transforms
+from .autoencoder import ButterflyAutoencoder
 from .butterfly import Butterfly
 from .factorize import factorize
+from .replace import replace_linear
+from .truncated import TruncatedButterfly, TruncatedButterflyLinear, TruncatedButterflyTranspose, fjlt
 
-__all__ = ["Butterfly", "factorize", "ops", "permutations", "transforms"]
+__all__ = [
+    "Butterfly",
+    "ButterflyAutoencoder",
+    "TruncatedButterfly",
+    "TruncatedButterflyLinear",
+    "TruncatedButterflyTranspose",
+    "autoencoder",
+    "factorize",
+    "fjlt",
+    "ops",
+    "permutations",
+    "replace_linear",
+    "sketch",
+    "transforms",
+]
 __version__ = "0.1.0"

@@ -1,0 +1,218 @@
+"""Sketch-and-solve low-rank approximation with learned sketches (Ailon, Leibovitz, Nair 2021, §learned sketches).
+
+For a data matrix ``X`` (``n × d``) and a sketch ``S`` (``ℓ × n``), ``B_k(X)`` is the best rank-``k`` approximation
+of ``X`` whose rows lie in the row space of ``S X``: with ``Q`` an orthonormal basis of that row space
+(``d × ℓ``), ``B_k(X) = [X Q]_k Qᵀ`` (``[·]_k``: truncated SVD). It is differentiable in ``S``, so ``S`` can be
+learned on a training set by minimizing ``Σ_i ‖X_i − B_k(X_i)‖_F``. The test error is
+``Err = E‖X − B_k(X)‖_F − E‖X − X_k‖_F`` (0 for a perfect sketch).
+
+Sketch families (modules mapping ``(..., n, d) -> (..., ℓ, d)``, i.e. ``X ↦ S X``):
+:class:`ButterflySketch` (a learned truncated butterfly), :class:`SparseSketch` (``nnz`` nonzeros per column at
+fixed random rows; learned values, or fixed random signs = CountSketch via :func:`count_sketch`),
+:class:`GaussianSketch` (fixed i.i.d. ``N(0, 1/ℓ)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .truncated import TruncatedButterfly, _check_positive, _check_seed
+
+__all__ = [
+    "low_rank_in_rowspace",
+    "sketch_low_rank",
+    "best_rank_k_error",
+    "sketch_error",
+    "train_sketch",
+    "ButterflySketch",
+    "SparseSketch",
+    "GaussianSketch",
+    "count_sketch",
+    "SKETCH_KINDS",
+    "make_sketch",
+]
+
+SKETCH_KINDS = ("butterfly", "sparse", "countsketch", "gaussian")
+
+
+def _check_data(x: object, n: int | None = None, name: str = "X") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., n, d), got {tuple(x.shape)}")
+    if n is not None and x.shape[-2] != n:
+        raise ValueError(f"{name} must have n = {n} rows (shape (..., {n}, d)), got {tuple(x.shape)}")
+    return x
+
+
+def _check_k(k: object, limit: int) -> int:
+    k = _check_positive(k, "k")
+    if k > limit:
+        raise ValueError(f"k must be at most {limit} (the smaller side of X), got {k}")
+    return k
+
+
+def low_rank_in_rowspace(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
+    """Best rank-``k`` approximation of ``x`` (``(..., n, d)``) with rows in the row space of ``z``
+    (``(..., ℓ, d)``): ``[x Q]_k Qᵀ`` with ``Q`` an orthonormal basis of ``z``'s row space. Differentiable."""
+    q, _ = torch.linalg.qr(z.transpose(-1, -2))  # (..., d, min(d, ℓ))
+    xq = x @ q
+    u, s, vh = torch.linalg.svd(xq, full_matrices=False)
+    k = min(k, s.shape[-1])
+    return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :] @ q.transpose(-1, -2)
+
+
+def sketch_low_rank(sketch: nn.Module, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``B_k(X)``: the best rank-``k`` approximation of ``x`` (``(..., n, d)``) inside the row space of
+    ``sketch(x)``."""
+    x = _check_data(x)
+    return low_rank_in_rowspace(x, sketch(x), _check_k(k, min(x.shape[-2:])))
+
+
+def best_rank_k_error(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``‖X − X_k‖_F`` for each matrix of the batch ``(..., n, d)`` (the SVD optimum)."""
+    x = _check_data(x)
+    s = torch.linalg.svdvals(x)
+    return s[..., _check_k(k, min(x.shape[-2:])) :].pow(2).sum(-1).sqrt()
+
+
+def sketch_error(sketch: nn.Module, x: torch.Tensor, k: int) -> float:
+    """The paper's test error ``Err = mean ‖X − B_k(X)‖_F − mean ‖X − X_k‖_F`` over the batch ``(N, n, d)``."""
+    with torch.no_grad():
+        approx = sketch_low_rank(sketch, x, k)
+        return float((x - approx).flatten(-2).norm(dim=-1).mean() - best_rank_k_error(x, k).mean())
+
+
+def train_sketch(
+    sketch: nn.Module,
+    train: torch.Tensor,
+    k: int,
+    *,
+    steps: int = 500,
+    lr: float = 1e-2,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Learn ``sketch``'s parameters by Adam on ``mean_i ‖X_i − B_k(X_i)‖_F`` over ``train`` (``(N, n, d)``),
+    ``steps`` steps of mini-batches of ``batch_size`` (default all). Returns the loss per step; shows a progress
+    bar when ``progress``."""
+    train = _check_data(train)
+    if train.dim() != 3:
+        raise ValueError(f"train must have shape (N, n, d), got {tuple(train.shape)}")
+    steps = _check_positive(steps, "steps")
+    params = [p for p in sketch.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the sketch has no trainable parameters (a fixed sketch needs no training)")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(_check_seed(seed))
+    size = train.shape[0] if batch_size is None else _check_positive(batch_size, "batch_size")
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc="train sketch", disable=not progress, leave=False)
+    for _ in bar:
+        batch = train if size >= train.shape[0] else train[torch.randperm(train.shape[0], generator=gen)[:size]]
+        loss = (batch - sketch_low_rank(sketch, batch, k)).flatten(-2).norm(dim=-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    return losses
+
+
+class ButterflySketch(nn.Module):
+    """``S X`` with ``S`` a learnable truncated butterfly ``n → ℓ`` (FJLT-initialized) applied to each column of
+    ``X``. Shapes: ``(..., n, d) -> (..., ℓ, d)``."""
+
+    def __init__(self, n: int, ell: int, *, seed: int = 0, init: str = "fjlt") -> None:
+        super().__init__()
+        self.n, self.ell = n, ell
+        self.butterfly = TruncatedButterfly(n, ell, seed=seed, init=init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_data(x, self.n)
+        return self.butterfly(x.transpose(-1, -2)).transpose(-1, -2)
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``ℓ × n`` sketch matrix."""
+        return self.butterfly.to_dense()
+
+
+class SparseSketch(nn.Module):
+    """``S X`` with ``S`` (``ℓ × n``) holding ``nnz`` nonzeros per column at fixed, seeded, distinct random rows.
+
+    Args:
+        n, ell: sketch shape. nnz: nonzeros per column (1 is the paper's "learned sparse" baseline; more gives
+            the "learned N nonzeros per column" family). learned: learn the values (else they stay at their
+            initial random signs ``±1/√nnz`` — with ``nnz=1`` that is CountSketch). seed: rows and signs.
+
+    Shapes: ``(..., n, d) -> (..., ℓ, d)``.
+    """
+
+    rows: torch.Tensor
+
+    def __init__(self, n: int, ell: int, *, nnz: int = 1, learned: bool = True, seed: int = 0) -> None:
+        super().__init__()
+        self.n, self.ell = _check_positive(n, "n"), _check_positive(ell, "ell")
+        self.nnz = _check_positive(nnz, "nnz")
+        if self.nnz > self.ell:
+            raise ValueError(f"nnz must be at most ell={self.ell} (distinct rows per column), got {nnz}")
+        gen = torch.Generator().manual_seed(_check_seed(seed))
+        rows = torch.stack([torch.randperm(self.ell, generator=gen)[: self.nnz] for _ in range(self.n)], dim=1)
+        signs = torch.randint(0, 2, (self.nnz, self.n), generator=gen).float() * 2 - 1
+        self.register_buffer("rows", rows)  # (nnz, n)
+        self.values = nn.Parameter(signs / math.sqrt(self.nnz), requires_grad=learned)
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``ℓ × n`` sketch matrix."""
+        cols = torch.arange(self.n, device=self.rows.device).expand(self.nnz, -1)
+        s = self.values.new_zeros(self.ell, self.n)
+        return s.index_put((self.rows.reshape(-1), cols.reshape(-1)), self.values.reshape(-1), accumulate=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_data(x, self.n)
+        return self.to_dense().to(x.dtype) @ x
+
+
+def count_sketch(n: int, ell: int, *, seed: int = 0) -> SparseSketch:
+    """A random CountSketch: one ±1 per column at a random row, fixed."""
+    return SparseSketch(n, ell, nnz=1, learned=False, seed=seed)
+
+
+class GaussianSketch(nn.Module):
+    """``S X`` with ``S`` a fixed ``ℓ × n`` matrix of i.i.d. ``N(0, 1/ℓ)`` entries (seeded).
+    Shapes: ``(..., n, d) -> (..., ℓ, d)``."""
+
+    matrix: torch.Tensor
+
+    def __init__(self, n: int, ell: int, *, seed: int = 0) -> None:
+        super().__init__()
+        self.n, self.ell = _check_positive(n, "n"), _check_positive(ell, "ell")
+        gen = torch.Generator().manual_seed(_check_seed(seed))
+        self.register_buffer("matrix", torch.randn(self.ell, self.n, generator=gen) / math.sqrt(self.ell))
+
+    def to_dense(self) -> torch.Tensor:
+        return self.matrix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _check_data(x, self.n)
+        return self.matrix.to(x.dtype) @ x
+
+
+def make_sketch(kind: str, n: int, ell: int, *, seed: int = 0, nnz: int = 1) -> nn.Module:
+    """A sketch of the given family: ``"butterfly"`` (learned), ``"sparse"`` (learned values, ``nnz`` per
+    column), ``"countsketch"`` (random, fixed), ``"gaussian"`` (random, fixed)."""
+    if kind == "butterfly":
+        return ButterflySketch(n, ell, seed=seed)
+    if kind == "sparse":
+        return SparseSketch(n, ell, nnz=nnz, learned=True, seed=seed)
+    if kind == "countsketch":
+        return count_sketch(n, ell, seed=seed)
+    if kind == "gaussian":
+        return GaussianSketch(n, ell, seed=seed)
+    raise ValueError(f"kind must be one of {SKETCH_KINDS}, got {kind!r}")
+
