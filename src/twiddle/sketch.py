@@ -215,4 +215,3 @@ def make_sketch(kind: str, n: int, ell: int, *, seed: int = 0, nnz: int = 1) -> 
     if kind == "gaussian":
         return GaussianSketch(n, ell, seed=seed)
     raise ValueError(f"kind must be one of {SKETCH_KINDS}, got {kind!r}")
-

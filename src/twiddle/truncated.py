@@ -98,11 +98,11 @@ class TruncatedButterfly(nn.Module):
                 self.in_features,
                 self.n,
                 bias=False,
-                init="randn" if init == "randn" else init,
+                init=init,
                 device=device,
                 dtype=dtype,
             )
-        if init != "randn":
+        if init != "randn" and self.butterfly.log_n > 0:  # (n = 1: nothing to scale, n / ℓ = 1)
             with torch.no_grad():
                 self.butterfly.twiddle[:, 0, 0] *= math.sqrt(self.n / self.out_features)
         if prune:
