@@ -37,3 +37,21 @@ def test_unknown_experiment(tmp_path):
         experiments.run("nope", out=tmp_path)
     with pytest.raises(SystemExit):
         main(["reproduce", "nope", "--out", str(tmp_path)])
+
+
+def test_ailon2021_sketch_quick_writes_its_three_files(tmp_path):
+    results = experiments.run("ailon2021-sketch", quick=True, out=tmp_path)
+    folder = tmp_path / "ailon2021-sketch"
+    assert {p.name for p in folder.iterdir()} >= {"results.json", "table.md", "err.png"}
+    rows = json.loads((folder / "results.json").read_text())["rows"]
+    assert rows == results["rows"] and len(rows) == 2 * 4
+    err = {(r["dataset"], r["family"]): r["err"] for r in rows}
+    assert all(math.isfinite(e) and e > -1e-4 for e in err.values())  # Err >= 0 up to rounding: X_k is optimal
+    for dataset in ("planted", "mnist"):
+        assert err[(dataset, "butterfly")] < min(err[(dataset, "countsketch")], err[(dataset, "gaussian")])
+    assert "(paper)" in (folder / "table.md").read_text()
+
+
+def test_experiment_rejects_options_it_does_not_take(tmp_path):
+    with pytest.raises(ValueError, match="do not apply to ailon2021-sketch"):
+        experiments.run("ailon2021-sketch", quick=True, out=tmp_path, methods=("gradient",))

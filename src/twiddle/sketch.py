@@ -58,9 +58,16 @@ def _check_k(k: object, limit: int) -> int:
 
 def low_rank_in_rowspace(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
     """Best rank-``k`` approximation of ``x`` (``(..., n, d)``) with rows in the row space of ``z``
-    (``(..., ℓ, d)``): ``[x Q]_k Qᵀ`` with ``Q`` an orthonormal basis of ``z``'s row space. Differentiable."""
-    q, _ = torch.linalg.qr(z.transpose(-1, -2))  # (..., d, min(d, ℓ))
-    xq = x @ q
+    (``(..., ℓ, d)``): ``[x Q]_k Qᵀ`` with ``Q`` an orthonormal basis of ``z``'s row space. Differentiable.
+
+    A sketch of a matrix with zero rows (a padded image, say) can give ``z`` a zero row; its basis — and the
+    QR's gradient — are then undefined. ``z`` gets a fixed perturbation of relative size ``1e-6`` so they stay
+    defined; the approximation moves by that much at most.
+    """
+    noise = torch.randn(z.shape[-2:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = 1e-6 * z.detach().abs().mean().clamp_min(torch.finfo(z.dtype).tiny)
+    q, _ = torch.linalg.qr((z + scale * noise.to(device=z.device, dtype=z.dtype)).transpose(-1, -2))
+    xq = x @ q  # (..., n, min(d, ℓ))
     u, s, vh = torch.linalg.svd(xq, full_matrices=False)
     k = min(k, s.shape[-1])
     return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :] @ q.transpose(-1, -2)
