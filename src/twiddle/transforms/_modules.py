@@ -142,10 +142,10 @@ class _ChannelMix(nn.Module):
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=trainable)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        freq_dims = self.weight.dim() - 2
-        # (..., c, *f) x (o, c, *f) -> (..., o, *f)
-        x = x.unsqueeze(-freq_dims - 2)
-        return (x * self.weight).sum(dim=-freq_dims - 1)
+        freq = "fgh"[: self.weight.dim() - 2]
+        # (..., c, *f) x (o, c, *f) -> (..., o, *f), without materializing the (..., o, c, *f) product
+        dtype = torch.promote_types(x.dtype, self.weight.dtype)
+        return torch.einsum(f"...c{freq},oc{freq}->...o{freq}", x.to(dtype), self.weight.to(dtype))
 
     def extra_repr(self) -> str:
         out_ch, in_ch = self.weight.shape[:2]
