@@ -15,6 +15,7 @@ fixed random rows; learned values, or fixed random signs = CountSketch via :func
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -56,19 +57,24 @@ def _check_k(k: object, limit: int) -> int:
     return k
 
 
+def _jitter(t: torch.Tensor) -> torch.Tensor:
+    """``t`` plus a fixed pseudo-random perturbation of relative size ``1e-6`` (same for every call)."""
+    noise = torch.randn(t.shape[-2:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scale = 1e-6 * t.detach().abs().mean().clamp_min(torch.finfo(t.dtype).tiny)
+    return t + scale * noise.to(device=t.device, dtype=t.dtype)
+
+
 def low_rank_in_rowspace(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
     """Best rank-``k`` approximation of ``x`` (``(..., n, d)``) with rows in the row space of ``z``
     (``(..., ℓ, d)``): ``[x Q]_k Qᵀ`` with ``Q`` an orthonormal basis of ``z``'s row space. Differentiable.
 
-    A sketch of a matrix with zero rows (a padded image, say) can give ``z`` a zero row; its basis — and the
-    QR's gradient — are then undefined. ``z`` gets a fixed perturbation of relative size ``1e-6`` so they stay
-    defined; the approximation moves by that much at most.
+    Rank-deficient inputs (a sketch with a zero row, images of low rank) make the QR's and the SVD's gradients
+    undefined (zero or repeated singular values). ``z`` and ``x Q`` get a fixed perturbation of relative size
+    ``1e-6`` so that they stay defined; the approximation moves by about that much.
     """
-    noise = torch.randn(z.shape[-2:], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    scale = 1e-6 * z.detach().abs().mean().clamp_min(torch.finfo(z.dtype).tiny)
-    q, _ = torch.linalg.qr((z + scale * noise.to(device=z.device, dtype=z.dtype)).transpose(-1, -2))
+    q, _ = torch.linalg.qr(_jitter(z).transpose(-1, -2))
     xq = x @ q  # (..., n, min(d, ℓ))
-    u, s, vh = torch.linalg.svd(xq, full_matrices=False)
+    u, s, vh = torch.linalg.svd(_jitter(xq), full_matrices=False)
     k = min(k, s.shape[-1])
     return (u[..., :k] * s[..., None, :k]) @ vh[..., :k, :] @ q.transpose(-1, -2)
 
@@ -106,8 +112,9 @@ def train_sketch(
     progress: bool = True,
 ) -> list[float]:
     """Learn ``sketch``'s parameters by Adam on ``mean_i ‖X_i − B_k(X_i)‖_F`` over ``train`` (``(N, n, d)``),
-    ``steps`` steps of mini-batches of ``batch_size`` (default all). Returns the loss per step; shows a progress
-    bar when ``progress``."""
+    ``steps`` steps of mini-batches of ``batch_size`` (default all). Gradients are clipped to norm 10; a step
+    whose gradient is not finite (near-equal singular values) is skipped, with a warning at the end. Returns the
+    loss per step; shows a progress bar when ``progress``."""
     train = _check_data(train)
     if train.dim() != 3:
         raise ValueError(f"train must have shape (N, n, d), got {tuple(train.shape)}")
@@ -119,15 +126,23 @@ def train_sketch(
     gen = torch.Generator().manual_seed(_check_seed(seed))
     size = train.shape[0] if batch_size is None else _check_positive(batch_size, "batch_size")
     losses: list[float] = []
+    skipped = 0
     bar = tqdm(range(steps), desc="train sketch", disable=not progress, leave=False)
     for _ in bar:
         batch = train if size >= train.shape[0] else train[torch.randperm(train.shape[0], generator=gen)[:size]]
         loss = (batch - sketch_low_rank(sketch, batch, k)).flatten(-2).norm(dim=-1).mean()
         optimizer.zero_grad()
         loss.backward()
-        optimizer.step()
+        # near-equal singular values make the SVD's gradient blow up; skip such steps instead of corrupting S
+        if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+            torch.nn.utils.clip_grad_norm_(params, max_norm=10.0)
+            optimizer.step()
+        else:
+            skipped += 1
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", skipped=skipped)
+    if skipped:
+        warnings.warn(f"train_sketch skipped {skipped} of {steps} steps with non-finite gradients", stacklevel=2)
     return losses
 
 
