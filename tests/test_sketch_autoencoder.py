@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
 from twiddle import ButterflyAutoencoder
 from twiddle.autoencoder import fit_autoencoder, fjlt_pca_loss, pca_loss
+from twiddle.experiments.ailon2021_sketch import planted
 from twiddle.sketch import (
     ButterflySketch,
     GaussianSketch,
@@ -76,19 +75,9 @@ def test_autoencoder_errors():
 # ------------------------------------------------------------------------------------------- sketches
 
 
-def _common_subspace_data(count: int, n: int, d: int, seed: int) -> torch.Tensor:
-    """Matrices sharing one left singular basis with a 1/j spectrum, random right factors: a learnable sketch
-    can find the dominant directions, a random one cannot."""
-    g = torch.Generator().manual_seed(seed)
-    u, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-    spectrum = 1.0 / (1 + torch.arange(n, dtype=torch.float64))
-    right = torch.randn(count, n, d, generator=g, dtype=torch.float64) / math.sqrt(d)
-    return (u @ (spectrum[:, None] * right)).float()
-
-
 def test_learned_butterfly_beats_learned_sparse_beats_random_sketches():
     n, d, k, ell = 64, 32, 4, 8
-    data = _common_subspace_data(140, n, d, seed=0)
+    data = planted(140, n, d, seed=0)  # a shared dominant subspace, 1/j spectrum
     train, test = data[:100], data[100:]
     errors = {}
     for kind in ("butterfly", "sparse", "countsketch", "gaussian"):

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._validate import positive_int
 from .sketch import low_rank_in_rowspace
-from .truncated import TruncatedButterfly, _check_positive, fjlt
+from .truncated import TruncatedButterfly, fjlt
 
 __all__ = ["ButterflyAutoencoder", "pca_loss", "fjlt_pca_loss", "fit_autoencoder"]
 
@@ -32,8 +33,8 @@ class ButterflyAutoencoder(nn.Module):
 
     def __init__(self, n: int, ell: int, k: int, m: int | None = None, *, seed: int = 0, init: str = "fjlt") -> None:
         super().__init__()
-        self.n, self.ell, self.k = _check_positive(n, "n"), _check_positive(ell, "ell"), _check_positive(k, "k")
-        self.m = self.n if m is None else _check_positive(m, "m")
+        self.n, self.ell, self.k = positive_int(n, "n"), positive_int(ell, "ell"), positive_int(k, "k")
+        self.m = self.n if m is None else positive_int(m, "m")
         if self.k > self.ell:
             raise ValueError(f"k must be at most ell={self.ell} (the bottleneck after the butterfly), got {k}")
         self.butterfly = TruncatedButterfly(n, ell, seed=seed, init=init)
@@ -66,7 +67,7 @@ def pca_loss(x: torch.Tensor, k: int) -> float:
     linear autoencoder."""
     x = _check_samples(x)
     s = torch.linalg.svdvals(x.double())
-    return float(s[_check_positive(k, "k") :].pow(2).sum())
+    return float(s[positive_int(k, "k") :].pow(2).sum())
 
 
 def fjlt_pca_loss(x: torch.Tensor, k: int, ell: int, *, seed: int = 0) -> float:
@@ -77,7 +78,7 @@ def fjlt_pca_loss(x: torch.Tensor, k: int, ell: int, *, seed: int = 0) -> float:
     b = fjlt(x.shape[1], ell, seed=seed, dtype=torch.float64)
     with torch.no_grad():
         cols = x.T  # (n, samples): the paper's X
-        approx = low_rank_in_rowspace(cols, b(x).T, _check_positive(k, "k"))
+        approx = low_rank_in_rowspace(cols, b(x).T, positive_int(k, "k"))
     return float((cols - approx).pow(2).sum())
 
 
@@ -101,7 +102,7 @@ def fit_autoencoder(
     y = x if y is None else _check_samples(y, "Y")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"X and Y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}")
-    steps = _check_positive(steps, "steps")
+    steps = positive_int(steps, "steps")
     phases = [(steps // 2, True), (steps - steps // 2, False)] if two_phase else [(steps, False)]
     losses: list[float] = []
     bar = tqdm(total=steps, desc="fit autoencoder", disable=not progress, leave=False)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ._layout import num_stacks, padded_size, pair_positions, twiddle_shape
+from ._validate import positive_int
 from .ops import _multiply_checked, butterfly_multiply, prepare_kernel
 
 __all__ = ["Butterfly", "ParameterCount", "INITS"]
@@ -42,12 +43,6 @@ class ParameterCount:
     def __str__(self) -> str:
         note = " (dense is smaller)" if self.dense_is_smaller else ""
         return f"{self.structured} parameters vs {self.dense} dense: {self.ratio:.2f}x fewer{note}"
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _resolve_dtype(dtype: torch.dtype | None, complex: bool) -> torch.dtype:
@@ -115,9 +110,9 @@ class Butterfly(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _positive_int(in_features, "in_features")
-        self.out_features = _positive_int(out_features, "out_features")
-        self.nblocks = _positive_int(nblocks, "nblocks")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.nblocks = positive_int(nblocks, "nblocks")
         if not isinstance(increasing_stride, bool):
             raise TypeError(f"increasing_stride must be a bool, got {increasing_stride!r}")
         self.complex = bool(complex)

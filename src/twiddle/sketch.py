@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .truncated import TruncatedButterfly, _check_positive, _check_seed
+from ._validate import positive_int, seed_int
+from .truncated import TruncatedButterfly
 
 __all__ = [
     "low_rank_in_rowspace",
@@ -51,7 +52,7 @@ def _check_data(x: object, n: int | None = None, name: str = "X") -> torch.Tenso
 
 
 def _check_k(k: object, limit: int) -> int:
-    k = _check_positive(k, "k")
+    k = positive_int(k, "k")
     if k > limit:
         raise ValueError(f"k must be at most {limit} (the smaller side of X), got {k}")
     return k
@@ -118,13 +119,13 @@ def train_sketch(
     train = _check_data(train)
     if train.dim() != 3:
         raise ValueError(f"train must have shape (N, n, d), got {tuple(train.shape)}")
-    steps = _check_positive(steps, "steps")
+    steps = positive_int(steps, "steps")
     params = [p for p in sketch.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the sketch has no trainable parameters (a fixed sketch needs no training)")
     optimizer = torch.optim.Adam(params, lr=lr)
-    gen = torch.Generator().manual_seed(_check_seed(seed))
-    size = train.shape[0] if batch_size is None else _check_positive(batch_size, "batch_size")
+    gen = torch.Generator().manual_seed(seed_int(seed))
+    size = train.shape[0] if batch_size is None else positive_int(batch_size, "batch_size")
     losses: list[float] = []
     skipped = 0
     bar = tqdm(range(steps), desc="train sketch", disable=not progress, leave=False)
@@ -179,11 +180,11 @@ class SparseSketch(nn.Module):
 
     def __init__(self, n: int, ell: int, *, nnz: int = 1, learned: bool = True, seed: int = 0) -> None:
         super().__init__()
-        self.n, self.ell = _check_positive(n, "n"), _check_positive(ell, "ell")
-        self.nnz = _check_positive(nnz, "nnz")
+        self.n, self.ell = positive_int(n, "n"), positive_int(ell, "ell")
+        self.nnz = positive_int(nnz, "nnz")
         if self.nnz > self.ell:
             raise ValueError(f"nnz must be at most ell={self.ell} (distinct rows per column), got {nnz}")
-        gen = torch.Generator().manual_seed(_check_seed(seed))
+        gen = torch.Generator().manual_seed(seed_int(seed))
         rows = torch.stack([torch.randperm(self.ell, generator=gen)[: self.nnz] for _ in range(self.n)], dim=1)
         signs = torch.randint(0, 2, (self.nnz, self.n), generator=gen).float() * 2 - 1
         self.register_buffer("rows", rows)  # (nnz, n)
@@ -213,8 +214,8 @@ class GaussianSketch(nn.Module):
 
     def __init__(self, n: int, ell: int, *, seed: int = 0) -> None:
         super().__init__()
-        self.n, self.ell = _check_positive(n, "n"), _check_positive(ell, "ell")
-        gen = torch.Generator().manual_seed(_check_seed(seed))
+        self.n, self.ell = positive_int(n, "n"), positive_int(ell, "ell")
+        gen = torch.Generator().manual_seed(seed_int(seed))
         self.register_buffer("matrix", torch.randn(self.ell, self.n, generator=gen) / math.sqrt(self.ell))
 
     def to_dense(self) -> torch.Tensor:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
 from ._layout import ceil_log2, factor_stride, padded_size, pair_positions
+from ._validate import positive_int, seed_int
 from .butterfly import Butterfly
 from .ops import butterfly_multiply
 from .permutations import gather_last
@@ -30,18 +30,6 @@ __all__ = [
 ]
 
 TRUNCATED_INITS = ("fjlt", "ortho", "randn")
-
-
-def _check_positive(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    return int(seed)
 
 
 class TruncatedButterfly(nn.Module):
@@ -77,9 +65,9 @@ class TruncatedButterfly(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_positive(in_features, "in_features")
-        self.out_features = _check_positive(out_features, "out_features")
-        self.seed = _check_seed(seed)
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.seed = seed_int(seed)
         self.n = padded_size(self.in_features)
         if self.out_features > self.n:
             raise ValueError(
@@ -262,11 +250,11 @@ class TruncatedButterflyLinear(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.in_features = _check_positive(in_features, "in_features")
-        self.out_features = _check_positive(out_features, "out_features")
-        seed = _check_seed(seed)
-        self.k_in = max(1, ceil_log2(self.in_features)) if k_in is None else _check_positive(k_in, "k_in")
-        self.k_out = max(1, ceil_log2(self.out_features)) if k_out is None else _check_positive(k_out, "k_out")
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        seed = seed_int(seed)
+        self.k_in = max(1, ceil_log2(self.in_features)) if k_in is None else positive_int(k_in, "k_in")
+        self.k_out = max(1, ceil_log2(self.out_features)) if k_out is None else positive_int(k_out, "k_out")
         self.j_in = TruncatedButterfly(in_features, self.k_in, seed=seed, init=init, device=device, dtype=dtype)
         self.j_out = TruncatedButterfly(out_features, self.k_out, seed=seed + 1, init=init, device=device, dtype=dtype)
         self.inner = nn.Linear(self.k_in, self.k_out, bias=False, device=device, dtype=dtype)

@@ -45,6 +45,8 @@ def _normalize(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def planted(count: int, n: int, d: int, seed: int) -> torch.Tensor:
+    """``count`` matrices ``n × d`` sharing one left singular basis with a 1/j spectrum and random right factors:
+    a learnable sketch can find the dominant directions, a random one cannot."""
     g = torch.Generator().manual_seed(seed)
     u, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
     spectrum = 1.0 / (1 + torch.arange(n, dtype=torch.float64))

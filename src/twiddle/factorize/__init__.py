@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._validate import positive_int
 from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutation
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
@@ -77,8 +78,7 @@ def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: 
                         target_rmse: float, progress: bool, start: float) -> FactorizationResult:
     if not (isinstance(permutation, str) and permutation == "auto"):
         raise ValueError("the gradient method learns its permutation; pass permutation='auto'")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"trials must be a positive integer, got {trials!r}")
+    trials = positive_int(trials, "trials")
     if not time_budget > 0:
         raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
     config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed), target_rmse=target_rmse)

@@ -10,6 +10,8 @@ import scipy.fft
 import scipy.linalg
 import torch
 
+from .._validate import positive_int
+
 __all__ = ["TARGETS", "target_matrix"]
 
 TARGETS = ("dft", "idft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "hilbert", "randn")
@@ -34,8 +36,7 @@ def target_matrix(name: str, n: int, *, seed: int = 0) -> torch.Tensor:
     """
     if name not in TARGETS:
         raise ValueError(f"unknown target {name!r}; expected one of {TARGETS} or a .npy file")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    n = positive_int(n, "n")
     eye = np.eye(n)
     scale = 1.0 / math.sqrt(n)
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._layout import ceil_log2
+from .._validate import positive_int
 from ..permutations import bitreversal_permutation
 from ._fourier import (
     _CDTYPE,
@@ -37,7 +38,8 @@ from ._modules import (
     _Take,
     _ZeroPad,
     as_float64,
-    check_size,
+    as_pair,
+    check_shape2d,
     complex_dtype,
     real_dtype,
 )
@@ -72,11 +74,10 @@ def _toeplitz_steps(first_column: torch.Tensor, first_row: torch.Tensor, dtype, 
 
 def _circulant_steps(c: torch.Tensor, dtype: torch.dtype, device) -> list[nn.Module]:
     """``y = C x`` for the circulant with first column ``c``: one kaleidoscope butterfly (embedded in a
-    power-of-two circulant when ``len(c)`` is not one; a scalar for ``len(c) == 1``)."""
+    power-of-two circulant when ``len(c)`` is not one; ``len(c) == 1`` goes through the embedding too, which
+    makes it a scalar)."""
     n = c.numel()
-    if n == 1:
-        return [Diagonal(c.to(device=device, dtype=complex_dtype(dtype)))]
-    if is_power_of_two(n):
+    if n > 1 and is_power_of_two(n):
         return [complex_butterfly(circulant_twiddle(c), n, n, False, dtype, device)]
     return _toeplitz_steps(c, torch.cat([c[:1], c[1:].flip(0)]), dtype, device)
 
@@ -212,14 +213,6 @@ def _check_bias(bias: object, out_channels: int) -> torch.Tensor | None:
     return b
 
 
-def _pair(value: object, name: str) -> tuple:
-    if isinstance(value, (tuple, list)):
-        if len(value) != 2:
-            raise ValueError(f"{name} must be one value or a pair, got {value!r}")
-        return tuple(value)
-    return (value, value)
-
-
 def conv1d_circular(
     weight: torch.Tensor | np.ndarray,
     n: int,
@@ -249,11 +242,11 @@ def conv1d_circular(
 
     Shapes: ``(..., in_channels, n) -> (..., out_channels, n_out)`` real.
     """
-    n = check_size(n)
+    n = positive_int(n, "n")
     w = _check_weight(weight, 1)
     out_ch, in_ch, k = w.shape
     b = _check_bias(bias, out_ch)
-    left, out_len = _conv_geometry(n, k, padding, check_size(dilation, "dilation"), "")
+    left, out_len = _conv_geometry(n, k, padding, positive_int(dilation, "dilation"), "")
     dtype = real_dtype(dtype)
     cols = _circular_column(w, n, left, dilation)  # (out, in, n)
     if out_ch == 1 and in_ch == 1:
@@ -332,16 +325,15 @@ def conv2d_circular(
 
     Shapes: ``(..., in_channels, height, width) -> (..., out_channels, height_out, width_out)`` real.
     """
-    h, w_len = _pair(shape, "shape")
-    h, w_len = check_size(h, "shape[0]"), check_size(w_len, "shape[1]")
+    h, w_len = check_shape2d(shape)
     w = _check_weight(weight, 2)
     out_ch, in_ch, kh, kw = w.shape
     b = _check_bias(bias, out_ch)
     if isinstance(padding, str):
         pads = (padding, padding)
     else:
-        pads = _pair(padding, "padding")
-    dh, dw = (check_size(d, "dilation") for d in _pair(dilation, "dilation"))
+        pads = as_pair(padding, "padding")
+    dh, dw = (positive_int(d, "dilation") for d in as_pair(dilation, "dilation"))
     left_h, out_h = _conv_geometry(h, kh, pads[0], dh, " (height)")
     left_w, out_w = _conv_geometry(w_len, kw, pads[1], dw, " (width)")
     dtype = real_dtype(dtype)

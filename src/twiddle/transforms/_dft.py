@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from ._fourier import dft_steps
-from ._modules import Transform, _AlongDim, _RealPart, check_size, real_dtype
+from ._modules import Transform, _AlongDim, _RealPart, check_shape2d, real_dtype
 
 __all__ = ["fft", "ifft", "fft2d", "ifft2d", "hartley"]
 
@@ -54,7 +55,7 @@ def fft(
 
     Shapes: ``(..., n) -> (..., n)`` complex (real input is promoted).
     """
-    n = check_size(n)
+    n = positive_int(n, "n")
     steps = _dft_sequence(n, False, norm, real_dtype(dtype), device)
     return Transform("fft", list(steps), (n,), (n,), real=False, trainable=trainable)
 
@@ -71,21 +72,13 @@ def ifft(
     ``1/n`` for ``"backward"``, ``1/√n`` for ``"ortho"``, 1 for ``"forward"``). Structure and cost as :func:`fft`.
 
     Shapes: ``(..., n) -> (..., n)`` complex."""
-    n = check_size(n)
+    n = positive_int(n, "n")
     steps = _dft_sequence(n, True, norm, real_dtype(dtype), device)
     return Transform("ifft", list(steps), (n,), (n,), real=False, trainable=trainable)
 
 
-def _check_shape2d(shape: object) -> tuple[int, int]:
-    if isinstance(shape, int) and not isinstance(shape, bool):
-        shape = (shape, shape)
-    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
-        raise ValueError(f"shape must be an int or a pair (height, width), got {shape!r}")
-    return check_size(shape[0], "shape[0]"), check_size(shape[1], "shape[1]")
-
-
 def _fft2d(shape: object, norm: str, inverse: bool, trainable: bool, dtype, device) -> Transform:
-    h, w = _check_shape2d(shape)
+    h, w = check_shape2d(shape)
     dtype = real_dtype(dtype)
     steps = [
         _AlongDim(_dft_sequence(w, inverse, norm, dtype, device), -1),
@@ -136,7 +129,7 @@ def hartley(
     inverse). A complex input is transformed as ``H(x.real) + i·H(x.imag)``.
 
     Shapes: ``(..., n) -> (..., n)`` real."""
-    n = check_size(n)
+    n = positive_int(n, "n")
     scale = _norm_scale(n, norm, False)
     out_diag = torch.full((n,), complex(scale, scale), dtype=torch.complex128)
     steps = dft_steps(n, -1, out_diag=out_diag, dtype=real_dtype(dtype), device=device) + [_RealPart()]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validate import positive_int
 from ..permutations import gather_last
 
 __all__ = ["Transform", "Diagonal"]
@@ -46,16 +47,25 @@ def as_float64(values: object, name: str, *, allow_complex: bool = True) -> torc
     return t
 
 
-def check_size(n: object, name: str = "n") -> int:
-    """``n`` as a positive int, or ValueError naming the argument."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{name} must be a positive integer, got {n!r}")
-    return n
-
-
 def _count_numbers(tensor: torch.Tensor) -> int:
     """Real numbers a tensor stores (a complex entry is two)."""
     return tensor.numel() * (2 if tensor.is_complex() else 1)
+
+
+def as_pair(value: object, name: str) -> tuple:
+    """``value`` as a pair: a 2-element tuple/list as given, anything else repeated twice (ValueError naming
+    ``name`` for a sequence of another length)."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be one value or a pair, got {value!r}")
+        return tuple(value)
+    return (value, value)
+
+
+def check_shape2d(shape: object, name: str = "shape") -> tuple[int, int]:
+    """``(height, width)`` from an int or a pair of positive ints."""
+    h, w = as_pair(shape, name)
+    return positive_int(h, f"{name}[0]"), positive_int(w, f"{name}[1]")
 
 
 class Diagonal(nn.Module):

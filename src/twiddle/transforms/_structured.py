@@ -9,17 +9,18 @@ import torch
 from torch import nn
 
 from .._layout import ceil_log2, factor_stride, padded_size
+from .._validate import positive_int, seed_int
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
 from ._fourier import is_power_of_two
-from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, as_float64, check_size, real_dtype
+from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, as_float64, real_dtype
 from ._trig import _cosine_steps
 
 __all__ = ["hadamard", "haar", "fastfood", "acdc"]
 
 
 def _check_power_of_two(n: object, what: str) -> int:
-    n = check_size(n)
+    n = positive_int(n, "n")
     if not is_power_of_two(n):
         raise ValueError(f"n must be a power of two for {what}, got {n}")
     return n
@@ -91,12 +92,6 @@ def haar(
     return Transform("haar", steps, (n,), (n,), real=True, trainable=trainable)
 
 
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    return int(seed)
-
-
 def fastfood(
     in_features: int,
     out_features: int | None = None,
@@ -124,11 +119,11 @@ def fastfood(
 
     Shapes: ``(..., in_features) -> (..., out_features)`` real.
     """
-    in_features = check_size(in_features, "in_features")
-    out_features = in_features if out_features is None else check_size(out_features, "out_features")
+    in_features = positive_int(in_features, "in_features")
+    out_features = in_features if out_features is None else positive_int(out_features, "out_features")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0 or not math.isfinite(sigma):
         raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    seed = _check_seed(seed)
+    seed = seed_int(seed)
     dtype = real_dtype(dtype)
     n = padded_size(in_features)
     gen = torch.Generator().manual_seed(seed)

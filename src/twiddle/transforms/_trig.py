@@ -18,8 +18,9 @@ import math
 
 import torch
 
+from .._validate import positive_int
 from ._fourier import _CDTYPE, dft_steps
-from ._modules import Transform, _RealPart, check_size, real_dtype
+from ._modules import Transform, _RealPart, real_dtype
 
 __all__ = ["dct", "dst", "idct", "idst"]
 
@@ -39,7 +40,7 @@ def _makhoul_order(n: int) -> torch.Tensor:
 
 
 def _check(n: object, type: object, norm: object) -> int:
-    n = check_size(n)
+    n = positive_int(n, "n")
     if type not in TYPES:
         raise ValueError(f"type must be one of {TYPES}, got {type!r}")
     if norm not in NORMS:

@@ -1,0 +1,21 @@
+"""Argument checks shared by every public constructor: one message per kind of mistake."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["positive_int", "seed_int"]
+
+
+def positive_int(value: object, name: str) -> int:
+    """``value`` as an ``int >= 1`` (Python or NumPy integer, not bool), or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def seed_int(seed: object) -> int:
+    """``seed`` as an ``int`` (Python or NumPy integer, not bool), or ValueError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    return int(seed)
