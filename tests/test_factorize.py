@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twiddle import Butterfly
-from twiddle.factorize import TARGETS, factorize, load_matrix, target_matrix
+from twiddle.factorize import LIFTS, TARGETS, complex_lift, factorize, load_matrix, target_matrix
 from twiddle.factorize.hierarchical import ORDERS, hierarchical_twiddle
 from twiddle.permutations import PERMUTATION_NAMES, bitreversal_permutation, named_permutation
 
@@ -59,7 +59,7 @@ def test_auto_finds_the_permutation():
     n = 128
     perm = named_permutation("bp110", n)
     M = random_butterfly_matrix(n, seed=5)[:, torch.argsort(perm)]
-    result = factorize(M)
+    result = factorize(M, permutation="bp")  # all 8, no early stop
     assert result.relative_error < 1e-12
     # the reversal choices only flip bits within the butterfly's pairs, so every even/odd-separating
     # permutation works; the non-separating ones (identity among them) cannot
@@ -95,7 +95,7 @@ def test_result_fields_module_and_summary():
     assert result.seconds > 0 and result.method == "hierarchical"
     assert result.rmse == pytest.approx(result.relative_error * target_matrix("dft", 16).norm().item() / 16)
     text = result.summary()
-    assert "relative error" in text and "permutations tried" in text
+    assert "relative error" in text and "candidates tried" in text
     d = result.to_dict()
     assert {"rmse", "relative_error", "seconds", "params", "permutation", "n", "method"} <= set(d)
     dense = result.module.to_dense()
@@ -183,3 +183,65 @@ def test_load_refuses_other_files(tmp_path):
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match="not a twiddle factorization file"):
         PermutedButterfly.load(path)
+
+
+# ---- complex lifts: real targets fitted by the real part of a complex butterfly ----
+
+@pytest.mark.parametrize("kind", LIFTS)
+def test_every_lift_has_the_matrix_as_real_part(kind):
+    M = torch.randn(16, 16, dtype=torch.float64)
+    lifted = complex_lift(M, kind)
+    assert lifted.dtype == torch.complex128
+    assert torch.equal(lifted.real, M)
+    assert lifted.imag.abs().max() > 0.1
+
+
+def test_the_even_lift_of_a_cosine_row_is_its_analytic_signal():
+    n = 32
+    j = torch.arange(n, dtype=torch.float64)
+    theta = torch.pi * 3 * (2 * j + 1) / (2 * n)
+    lifted = complex_lift(torch.cos(theta).expand(n, n), "even")
+    torch.testing.assert_close(lifted[0], torch.exp(1j * theta), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["dct", "dst", "hartley"])
+@pytest.mark.parametrize("n", [4, 8, 32, 128, 512])
+def test_real_transforms_are_exact_through_a_complex_lift(name, n):
+    M = target_matrix(name, n)
+    result = factorize(M)
+    assert result.relative_error < 1e-12
+    x = torch.randn(5, n, dtype=torch.float64)
+    y = result.module(x)
+    assert not y.is_complex()
+    torch.testing.assert_close(y, x @ M.T, rtol=1e-11, atol=1e-12)
+    if n >= 16:  # tiny DCT/DST/Hartley matrices are real butterflies times permutations already
+        assert result.lift in LIFTS
+        assert result.module.real_output and result.module.butterfly.complex
+
+
+def test_real_only_search_and_named_search_modes():
+    M = target_matrix("dct", 64)
+    real_only = factorize(M, complex=False)
+    assert real_only.lift is None and real_only.relative_error > 0.1 and not real_only.module.real_output
+    bpp = factorize(M, permutation="bpp")
+    assert bpp.relative_error < 1e-12 and ">" in bpp.permutation_name
+    assert all(">" in key.split(":")[-1] for key in bpp.candidates)
+    assert factorize(M).to_dict()["lift"] == "even-alt"
+
+
+def test_lifts_are_skipped_when_the_real_fit_is_exact():
+    result = factorize(target_matrix("hadamard", 64), permutation="bp")
+    assert result.lift is None and not any(":" in key for key in result.candidates)
+
+
+def test_lift_bad_input():
+    with pytest.raises(ValueError, match="lift must be one of"):
+        complex_lift(torch.eye(4, dtype=torch.float64), "hilbert")
+    with pytest.raises(TypeError, match="real matrix"):
+        complex_lift(torch.eye(4, dtype=torch.complex128), "even")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dct", "dst", "hartley"])
+def test_real_transforms_through_a_lift_at_1024(name):
+    assert factorize(target_matrix(name, 1024)).relative_error < 1e-12

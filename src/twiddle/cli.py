@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "randn, or a .npy file holding a square matrix")
     factor.add_argument("-n", type=int, default=None, help="size of a named target")
     factor.add_argument("--method", default="hierarchical", choices=FACTOR_METHODS)
-    factor.add_argument("--permutation", default="auto", choices=("auto",) + PERMUTATION_NAMES)
+    factor.add_argument("--permutation", default="auto", choices=("auto", "bp", "bpp") + PERMUTATION_NAMES,
+                        help="auto: the 8 BP permutations, then their products (BPP) unless one is exact")
     factor.add_argument("--order", default="right", choices=ORDERS)
     factor.add_argument("--seed", type=int, default=0,
                         help="seed of the random targets (convolution, randn) and of the gradient method")

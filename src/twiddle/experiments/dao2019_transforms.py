@@ -79,7 +79,7 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
         }
         for method in methods:
             if method == "hierarchical":
-                result = factorize(m, method="hierarchical", complex=True)
+                result = factorize(m, method="hierarchical")
             else:
                 result = factorize(m, method="gradient", time_budget=budget, seed=seed)
             row[f"{method}_rmse"] = result.rmse

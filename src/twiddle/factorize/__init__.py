@@ -17,15 +17,19 @@ from .._validate import positive_int
 from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutation
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
+from .lift import LIFTS, complex_lift, complex_lifts
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
-__all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix"]
+__all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix",
+           "LIFTS", "complex_lift", "EXACT_TOLERANCE"]
 
 METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
 _AUTO_CANDIDATES = tuple(name for name in PERMUTATION_NAMES if name.startswith("bp"))
 _ALIASES = {"bp000": "identity", "bp100": "bitrev"}
+# the hierarchical search stops at the first candidate whose relative error is this small (an exact factorization)
+EXACT_TOLERANCE = 1e-10
 
 
 def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
@@ -60,18 +64,44 @@ def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
     return m
 
 
-def _resolve_permutations(permutation: str | torch.Tensor | Sequence[int], n: int) -> list[tuple[str, torch.Tensor]]:
+def _bpp_compositions(n: int) -> list[tuple[str, torch.Tensor]]:
+    """The distinct products of two BP permutations that are not BP permutations themselves.
+
+    ``"bpA>bpB"`` gathers with ``bpA`` first, then with ``bpB``: ``perm = pA[pB]``.
+    """
+    singles = {tuple(named_permutation(name, n).tolist()) for name in _AUTO_CANDIDATES}
+    seen: set[tuple[int, ...]] = set(singles)
+    out = []
+    for first in _AUTO_CANDIDATES:
+        p1 = named_permutation(first, n)
+        for second in _AUTO_CANDIDATES:
+            perm = p1[named_permutation(second, n)]
+            key = tuple(perm.tolist())
+            if key not in seen:
+                seen.add(key)
+                out.append((f"{first}>{second}", perm))
+    return out
+
+
+def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int
+                        ) -> list[list[tuple[str, torch.Tensor]]]:
+    """Candidate permutations in stages: the search stops after the first stage that has an exact fit."""
     if isinstance(permutation, str):
-        if permutation == "auto":
-            return [(_ALIASES.get(name, name), named_permutation(name, n)) for name in _AUTO_CANDIDATES]
+        if permutation in ("auto", "bp"):
+            stages = [[(_ALIASES.get(name, name), named_permutation(name, n)) for name in _AUTO_CANDIDATES]]
+            if permutation == "auto":
+                stages.append(_bpp_compositions(n))
+            return stages
+        if permutation == "bpp":
+            return [_bpp_compositions(n)]
         if permutation not in PERMUTATION_NAMES:
-            raise ValueError(f"permutation must be 'auto', one of {PERMUTATION_NAMES} or an index sequence, "
-                             f"got {permutation!r}")
-        return [(permutation, named_permutation(permutation, n))]
+            raise ValueError(f"permutation must be 'auto', 'bp', 'bpp', one of {PERMUTATION_NAMES} or an index "
+                             f"sequence, got {permutation!r}")
+        return [[(permutation, named_permutation(permutation, n))]]
     perm = check_permutation(permutation, name="permutation")
     if perm.numel() != n:
         raise ValueError(f"permutation has {perm.numel()} entries but the matrix is {n} × {n}")
-    return [("given", perm)]
+    return [[("given", perm)]]
 
 
 def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: float, seed: int,
@@ -140,19 +170,24 @@ def factorize(
             ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP model with a
             learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
             real part of the complex model, as in the paper.
-        permutation: ``"auto"`` (try the 8 BP permutations, identity and bit reversal among them, keep the best),
-            a name (``identity``, ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with
-            ``(P x)[i] = x[perm[i]]``.
+        permutation: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and bit reversal among them —
+            then, unless one is exact, the products of two (the paper's BPP model); keep the best, stop at the
+            first exact one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only), ``"bpp"`` (the
+            products only; these two try every candidate), a name (``identity``,
+            ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
-        complex: complex twiddles; default: complex exactly when the matrix is (hierarchical; the gradient
-            method always uses complex twiddles).
+        complex: ``None`` (default): a complex matrix gets complex twiddles; a real one real twiddles and, if
+            those are not exact, complex twiddles on its complex lifts (:mod:`twiddle.factorize.lift`: a complex
+            matrix whose real part is ``M``; the module then returns the real part — this makes the DCT and DST
+            exact). ``False``: real twiddles only. ``True``: complex twiddles, lifts included.
+            The gradient method always uses complex twiddles.
         trials, time_budget, seed, target_rmse, progress: the gradient method's restarts (trained together),
             wall-clock budget in seconds, seed, stopping RMSE, and a progress bar on stderr.
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
-        ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64 parameters
+        ``.lift``, ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64 parameters
         (``.float()`` converts).
 
     Non-square matrices and sizes that are not powers of two are refused with a ValueError (pad with zeros first).
@@ -169,25 +204,34 @@ def factorize(
                          "zeros to the next power of two")
     if method == "gradient":
         return _factorize_gradient(m, permutation, trials, time_budget, seed, target_rmse, progress, start)
-    use_complex = m.is_complex() if complex is None else bool(complex)
-    if m.is_complex() and not use_complex:
+    if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
-    work = m.to(torch.complex128) if use_complex else m
-    norm = float(work.norm())
+    # the matrices to factor: M itself, then (real M, complex allowed) its complex lifts, whose real part is M
+    works: list[tuple[str | None, torch.Tensor]] = [(None, m.to(torch.complex128) if complex else m)]
+    if not m.is_complex() and complex is not False:
+        works += complex_lifts(m)
+    norm = float(m.norm())
+    stop_early = isinstance(permutation, str) and permutation == "auto"
     best = None
     errors: dict[str, float] = {}
-    for name, perm in _resolve_permutations(permutation, n):
+    candidates = ((lift, work, name, perm) for stage in _permutation_stages(permutation, n)
+                  for lift, work in works for name, perm in stage)
+    for lift, work, name, perm in candidates:
+        exact = best is not None and best[0] <= EXACT_TOLERANCE
+        if exact and stop_early:
+            break
+        if exact and lift is not None:  # lifts only for matrices with no exact real factorization
+            continue
         target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
-        tw = hierarchical_twiddle(target, order)
-        module = PermutedButterfly(perm, tw)
+        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None)
         with torch.no_grad():
-            err = float((module.to_dense() - work).norm())
+            err = float((module.to_dense() - m).norm())
         rel = err / norm if norm > 0 else err
-        errors[name] = rel
+        errors[name if lift is None else f"{lift}:{name}"] = rel
         if best is None or rel < best[0]:
-            best = (rel, err, name, perm, module)
+            best = (rel, err, name, perm, module, lift)
     assert best is not None
-    rel, err, name, perm, module = best
+    rel, err, name, perm, module, lift = best
     return FactorizationResult(
         module=module,
         rmse=err / n,
@@ -198,5 +242,6 @@ def factorize(
         method=method,
         order=order,
         candidates=errors if len(errors) > 1 else {},
+        lift=lift,
     )
 

@@ -90,7 +90,8 @@ class FactorizationResult:
         permutation_name: its name (``bitrev``, ``bp101``, …) or ``"given"``.
         seconds: wall-clock time of the factorization (all candidates included).
         method, order: how it was found.
-        candidates: relative error of every permutation tried (``permutation="auto"``).
+        candidates: relative error of every candidate tried (``"lift:permutation"`` for lifted ones).
+        lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
     """
 
     module: PermutedButterfly
@@ -102,6 +103,7 @@ class FactorizationResult:
     method: str
     order: str
     candidates: dict[str, float] = field(default_factory=dict)
+    lift: str | None = None
 
     @property
     def params(self) -> int:
@@ -119,6 +121,7 @@ class FactorizationResult:
             "params": self.params,
             "permutation": self.permutation_name,
             "complex": self.module.butterfly.complex,
+            "lift": self.lift,
             "candidates": self.candidates,
         }
 
@@ -127,6 +130,8 @@ class FactorizationResult:
         kind = "complex" if self.module.butterfly.complex else "real"
         how = f"{self.method} factorization" + (f" ({self.order} order)" if self.method == "hierarchical" else "")
         real = " (real part)" if self.module.real_output else ""
+        if self.lift is not None:
+            real = f" (real part of the '{self.lift}' complex lift)"
         lines = [
             f"{how} of a {n}×{n} matrix into a {kind} butterfly{real} × permutation '{self.permutation_name}'",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
@@ -134,7 +139,9 @@ class FactorizationResult:
         ]
         if self.candidates:
             best = sorted(self.candidates.items(), key=lambda kv: kv[1])
-            lines.append("  permutations tried: " + ", ".join(f"{k} {v:.2e}" for k, v in best))
+            shown = ", ".join(f"{k} {v:.2e}" for k, v in best[:8])
+            more = f" (+{len(best) - 8} more)" if len(best) > 8 else ""
+            lines.append(f"  {len(best)} candidates tried, best first: {shown}{more}")
         return "\n".join(lines)
 
     def __str__(self) -> str:
