@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from twiddle import factorize
-from twiddle.factorize import target_matrix
+from twiddle.factorize import PermutedButterfly, target_matrix
 from twiddle.factorize.gradient import hard_permutation, relaxed_permute
 from twiddle.permutations import bp_permutation
 
@@ -54,3 +54,55 @@ def test_gradient_method_refuses_a_given_permutation_and_bad_settings():
         factorize(torch.eye(8), method="gradient", trials=0)
     with pytest.raises(ValueError, match="time_budget"):
         factorize(torch.eye(8), method="gradient", time_budget=0)
+
+
+def test_relaxed_permutation_of_a_complex_input_permutes_real_and_imaginary_parts():
+    n = 16
+    probs = torch.sigmoid(torch.randn(2, 3, 3, dtype=torch.float64))
+    x = torch.randn(2, 5, n, dtype=torch.complex128)
+    out = relaxed_permute(x, probs)
+    torch.testing.assert_close(out.real, relaxed_permute(x.real.contiguous(), probs))
+    torch.testing.assert_close(out.imag, relaxed_permute(x.imag.contiguous(), probs))
+
+
+def test_bpp_model_learns_the_dct_with_two_permutations():
+    target = target_matrix("dct", 16)
+    result = factorize(target, method="gradient", model="bpp", time_budget=120, seed=0)
+    assert result.rmse < 1e-4 and result.model == "bpp"
+    x = torch.randn(4, 16, dtype=torch.float64)
+    torch.testing.assert_close(result.module(x), x @ target.T, rtol=0, atol=1e-3)
+
+
+def test_paper_lbfgs_polish_alone_recovers_dft_8():
+    result = factorize(target_matrix("dft", 8), method="gradient", polish="lbfgs", time_budget=120, seed=0)
+    assert result.rmse < 1e-4
+
+
+def test_bpbp_model_fits_a_convolution_as_two_stages(tmp_path):
+    target = target_matrix("convolution", 8, seed=1)
+    result = factorize(target, method="gradient", model="bpbp", time_budget=20, seed=1)
+    assert result.model == "bpbp" and len(result.module.then) == 1
+    assert result.params == 2 * 2 * 8 * 3
+    assert result.rmse < 0.1 * float(target.norm()) / 8  # well fitted in 20 s; the 1e-4 run is a slow test
+    dense = result.module.to_dense()
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(result.module(x), x @ dense.T)
+    path = tmp_path / "conv.safetensors"
+    result.module.save(path)
+    loaded = PermutedButterfly.load(path)
+    torch.testing.assert_close(loaded(x), result.module(x))
+    assert "product of 2" in result.summary()
+
+
+def test_gradient_settings_are_checked():
+    with pytest.raises(ValueError, match="model must be one of"):
+        factorize(torch.eye(8), method="gradient", model="bpbpbp")
+    with pytest.raises(ValueError, match="polish must be one of"):
+        factorize(torch.eye(8), method="gradient", polish="newton")
+
+
+@pytest.mark.slow
+def test_bpbp_model_reaches_1e4_on_convolution_8():
+    result = factorize(target_matrix("convolution", 8, seed=1), method="gradient", model="bpbp", time_budget=300,
+                       seed=1)
+    assert result.rmse < 1e-4

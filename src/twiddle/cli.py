@@ -156,7 +156,8 @@ def _factor(args: argparse.Namespace) -> int:
     try:
         extra = {}
         if args.method == "gradient":
-            extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json)
+            extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json,
+                         model=args.model, polish=args.polish)
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order, **extra)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"twiddle factor: {exc}") from None
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .benchmark import METHODS as BENCH_METHODS
     from .factorize import METHODS as FACTOR_METHODS
+    from .factorize.gradient import MODELS as GRADIENT_MODELS
+    from .factorize.gradient import POLISHES
     from .factorize.hierarchical import ORDERS
     from .permutations import PERMUTATION_NAMES
 
@@ -233,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed of the random targets (convolution, randn) and of the gradient method")
     factor.add_argument("--trials", type=int, default=16, help="gradient method: restarts trained together")
     factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
+    factor.add_argument("--model", default="bp", choices=GRADIENT_MODELS,
+                        help="gradient method: B P, B P P, or B P B P (two butterflies)")
+    factor.add_argument("--polish", default="hierarchical", choices=POLISHES,
+                        help="gradient method: closed form then L-BFGS under the learned permutation, or the "
+                        "paper's L-BFGS alone")
     factor.add_argument("--out", type=Path, default=None, help="save the learned module (safetensors)")
     factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     factor.set_defaults(func=_factor)

@@ -104,14 +104,41 @@ def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int
     return [[("given", perm)]]
 
 
-def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: float, seed: int,
-                        target_rmse: float, progress: bool, start: float) -> FactorizationResult:
+def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Tensor]]], order: str,
+                         complex: bool | None, stop_early: bool) -> tuple[tuple, dict[str, float]]:
+    """Closed-form fits of ``m`` under each candidate permutation (and, for real ``m`` unless ``complex`` is False,
+    of its complex lifts). Returns ``(rel, err, name, perm, module, lift)`` of the best and every candidate's
+    relative error. Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit."""
+    # the matrices to factor: M itself, then its complex lifts, whose real part is M
+    works: list[tuple[str | None, torch.Tensor]] = [(None, m.to(torch.complex128) if complex else m)]
+    if not m.is_complex() and complex is not False:
+        works += complex_lifts(m)
+    norm = float(m.norm())
+    best = None
+    errors: dict[str, float] = {}
+    candidates = ((lift, work, name, perm) for stage in stages for lift, work in works for name, perm in stage)
+    for lift, work, name, perm in candidates:
+        exact = best is not None and best[0] <= EXACT_TOLERANCE
+        if exact and stop_early:
+            break
+        if exact and lift is not None:  # lifts only for matrices with no exact real factorization
+            continue
+        target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
+        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None)
+        with torch.no_grad():
+            err = float((module.to_dense() - m).norm())
+        rel = err / norm if norm > 0 else err
+        errors[name if lift is None else f"{lift}:{name}"] = rel
+        if best is None or rel < best[0]:
+            best = (rel, err, name, perm, module, lift)
+    assert best is not None
+    return best, errors
+
+
+def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
+                        start: float) -> FactorizationResult:
     if not (isinstance(permutation, str) and permutation == "auto"):
         raise ValueError("the gradient method learns its permutation; pass permutation='auto'")
-    trials = positive_int(trials, "trials")
-    if not time_budget > 0:
-        raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
-    config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed), target_rmse=target_rmse)
     bar = None
     callback = None
     if progress:
@@ -119,7 +146,7 @@ def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: 
 
         from tqdm import tqdm
 
-        bar = tqdm(total=config.max_epochs, desc=f"gradient BP n={m.shape[0]}", file=sys.stderr)
+        bar = tqdm(total=config.max_epochs, desc=f"gradient {config.model.upper()} n={m.shape[0]}", file=sys.stderr)
 
         def callback(epoch: int, rmse: float) -> None:
             bar.update(1)
@@ -131,8 +158,8 @@ def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: 
         if bar is not None:
             bar.close()
     n = m.shape[0]
-    module = PermutedButterfly(fit["perm"], fit["twiddle"].reshape(1, 1, *fit["twiddle"].shape),
-                               real_output=not m.is_complex())
+    (perm, tw), *rest = [(p, t.reshape(1, 1, *t.shape)) for p, t in zip(fit["perms"], fit["twiddles"], strict=True)]
+    module = PermutedButterfly(perm, tw, real_output=not m.is_complex(), then=rest)
     with torch.no_grad():
         err = float((module.to_dense() - m).norm())
     norm = float(m.norm())
@@ -140,12 +167,13 @@ def _factorize_gradient(m: torch.Tensor, permutation, trials: int, time_budget: 
         module=module,
         rmse=err / n,
         relative_error=err / norm if norm > 0 else err,
-        permutation=fit["perm"],
+        permutation=perm,
         permutation_name="learned",
         seconds=time.perf_counter() - start,
         method="gradient",
         order="n/a",
         candidates={},
+        model=config.model,
     )
 
 
@@ -160,6 +188,8 @@ def factorize(
     time_budget: float = 600.0,
     seed: int = 0,
     target_rmse: float = 1e-4,
+    model: str = "bp",
+    polish: str = "hierarchical",
     progress: bool = False,
 ) -> FactorizationResult:
     """Factor ``matrix`` (n × n, n a power of two) as ``M ≈ B P``.
@@ -184,6 +214,11 @@ def factorize(
             The gradient method always uses complex twiddles.
         trials, time_budget, seed, target_rmse, progress: the gradient method's restarts (trained together),
             wall-clock budget in seconds, seed, stopping RMSE, and a progress bar on stderr.
+        model: the gradient method's model, ``"bp"``, ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``; the
+            result's module then has a second stage in ``module.then``).
+        polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
+            permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
+            :mod:`twiddle.factorize.gradient`.
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
@@ -203,34 +238,16 @@ def factorize(
         raise ValueError(f"the {method} method needs n a power of two >= 2, got n = {n}; pad the matrix with "
                          "zeros to the next power of two")
     if method == "gradient":
-        return _factorize_gradient(m, permutation, trials, time_budget, seed, target_rmse, progress, start)
+        trials = positive_int(trials, "trials")
+        if not time_budget > 0:
+            raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
+        config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed),
+                                target_rmse=target_rmse, model=model, polish=polish)
+        return _factorize_gradient(m, permutation, config, progress, start)
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
-    # the matrices to factor: M itself, then (real M, complex allowed) its complex lifts, whose real part is M
-    works: list[tuple[str | None, torch.Tensor]] = [(None, m.to(torch.complex128) if complex else m)]
-    if not m.is_complex() and complex is not False:
-        works += complex_lifts(m)
-    norm = float(m.norm())
     stop_early = isinstance(permutation, str) and permutation == "auto"
-    best = None
-    errors: dict[str, float] = {}
-    candidates = ((lift, work, name, perm) for stage in _permutation_stages(permutation, n)
-                  for lift, work in works for name, perm in stage)
-    for lift, work, name, perm in candidates:
-        exact = best is not None and best[0] <= EXACT_TOLERANCE
-        if exact and stop_early:
-            break
-        if exact and lift is not None:  # lifts only for matrices with no exact real factorization
-            continue
-        target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
-        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None)
-        with torch.no_grad():
-            err = float((module.to_dense() - m).norm())
-        rel = err / norm if norm > 0 else err
-        errors[name if lift is None else f"{lift}:{name}"] = rel
-        if best is None or rel < best[0]:
-            best = (rel, err, name, perm, module, lift)
-    assert best is not None
+    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early)
     rel, err, name, perm, module, lift = best
     return FactorizationResult(
         module=module,

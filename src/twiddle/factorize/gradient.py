@@ -1,16 +1,27 @@
 """Gradient factorization: the 2019 paper's algorithm (Dao et al., ICML 2019), restarts batched in one tensor.
 
-Model ``BP``: a complex butterfly ``B`` (increasing stride) after a learnable relaxed permutation ``P``. The
-relaxation has ``log2(n) - 1`` levels (blocks of size ``n, n/2, …, 4``; the 2-element level is the identity);
-each level has three logits whose sigmoids ``p`` blend the identity with (1) separating even and odd entries,
-(2) reversing the first half, (3) reversing the second half: ``x ← (1 - p) x + p · op(x)``. Thresholding the
-logits at 0 gives a hard permutation.
+Models (the paper's names, read right to left as matrices act): ``bp`` — a complex butterfly ``B`` (increasing
+stride) after a learnable relaxed permutation ``P``; ``bpp`` — ``B P₂ P₁`` (the paper's model for the DCT and DST);
+``bpbp`` — ``B₂ P₂ B₁ P₁`` (its model for convolution). Each relaxed permutation has ``log2(n) - 1`` levels
+(blocks of size ``n, n/2, …, 4``; the 2-element level is the identity); each level has three logits whose
+sigmoids ``p`` blend the identity with (1) separating even and odd entries, (2) reversing the first half,
+(3) reversing the second half: ``x ← (1 - p) x + p · op(x)``. Thresholding the logits at 0 gives a hard
+permutation. By default the three logits are shared by every level (an option of the paper's code), so the hard
+permutations are the 8 BP permutations; ``share_logits=False`` gives each level its own.
 
 Training (per the paper): loss = MSE of ``model(I)`` against the target (real targets compare the real part);
-Adam with a log-uniform random learning rate per trial; every ``polish_every`` epochs the best trials' logits are
-thresholded, the permutation frozen and the twiddles polished with L-BFGS; the search stops when a trial reaches
-the target RMSE or the time budget runs out. All trials train together: every tensor has a leading trial
-dimension, one Adam step updates every trial.
+Adam with a log-uniform random learning rate per trial; every ``polish_every`` epochs the permutations are
+thresholded and frozen and the twiddles polished with L-BFGS; the search stops when a trial reaches the target
+RMSE or the time budget runs out. All trials train together: every tensor has a leading trial dimension, one Adam
+step updates every trial.
+
+Polish. ``polish="lbfgs"`` is the paper's: L-BFGS from the trained twiddles of the ``polish_top`` best trials.
+``polish="hierarchical"`` (the default for ``bp``/``bpp``) first projects the target onto butterflies under each
+trial's frozen permutation in closed form (:mod:`twiddle.factorize.hierarchical`, with the complex lifts for real
+targets) — every epoch, as it costs little — and runs the same L-BFGS from the best projections. The permutation is still learned by gradient
+descent; what changes is that a learned permutation is recognized as soon as the logits have the right signs,
+instead of once Adam has also converged on the twiddles — at n = 128 that happens after a few hundred steps.
+``bpbp`` has no closed form and always uses ``lbfgs``.
 """
 
 from __future__ import annotations
@@ -21,13 +32,20 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GradientConfig", "relaxed_permute", "hard_permutation", "fit_bp"]
+from ..ops import butterfly_multiply
+
+__all__ = ["MODELS", "POLISHES", "GradientConfig", "relaxed_permute", "hard_permutation", "fit_bp"]
+
+MODELS = ("bp", "bpp", "bpbp")
+POLISHES = ("hierarchical", "lbfgs")
 
 
 @dataclass
 class GradientConfig:
     """Settings of :func:`fit_bp` (defaults follow the paper where it gives them)."""
 
+    model: str = "bp"
+    polish: str = "hierarchical"
     trials: int = 16
     steps_per_epoch: int = 400
     max_epochs: int = 200
@@ -43,6 +61,19 @@ class GradientConfig:
     # O(T probes n log n) a step) instead of the identity (O(T n^2 log n)); None: the identity, as in the paper,
     # which is what happens anyway while n <= probes. The L-BFGS polish always uses the identity.
     probes: int | None = 64
+    # one set of 3 logits shared by every level (the paper's code offers both): the hard permutations are then
+    # the 8 BP permutations; False gives every level its own logits (8^(log2 n - 1) hard permutations)
+    share_logits: bool = True
+    # precision of the Adam phase (float32: about twice as fast; the polish and the result are float64)
+    adam_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if self.polish not in POLISHES:
+            raise ValueError(f"polish must be one of {POLISHES}, got {self.polish!r}")
+        if self.adam_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"adam_dtype must be torch.float32 or torch.float64, got {self.adam_dtype}")
 
 
 def _levels(n: int) -> list[int]:
@@ -54,19 +85,23 @@ def _levels(n: int) -> list[int]:
 
 
 def relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Apply the relaxed permutation. ``x``: ``(T, B, n)``; ``probs``: ``(T, levels, 3)`` in ``[0, 1]``."""
+    """Apply the relaxed permutation. ``x``: ``(T, B, n)`` real or complex; ``probs``: ``(T, levels, 3)`` in
+    ``[0, 1]``. The weights are real, so a complex ``x`` is permuted as its real and imaginary parts."""
+    if x.is_complex():
+        T, B, n = x.shape
+        parts = torch.view_as_real(x).permute(0, 1, 3, 2).reshape(T, 2 * B, n)
+        out = relaxed_permute(parts, probs).reshape(T, B, 2, n).permute(0, 1, 3, 2)
+        return torch.view_as_complex(out.contiguous())
     T, B, n = x.shape
     for level, size in enumerate(_levels(n)):
-        p = probs[:, level].reshape(T, 1, 1, 3, 1)
-        xb = x.reshape(T, B, n // size, size)
         half = size // 2
-        sep = torch.cat((xb[..., 0::2], xb[..., 1::2]), dim=-1)
-        xb = xb + p[..., 0, :] * (sep - xb)
-        rev_first = torch.cat((xb[..., :half].flip(-1), xb[..., half:]), dim=-1)
-        xb = xb + p[..., 1, :] * (rev_first - xb)
-        rev_second = torch.cat((xb[..., :half], xb[..., half:].flip(-1)), dim=-1)
-        xb = xb + p[..., 2, :] * (rev_second - xb)
-        x = xb.reshape(T, B, n)
+        p = probs[:, level].reshape(T, 1, 1, 3)
+        xb = x.reshape(T, B, n // size, size)
+        separated = xb.reshape(T, B, n // size, half, 2).transpose(-1, -2).reshape(xb.shape)
+        xb = torch.lerp(xb, separated, p[..., 0:1])
+        # reversing the first half and reversing the second half touch disjoint halves: one flip, one blend
+        halves = xb.reshape(T, B, n // size, 2, half)
+        x = torch.lerp(halves, halves.flip(-1), p[..., 1:3].unsqueeze(-1)).reshape(T, B, n)
     return x
 
 
@@ -78,17 +113,26 @@ def hard_permutation(logits: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _butterfly_trials(tw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``x (T, B, n)`` through per-trial butterflies ``tw (T, L, n/2, 2, 2)`` (increasing stride)."""
-    T, B, n = x.shape
-    for f in range(tw.shape[1]):
-        s = 1 << f
-        g = n // (2 * s)
-        xv = x.reshape(T, B, g, 2, s)
-        t = tw[:, f].reshape(T, 1, g, s, 2, 2)
-        x0, x1 = xv[:, :, :, 0, :], xv[:, :, :, 1, :]
-        y0 = t[..., 0, 0] * x0 + t[..., 0, 1] * x1
-        y1 = t[..., 1, 0] * x0 + t[..., 1, 1] * x1
-        x = torch.stack((y0, y1), dim=3).reshape(T, B, n)
+    """``x (T, B, n)`` through per-trial butterflies ``tw (T, L, n/2, 2, 2)`` (increasing stride): one fused
+    kernel call per trial (twiddle's layout is the library's, one stack and one block)."""
+    return torch.stack([butterfly_multiply(tw[t].unsqueeze(0).unsqueeze(0), x[t]) for t in range(tw.shape[0])])
+
+
+def _model_trials(model: str, twiddles: list[torch.Tensor], perms: list, x: torch.Tensor) -> torch.Tensor:
+    """``x (T, B, n)`` through ``model`` (``bp``/``bpp``/``bpbp``, applied right to left). ``perms`` are relaxed
+    ``(T, levels, 3)`` probabilities, or hard ``(T, n)`` index permutations."""
+    tw_i = perm_i = 0
+    for op in reversed(model):
+        if op == "p":
+            perm = perms[perm_i]
+            perm_i += 1
+            x = relaxed_permute(x, perm) if perm.is_floating_point() else torch.gather(
+                x, -1, perm.unsqueeze(1).expand(x.shape))
+        else:
+            if not x.is_complex():
+                x = x.to(twiddles[tw_i].dtype)
+            x = _butterfly_trials(twiddles[tw_i], x)
+            tw_i += 1
     return x
 
 
@@ -105,81 +149,126 @@ def _haar_unitary(shape: tuple[int, ...], generator: torch.Generator) -> torch.T
     return q * (d / d.abs()).unsqueeze(-2)
 
 
-def _polish(tw: torch.Tensor, perm: torch.Tensor, target_t: torch.Tensor, real_target: bool, steps: int,
-            deadline: float) -> tuple[torch.Tensor, float]:
-    """L-BFGS on one trial's twiddles with its permutation frozen; returns (twiddles, mse)."""
-    n = perm.numel()
-    eye = torch.eye(n, dtype=torch.complex128)[:, perm].unsqueeze(0)  # rows e_j permuted: (P e_j)
-    param = torch.view_as_real(tw.detach().clone()).clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([param], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+def _polish(model: str, twiddles: list[torch.Tensor], perms: list[torch.Tensor], target_t: torch.Tensor,
+            real_target: bool, steps: int, deadline: float) -> tuple[list[torch.Tensor], float]:
+    """L-BFGS on one trial's twiddles ``[(L, n/2, 2, 2)]`` with its hard permutations ``[(n,)]`` frozen;
+    returns (twiddles, mse)."""
+    n = perms[0].numel()
+    eye = torch.eye(n, dtype=torch.float64).unsqueeze(0)  # model(I) = M^T
+    hard = [p.unsqueeze(0) for p in perms]
+    params = [torch.view_as_real(tw.detach().to(torch.complex128)).clone().requires_grad_(True)
+              for tw in twiddles]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-14, tolerance_change=1e-16)
+
+    def mse() -> torch.Tensor:
+        out = _model_trials(model, [torch.view_as_complex(p).unsqueeze(0) for p in params], hard, eye)
+        return _per_trial_mse(out, target_t.unsqueeze(0), real_target).sum()
 
     def closure():
         opt.zero_grad()
-        out = _butterfly_trials(torch.view_as_complex(param).unsqueeze(0), eye)
-        loss = _per_trial_mse(out, target_t.unsqueeze(0), real_target).sum()
+        loss = mse()
         loss.backward()
-        param.grad = param.grad.contiguous()  # L-BFGS flattens gradients with view()
+        for p in params:
+            p.grad = p.grad.contiguous()  # L-BFGS flattens gradients with view()
         return loss
 
     if time.perf_counter() < deadline:
         opt.step(closure)
     with torch.no_grad():
-        out = _butterfly_trials(torch.view_as_complex(param).unsqueeze(0), eye)
-        mse = float(_per_trial_mse(out, target_t.unsqueeze(0), real_target))
-    return torch.view_as_complex(param.detach()).clone(), mse
+        final = float(mse())
+    return [torch.view_as_complex(p.detach()).clone() for p in params], final
+
+
+def _closed_form(target: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The hierarchical fit of ``target`` under the frozen permutation ``perm`` (lifts included for a real
+    target): complex twiddles ``(L, n/2, 2, 2)`` and the MSE of (the real part of) ``B P`` against ``target``."""
+    from . import _hierarchical_search  # the package imports this module first
+
+    (rel, err, _, _, module, lift), _ = _hierarchical_search(target, [[("learned", perm)]], "right", None, True)
+    n = target.shape[0]
+    tw = module.butterfly.twiddle.detach()[0, 0].to(torch.complex128)
+    return tw, (err / n) ** 2
 
 
 def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
-    """Learn ``target ≈ B P`` by gradient descent. Returns a dict with ``twiddle`` ``(L, n/2, 2, 2)`` complex,
-    ``perm``, ``mse``, ``epochs``, ``trials`` and the per-trial learning rates.
+    """Learn ``target ≈ model`` (``config.model``) by gradient descent.
 
+    Returns a dict with ``twiddles`` (a list of complex ``(L, n/2, 2, 2)``, one per butterfly, in the order they
+    act), ``perms`` (the hard permutations before each butterfly, gather convention; ``bpp``'s two are composed
+    into one), ``mse``, ``epochs``, ``trials``, ``model`` and the per-trial learning rates.
     ``progress`` (optional) is called as ``progress(epoch, best_rmse)`` after every epoch.
     """
     n = target.shape[0]
     L = n.bit_length() - 1
     T = config.trials
+    model = config.model
+    n_butterflies, n_perms = model.count("b"), model.count("p")
     real_target = not target.is_complex()
     target_t = target.T.to(torch.float64 if real_target else torch.complex128)  # model(I) = rows M e_j = M^T
     gen = torch.Generator().manual_seed(config.seed)
     deadline = time.perf_counter() + config.time_budget
-    tw = _haar_unitary((T, L, n // 2, 2, 2), gen)
-    tw_real = torch.view_as_real(tw).clone().requires_grad_(True)
-    logits = (0.1 * torch.randn(T, max(len(_levels(n)), 0), 3, generator=gen, dtype=torch.float64))
-    logits.requires_grad_(True)
+    real_dtype = config.adam_dtype
+    complex_dtype = torch.complex64 if real_dtype == torch.float32 else torch.complex128
+    tw_params = [torch.view_as_real(_haar_unitary((T, L, n // 2, 2, 2), gen).to(complex_dtype)).clone()
+                 .requires_grad_(True) for _ in range(n_butterflies)]
+    levels = len(_levels(n))
+    logit_params = [(0.1 * torch.randn(T, 1 if config.share_logits else levels, 3, generator=gen,
+                                       dtype=torch.float64)).to(real_dtype).requires_grad_(True)
+                    for _ in range(n_perms)]
+
+    def level_logits(lg: torch.Tensor) -> torch.Tensor:
+        return lg.expand(T, levels, 3)
     lr = torch.exp(torch.empty(T, dtype=torch.float64).uniform_(math.log(config.lr_min), math.log(config.lr_max),
-                                                                generator=gen))
-    params = [tw_real, logits]
+                                                                generator=gen)).to(real_dtype)
+    params = tw_params + logit_params
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     use_probes = config.probes is not None and config.probes < n
-    if use_probes:
-        target_c = target.to(torch.complex128)
-    else:
-        eye = torch.eye(n, dtype=torch.complex128).expand(T, n, n)
-    best = {"mse": math.inf, "twiddle": None, "perm": None}
+    target_ct = target.T.to(complex_dtype)  # probes X (rows): X M^T
+    target_adam = target_t.to(real_dtype if real_target else complex_dtype)
+    eye = torch.eye(n, dtype=real_dtype).expand(T, n, n)
+    closed_form = config.polish == "hierarchical" and model != "bpbp"
+    hard_model = "bp" if model == "bpp" else model  # bpp's two hard permutations are composed into one
+    best = {"mse": math.inf, "twiddles": None, "perms": None}
     step = 0
     epoch = 0
     target_mse = config.target_rmse**2
+
+    def twiddles_now() -> list[torch.Tensor]:
+        return [torch.view_as_complex(p) for p in tw_params]
+
+    def hard_perms() -> list[torch.Tensor]:
+        hard = [hard_permutation(level_logits(lg.detach()), n) for lg in logit_params]
+        if model == "bpp":  # P₂ P₁ x = x[p₁][p₂] = x[p₁[p₂]]
+            hard = [torch.gather(hard[0], 1, hard[1])]
+        return hard
+
+    def consider(twiddles: list[torch.Tensor], perms: list[torch.Tensor], mse: float) -> None:
+        nonlocal best
+        if mse < best["mse"]:
+            best = {"mse": mse, "twiddles": [t.clone() for t in twiddles], "perms": [p.clone() for p in perms]}
+
     for epoch in range(1, config.max_epochs + 1):
         for _ in range(config.steps_per_epoch):
             step += 1
-            probs = torch.sigmoid(logits)
+            probs = [torch.sigmoid(level_logits(lg)) for lg in logit_params]
             if use_probes:
-                # rows x of X: model(x) vs M x; E|(BP - M) x|^2 / n^2 over x ~ N(0, I) is the MSE
+                # rows x of X: model(x) vs M x; E|(model - M) x|^2 / n^2 over x ~ N(0, I) is the MSE
                 if real_target:
-                    X = torch.randn(T, config.probes, n, generator=gen, dtype=torch.float64).to(torch.complex128)
+                    X = torch.randn(T, config.probes, n, generator=gen, dtype=real_dtype)
+                    want = X @ target_ct.real  # real part only: the model's real part is compared
                 else:
-                    X = torch.complex(torch.randn(T, config.probes, n, generator=gen, dtype=torch.float64),
-                                      torch.randn(T, config.probes, n, generator=gen, dtype=torch.float64))
+                    X = torch.complex(torch.randn(T, config.probes, n, generator=gen, dtype=real_dtype),
+                                      torch.randn(T, config.probes, n, generator=gen, dtype=real_dtype))
                     X = X / math.sqrt(2)
-                want = X @ target_c.T
-                out = _butterfly_trials(torch.view_as_complex(tw_real), relaxed_permute(X, probs))
-                loss = _per_trial_mse(out, want.real if real_target else want, real_target) / n
+                    want = X @ target_ct
+                out = _model_trials(model, twiddles_now(), probs, X)
+                loss = _per_trial_mse(out, want, real_target) / n
             else:
-                out = _butterfly_trials(torch.view_as_complex(tw_real), relaxed_permute(eye, probs))
-                loss = _per_trial_mse(out, target_t, real_target)
+                out = _model_trials(model, twiddles_now(), probs, eye)
+                loss = _per_trial_mse(out, target_adam, real_target)
             grads = torch.autograd.grad(loss.sum(), params)
             with torch.no_grad():
                 for p, g, a, b in zip(params, grads, m1, m2, strict=True):
@@ -190,21 +279,36 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                     p.sub_(lr.reshape(shape) * update)
             if time.perf_counter() > deadline:
                 break
-        if epoch % config.polish_every == 0 or time.perf_counter() > deadline:
-            perms = hard_permutation(logits.detach(), n)
-            ranked = torch.argsort(loss.detach())
-            for t in ranked[: config.polish_top].tolist():
-                polished, mse = _polish(torch.view_as_complex(tw_real.detach()[t]), perms[t], target_t, real_target,
-                                        config.polish_steps, deadline)
-                if mse < best["mse"]:
-                    best = {"mse": mse, "twiddle": polished, "perm": perms[t].clone()}
+        polish_now = epoch % config.polish_every == 0 or time.perf_counter() > deadline
+        if closed_form:
+            # every epoch (cheap): each distinct learned permutation projected in closed form; the best go on to
+            # L-BFGS at the polish epochs
+            fits = []
+            for row in torch.unique(hard_perms()[0], dim=0):
+                tw, mse = _closed_form(target, row)
+                fits.append((mse, [tw], [row]))
+                consider([tw], [row], mse)
+                if mse <= target_mse or time.perf_counter() > deadline:
+                    break
+            starts = sorted(fits, key=lambda fit: fit[0])[: config.polish_top]
+        elif polish_now:
+            perms = hard_perms()
+            ranked = torch.argsort(loss.detach())[: config.polish_top].tolist()
+            starts = [(None, [tw.detach()[t] for tw in twiddles_now()], [p[t] for p in perms]) for t in ranked]
+        for _, twiddles, trial_perms in starts if polish_now else ():
+            if best["mse"] <= target_mse or time.perf_counter() > deadline:
+                break
+            polished, mse = _polish(hard_model, twiddles, trial_perms, target_t, real_target,
+                                    config.polish_steps, deadline)
+            consider(polished, trial_perms, mse)
         if progress is not None:
             progress(epoch, math.sqrt(best["mse"]) if best["mse"] < math.inf else float("nan"))
         if best["mse"] <= target_mse or time.perf_counter() > deadline:
             break
-    if best["twiddle"] is None:  # no polish happened: harden the best trial as it is
-        perms = hard_permutation(logits.detach(), n)
+    if best["twiddles"] is None:  # no polish happened: harden the best trial as it is
+        perms = hard_perms()
         t = int(torch.argmin(loss.detach()))
-        best = {"mse": math.nan, "twiddle": torch.view_as_complex(tw_real.detach()[t]).clone(), "perm": perms[t]}
-    best.update(epochs=epoch, trials=T, learning_rates=lr.tolist())
+        best = {"mse": math.nan, "twiddles": [tw.detach()[t].clone() for tw in twiddles_now()],
+                "perms": [p[t] for p in perms]}
+    best.update(epochs=epoch, trials=T, model=model, learning_rates=lr.tolist())
     return best

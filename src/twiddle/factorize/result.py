@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,18 +16,20 @@ __all__ = ["PermutedButterfly", "FactorizationResult"]
 
 
 class PermutedButterfly(nn.Module):
-    """``x ↦ B (P x)``: a fixed permutation ``P`` (``(P x)[i] = x[perm[i]]``) followed by a square butterfly ``B``.
+    """``x ↦ B (P x)``: a fixed permutation ``P`` (``(P x)[i] = x[perm[i]]``) followed by a square butterfly ``B``,
+    optionally followed by more such stages (``B₂ P₂ B P``: the 2019 paper's BPBP model).
 
     Args:
         perm: permutation of ``0..n-1``.
         twiddle: ``(1, 1, log2 n, n/2, 2, 2)`` twiddles of ``B`` (increasing stride).
-
         real_output: return the real part (a complex butterfly fitted to a real target, as in the 2019 paper).
+        then: further ``(perm, twiddle)`` stages applied after this one, in order (kept in ``self.then``).
 
     Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel.
     """
 
-    def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False) -> None:
+    def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False, *,
+                 then: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
         super().__init__()
         n = perm.numel()
         self.real_output = real_output
@@ -34,26 +37,47 @@ class PermutedButterfly(nn.Module):
         self.butterfly = Butterfly(
             n, n, bias=False, complex=twiddle.is_complex(), init=twiddle, dtype=twiddle.real.dtype
         )
+        self.then = nn.ModuleList(PermutedButterfly(p, t) for p, t in then)
+        for stage in self.then:
+            if stage.size != n:
+                raise ValueError(f"every stage must have size {n}, got {stage.size}")
 
     @property
     def size(self) -> int:
         return self.permutation.size
 
+    @property
+    def complex(self) -> bool:
+        """Whether any stage has complex twiddles."""
+        return self.butterfly.complex or any(stage.complex for stage in self.then)
+
+    def parameter_count(self) -> int:
+        """Stored numbers of the butterflies (``2 n log2 n`` per stage, complex entries counted once)."""
+        return self.butterfly.twiddle.numel() + sum(stage.parameter_count() for stage in self.then)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.butterfly(self.permutation(x))
+        for stage in self.then:
+            y = stage(y)
         return y.real if self.real_output and y.is_complex() else y
+
+    def _stages(self) -> list[PermutedButterfly]:
+        return [self, *self.then]
 
     def save(self, path: str | Path) -> None:
         """Save to a safetensors file (complex twiddles stored as their real view; the layout in the metadata)."""
         from safetensors.torch import save_file
 
-        tw = self.butterfly.twiddle.detach()
-        tensors = {
-            "perm": self.permutation.perm.contiguous(),
-            "twiddle": (torch.view_as_real(tw) if tw.is_complex() else tw).contiguous(),
-        }
-        metadata = {"format": "twiddle.PermutedButterfly/1", "complex": str(int(tw.is_complex())),
-                    "real_output": str(int(self.real_output)), "n": str(self.size)}
+        tensors = {}
+        for i, stage in enumerate(self._stages()):
+            tw = stage.butterfly.twiddle.detach()
+            suffix = "" if i == 0 else f".{i}"
+            tensors["perm" + suffix] = stage.permutation.perm.contiguous()
+            tensors["twiddle" + suffix] = (torch.view_as_real(tw) if tw.is_complex() else tw).contiguous()
+        complex_flags = "".join(str(int(stage.butterfly.complex)) for stage in self._stages())
+        metadata = {"format": "twiddle.PermutedButterfly/1", "complex": complex_flags,
+                    "real_output": str(int(self.real_output)), "n": str(self.size),
+                    "stages": str(len(self._stages()))}
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -66,15 +90,25 @@ class PermutedButterfly(nn.Module):
             if metadata.get("format") != "twiddle.PermutedButterfly/1":
                 found = metadata.get("format")
                 raise ValueError(f"{str(path)!r} is not a twiddle factorization file (format {found!r})")
-            perm, tw = f.get_tensor("perm"), f.get_tensor("twiddle")
-        if metadata["complex"] == "1":
-            tw = torch.view_as_complex(tw.contiguous())
-        return cls(perm, tw, real_output=metadata["real_output"] == "1")
+            count = int(metadata.get("stages", "1"))
+            stages = []
+            for i in range(count):
+                suffix = "" if i == 0 else f".{i}"
+                perm, tw = f.get_tensor("perm" + suffix), f.get_tensor("twiddle" + suffix)
+                if metadata["complex"][i] == "1":
+                    tw = torch.view_as_complex(tw.contiguous())
+                stages.append((perm, tw))
+        (perm, tw), *rest = stages
+        return cls(perm, tw, real_output=metadata["real_output"] == "1", then=rest)
 
     def to_dense(self) -> torch.Tensor:
-        """The ``n × n`` matrix ``M = B P`` (its real part if ``real_output``) with ``forward(x) == x @ M.T``
-        for real ``x``."""
+        """The ``n × n`` matrix ``M = … B₂ P₂ B P`` (its real part if ``real_output``) with
+        ``forward(x) == x @ M.T`` for real ``x``."""
         dense = self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
+        for stage in self.then:
+            inner = stage.to_dense()
+            dense = inner.to(torch.promote_types(inner.dtype, dense.dtype)) @ dense.to(
+                torch.promote_types(inner.dtype, dense.dtype))
         return dense.real if self.real_output and dense.is_complex() else dense
 
 
@@ -92,6 +126,7 @@ class FactorizationResult:
         method, order: how it was found.
         candidates: relative error of every candidate tried (``"lift:permutation"`` for lifted ones).
         lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
+        model: ``"bp"`` (one butterfly after one permutation), or the gradient method's ``"bpp"`` / ``"bpbp"``.
     """
 
     module: PermutedButterfly
@@ -104,11 +139,12 @@ class FactorizationResult:
     order: str
     candidates: dict[str, float] = field(default_factory=dict)
     lift: str | None = None
+    model: str = "bp"
 
     @property
     def params(self) -> int:
-        """Stored numbers of the butterfly (``2 n log2 n``, complex entries counted once)."""
-        return self.module.butterfly.twiddle.numel()
+        """Stored numbers of the butterflies (``2 n log2 n`` each, complex entries counted once)."""
+        return self.module.parameter_count()
 
     def to_dict(self) -> dict:
         return {
@@ -120,20 +156,24 @@ class FactorizationResult:
             "seconds": self.seconds,
             "params": self.params,
             "permutation": self.permutation_name,
-            "complex": self.module.butterfly.complex,
+            "complex": self.module.complex,
+            "stages": len(self.module.then) + 1,
             "lift": self.lift,
+            "model": self.model,
             "candidates": self.candidates,
         }
 
     def summary(self) -> str:
         n = self.module.size
-        kind = "complex" if self.module.butterfly.complex else "real"
+        kind = "complex" if self.module.complex else "real"
+        what = f"{kind} butterfly" if not self.module.then else \
+            f"product of {len(self.module.then) + 1} {kind} butterflies"
         how = f"{self.method} factorization" + (f" ({self.order} order)" if self.method == "hierarchical" else "")
         real = " (real part)" if self.module.real_output else ""
         if self.lift is not None:
             real = f" (real part of the '{self.lift}' complex lift)"
         lines = [
-            f"{how} of a {n}×{n} matrix into a {kind} butterfly{real} × permutation '{self.permutation_name}'",
+            f"{how} of a {n}×{n} matrix into a {what}{real} × permutation '{self.permutation_name}'",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
             f"  {self.params} parameters ({n * n} dense, {n * n / self.params:.1f}× fewer)",
         ]
