@@ -222,8 +222,8 @@ def factorize(
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
-        ``.lift``, ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64 parameters
-        (``.float()`` converts).
+        ``.lift``, ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64
+        parameters (``.float()`` converts).
 
     Non-square matrices and sizes that are not powers of two are refused with a ValueError (pad with zeros first).
     """

@@ -18,9 +18,10 @@ step updates every trial.
 Polish. ``polish="lbfgs"`` is the paper's: L-BFGS from the trained twiddles of the ``polish_top`` best trials.
 ``polish="hierarchical"`` (the default for ``bp``/``bpp``) first projects the target onto butterflies under each
 trial's frozen permutation in closed form (:mod:`twiddle.factorize.hierarchical`, with the complex lifts for real
-targets) — every epoch, as it costs little — and runs the same L-BFGS from the best projections. The permutation is still learned by gradient
-descent; what changes is that a learned permutation is recognized as soon as the logits have the right signs,
-instead of once Adam has also converged on the twiddles — at n = 128 that happens after a few hundred steps.
+targets) — every epoch, as it costs little — and runs the same L-BFGS from the best projections. The permutation
+is still learned by gradient descent; what changes is that a learned permutation is recognized as soon as the
+logits have the right signs, instead of once Adam has also converged on the twiddles (a few hundred steps at
+n = 128, a few thousand at n = 1024).
 ``bpbp`` has no closed form and always uses ``lbfgs``.
 """
 
