@@ -55,3 +55,18 @@ def test_ailon2021_sketch_quick_writes_its_three_files(tmp_path):
 def test_experiment_rejects_options_it_does_not_take(tmp_path):
     with pytest.raises(ValueError, match="do not apply to ailon2021-sketch"):
         experiments.run("ailon2021-sketch", quick=True, out=tmp_path, methods=("gradient",))
+
+
+def test_ailon2021_autoencoder_quick_writes_its_three_files(tmp_path):
+    results = experiments.run("ailon2021-autoencoder", quick=True, out=tmp_path)
+    folder = tmp_path / "ailon2021-autoencoder"
+    assert {p.name for p in folder.iterdir()} == {"results.json", "table.md", "loss.png"}
+    assert json.loads((folder / "results.json").read_text())["rows"] == results["rows"]
+    for row in results["rows"]:
+        # PCA is the optimum of every rank-k linear autoencoder; FJLT+PCA is PCA restricted to B's span
+        assert 0 <= row["pca"] <= row["fjlt_pca"] + 1e-9 <= 1 + 1e-9
+        assert row["pca"] - 1e-6 <= row["butterfly"] < 1.0
+        assert row["butterfly"] < row["butterfly_phase1"]  # phase two improves on the frozen FJLT
+    assert "PCA Δ_k" in (folder / "table.md").read_text()
+    with pytest.raises(ValueError, match="do not apply to ailon2021-autoencoder"):
+        experiments.run("ailon2021-autoencoder", quick=True, out=tmp_path, methods=("gradient",))
