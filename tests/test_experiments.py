@@ -147,3 +147,8 @@ def test_compression_hidden_layers_have_the_stated_parameter_counts():
 def test_reproduce_cli_passes_data_and_reports_a_missing_folder(tmp_path):
     with pytest.raises(SystemExit, match="CIFAR-10 not found"):
         main(["reproduce", "ailon2021-replace", "--quick", "--out", str(tmp_path), "--data", str(tmp_path / "x")])
+
+
+def test_dao2019_transforms_rejects_options_it_does_not_take(tmp_path):
+    with pytest.raises(ValueError, match="do not apply to dao2019-transforms"):
+        experiments.run("dao2019-transforms", quick=True, out=tmp_path, data=tmp_path)

@@ -66,9 +66,11 @@ def lowrank_baseline_rmse(m: torch.Tensor, rank: int) -> float:
 @register("dao2019-transforms", "Dao et al. 2019 Table 1: RMSE of butterfly x permutation fits, n = 8..1024")
 def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", "gradient"),
          sizes: tuple[int, ...] | None = None, targets: tuple[str, ...] = TARGETS, time_budget: float | None = None,
-         seed: int = 0) -> dict:
+         seed: int = 0, **options) -> dict:
     from tqdm import tqdm
 
+    if options:
+        raise ValueError(f"options {sorted(options)} do not apply to dao2019-transforms")
     sizes = tuple(sizes or (QUICK_SIZES if quick else SIZES))
     budget = time_budget if time_budget is not None else (5.0 if quick else 600.0)
     cells = [(t, n) for t in targets for n in sizes]
