@@ -152,3 +152,17 @@ def test_reproduce_cli_passes_data_and_reports_a_missing_folder(tmp_path):
 def test_dao2019_transforms_rejects_options_it_does_not_take(tmp_path):
     with pytest.raises(ValueError, match="do not apply to dao2019-transforms"):
         experiments.run("dao2019-transforms", quick=True, out=tmp_path, data=tmp_path)
+
+
+def test_speed_quick_writes_its_three_files(tmp_path):
+    threads = torch.get_num_threads()
+    results = experiments.run("speed", quick=True, out=tmp_path)
+    assert torch.get_num_threads() == threads  # the 1-thread setting restores the thread count
+    folder = tmp_path / "speed"
+    assert {p.name for p in folder.iterdir()} == {"results.json", "table.md", "speed.png"}
+    assert [s["batch"] for s in results["settings"]] == [1, 256]
+    for setting in results["settings"]:
+        methods = {(r["method"], r["n"]) for r in setting["rows"]}
+        assert methods == {(m, n) for m in ("linear", "butterfly", "fft", "monarch") for n in (64, 256)}
+        assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in setting["rows"])
+    assert "0.19×" in (folder / "table.md").read_text()

@@ -41,4 +41,11 @@ def run(name: str, *, quick: bool = False, out: Path = Path("results"), **option
     return EXPERIMENTS[name].main(quick=quick, out=target, **options)
 
 
-from . import ailon2021_autoencoder, ailon2021_replace, ailon2021_sketch, dao2019_compression, dao2019_transforms  # noqa: E402,F401  (they register themselves)
+from . import (  # noqa: E402,F401  (they register themselves)
+    ailon2021_autoencoder,
+    ailon2021_replace,
+    ailon2021_sketch,
+    dao2019_compression,
+    dao2019_transforms,
+    speed,
+)
