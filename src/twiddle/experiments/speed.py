@@ -2,9 +2,9 @@
 
 Two settings, each timed in one process (medians, :mod:`twiddle.benchmark`): the paper's — single-thread inference
 of one vector (batch 1, 1 thread) — and a training-sized one — batch 256, forward and forward+backward, with every
-thread. Methods: ``nn.Linear`` (dense), ``twiddle.Butterfly`` (fused kernel), ``torch.fft.fft`` (complex64) and a
-Monarch-style two-bmm layer. The paper's single-thread speed-ups of the butterfly over dense GEMV are printed
-beside ours.
+thread. Methods: ``nn.Linear`` (dense), ``twiddle.Butterfly`` (fused kernel) and ``torch.fft.fft`` (complex64);
+the Monarch-style layer, which needs square n, is in ``make bench``. The paper's single-thread speed-ups of the
+butterfly over dense GEMV are printed beside ours.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from . import register
 
 SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_SIZES = (64, 256)
-METHODS = ("linear", "butterfly", "fft", "monarch")
+METHODS = ("linear", "butterfly", "fft")
 # The paper's single-thread inference speed-up of BP over dense (one vector); FFT over dense at 1024: 22x
 PAPER_SPEEDUP = {64: 0.19, 512: 1.56, 1024: 4.4, 2048: 10.6, 4096: 66.0, 8192: 172.0}
 

@@ -56,7 +56,7 @@ class GradientConfig:
     lr_min: float = 1e-4
     lr_max: float = 0.5
     target_rmse: float = 1e-4
-    time_budget: float = 600.0
+    time_budget: float = 600.0  # seconds; when it runs out, one last L-BFGS polish of the best trial still runs
     seed: int = 0
     # Adam steps see the target through `probes` fresh Gaussian vectors (an unbiased estimate of the MSE,
     # O(T probes n log n) a step) instead of the identity (O(T n^2 log n)); None: the identity, as in the paper,
@@ -280,7 +280,8 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                     p.sub_(lr.reshape(shape) * update)
             if time.perf_counter() > deadline:
                 break
-        polish_now = epoch % config.polish_every == 0 or time.perf_counter() > deadline
+        final = time.perf_counter() > deadline
+        polish_now = epoch % config.polish_every == 0 or final
         if closed_form:
             # every epoch (cheap): each distinct learned permutation projected in closed form; the best go on to
             # L-BFGS at the polish epochs
@@ -296,11 +297,12 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
             perms = hard_perms()
             ranked = torch.argsort(loss.detach())[: config.polish_top].tolist()
             starts = [(None, [tw.detach()[t] for tw in twiddles_now()], [p[t] for p in perms]) for t in ranked]
-        for _, twiddles, trial_perms in starts if polish_now else ():
-            if best["mse"] <= target_mse or time.perf_counter() > deadline:
+        for i, (_, twiddles, trial_perms) in enumerate(starts if polish_now else ()):
+            if best["mse"] <= target_mse or (final and i > 0) or (not final and time.perf_counter() > deadline):
                 break
+            # out of time: the best start still gets one L-BFGS run (the budget is exceeded by that much)
             polished, mse = _polish(hard_model, twiddles, trial_perms, target_t, real_target,
-                                    config.polish_steps, deadline)
+                                    config.polish_steps, math.inf if final else deadline)
             consider(polished, trial_perms, mse)
         if progress is not None:
             progress(epoch, math.sqrt(best["mse"]) if best["mse"] < math.inf else float("nan"))
