@@ -71,3 +71,36 @@ def train_classifier(model: nn.Module, data: ImageData, *, epochs: int, lr: floa
             bar.set_postfix(acc=f"{history['test_accuracy'][-1]:.3f}")
     history["train_accuracy"] = accuracy(model, data.train_x, data.train_y)
     return history
+
+
+def compare_hidden_layers(sets: list[ImageData], variants: tuple[str, ...], build, *, key: str, epochs: int,
+                          seed: int, desc: str, layer_index: int = 7) -> list[dict]:
+    """Train ``build(channels, variant, seed)`` on every data set for every variant and measure it.
+
+    The network's module ``layer_index`` is the hidden layer under study; its inference time is measured on the
+    features the layers before it produce for 256 test images. One row per (data set, variant), the variant under
+    ``key``.
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    rows = []
+    bar = tqdm(total=len(sets) * len(variants) * epochs, desc=desc, file=sys.stderr)
+    for ds in sets:
+        probe = ds.test_x[:256]
+        for variant in variants:
+            model = build(ds.shape[0], variant, seed)
+            history = train_classifier(model, ds, epochs=epochs, lr=1e-3, seed=seed, bar=bar)
+            layer = model[layer_index]
+            features = model[:layer_index](probe).detach()
+            rows.append({
+                "dataset": ds.name, key: variant, "epochs": epochs, "train": ds.train_x.shape[0],
+                "test": ds.test_x.shape[0], "test_accuracy": accuracy(model, ds.test_x, ds.test_y),
+                "accuracy_per_epoch": history["test_accuracy"], "train_accuracy": history["train_accuracy"],
+                "train_loss": history["train_loss"], "epoch_seconds": sum(history["epoch_seconds"]) / epochs,
+                "layer_params": parameter_count(layer), "network_params": parameter_count(model),
+                "layer_ms": inference_ms(layer, features), "network_ms": inference_ms(model, probe),
+            })
+    bar.close()
+    return rows

@@ -16,7 +16,6 @@ or better accuracy, faster convergence early in training and lower training and 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from ..truncated import TruncatedButterflyLinear
 from . import register
-from ._train import accuracy, inference_ms, parameter_count, train_classifier
+from ._train import compare_hidden_layers
 from .dao2019_compression import datasets
 
 VARIANTS = ("dense", "truncated")
@@ -49,30 +48,12 @@ def network(channels: int, variant: str, seed: int = 0) -> nn.Sequential:
           "butterflies); accuracy per epoch, parameters, training and inference time")
 def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = None, epochs: int | None = None,
          **options) -> dict:
-    from tqdm import tqdm
-
     if options:
         raise ValueError(f"options {sorted(options)} do not apply to ailon2021-replace")
     epochs = epochs if epochs is not None else (1 if quick else 10)
     sets = datasets(data, seed, quick)
-    rows = []
-    bar = tqdm(total=len(sets) * len(VARIANTS) * epochs, desc="ailon2021-replace", file=sys.stderr)
-    for ds in sets:
-        probe = ds.test_x[:256]
-        for variant in VARIANTS:
-            model = network(ds.shape[0], variant, seed)
-            history = train_classifier(model, ds, epochs=epochs, lr=1e-3, seed=seed, bar=bar)
-            layer = model[7]
-            features = model[:7](probe).detach()
-            rows.append({
-                "dataset": ds.name, "variant": variant, "epochs": epochs, "train": ds.train_x.shape[0],
-                "test": ds.test_x.shape[0], "accuracy_per_epoch": history["test_accuracy"],
-                "test_accuracy": accuracy(model, ds.test_x, ds.test_y), "train_loss": history["train_loss"],
-                "layer_params": parameter_count(layer), "network_params": parameter_count(model),
-                "epoch_seconds": sum(history["epoch_seconds"]) / epochs,
-                "layer_ms": inference_ms(layer, features), "network_ms": inference_ms(model, probe),
-            })
-    bar.close()
+    rows = compare_hidden_layers(sets, VARIANTS, network, key="variant", epochs=epochs, seed=seed,
+                                 desc="ailon2021-replace")
     results = {"experiment": "ailon2021-replace", "quick": quick, "seed": seed, "threads": torch.get_num_threads(),
                "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -19,7 +19,6 @@ the dense one by 3.9 points with 40× fewer parameters and 4× faster inference.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from ..butterfly import Butterfly
 from ..transforms import fastfood
 from . import register
 from ._data import ImageData, cifar10_dir, load_cifar10, load_mnist
-from ._train import accuracy, inference_ms, parameter_count, train_classifier
+from ._train import compare_hidden_layers
 
 LAYERS = ("dense", "butterfly", "butterfly-bb", "low-rank", "circulant", "fastfood")
 HIDDEN = 1024
@@ -130,30 +129,12 @@ def datasets(data: str | Path | None, seed: int, quick: bool) -> list[ImageData]
           "circulant, fastfood) in a small CNN; accuracy, parameters, inference time")
 def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = None, epochs: int | None = None,
          **options) -> dict:
-    from tqdm import tqdm
-
     if options:
         raise ValueError(f"options {sorted(options)} do not apply to dao2019-compression")
     epochs = epochs if epochs is not None else (1 if quick else 15)
     sets = datasets(data, seed, quick)
-    rows = []
-    bar = tqdm(total=len(sets) * len(LAYERS) * epochs, desc="dao2019-compression", file=sys.stderr)
-    for ds in sets:
-        probe = ds.test_x[:256]
-        for kind in LAYERS:
-            model = network(ds.shape[0], kind, seed)
-            history = train_classifier(model, ds, epochs=epochs, lr=1e-3, seed=seed, bar=bar)
-            layer = model[7]
-            features = model[:7](probe).detach()
-            rows.append({
-                "dataset": ds.name, "layer": kind, "epochs": epochs, "train": ds.train_x.shape[0],
-                "test": ds.test_x.shape[0], "test_accuracy": accuracy(model, ds.test_x, ds.test_y),
-                "accuracy_per_epoch": history["test_accuracy"], "train_accuracy": history["train_accuracy"],
-                "layer_params": parameter_count(layer), "network_params": parameter_count(model),
-                "layer_ms": inference_ms(layer, features), "network_ms": inference_ms(model, probe),
-                "epoch_seconds": sum(history["epoch_seconds"]) / epochs,
-            })
-    bar.close()
+    rows = compare_hidden_layers(sets, LAYERS, network, key="layer", epochs=epochs, seed=seed,
+                                 desc="dao2019-compression")
     results = {"experiment": "dao2019-compression", "quick": quick, "seed": seed, "threads": torch.get_num_threads(),
                "rows": rows}
     (out / "results.json").write_text(json.dumps(results, indent=1))
