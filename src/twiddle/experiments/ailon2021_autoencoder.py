@@ -15,7 +15,6 @@ The paper reports (as a figure) that the butterfly loss is close to ``Δ_k`` for
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from ..autoencoder import ButterflyAutoencoder, fit_autoencoder, fjlt_pca_loss, pca_loss
 from . import register
+from ._output import panels, write_results
 from .ailon2021_sketch import mnist_matrices
 
 EPSILON = 0.5
@@ -85,8 +85,7 @@ def main(*, quick: bool, out: Path, seed: int = 0, **options) -> dict:
             "butterfly": losses[-1] / total,
         })
     results = {"experiment": "ailon2021-autoencoder", "quick": quick, "seed": seed, "epsilon": EPSILON, "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(rows))
+    write_results(out, results, _table(rows))
     _plot(rows, out / "loss.png")
     return results
 
@@ -104,25 +103,17 @@ def _table(rows: list[dict]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        sub = [r for r in rows if r["dataset"] == name]
-        ks = [r["k"] for r in sub]
-        for key, label, style in (("pca", "PCA Δ_k", "k-"), ("fjlt_pca", "FJLT+PCA", "s--"),
-                                  ("butterfly_phase1", "butterfly, phase 1", "^:"),
-                                  ("butterfly", "butterfly, two-phase", "o-")):
-            ax.plot(ks, [max(r[key], 1e-8) for r in sub], style, label=label)
-        ax.set_yscale("log")
-        ax.set_xlabel("k")
-        ax.set_ylabel("loss / ‖X‖²_F")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, len(names), 4.6, 3.6) as (_, axes):
+        for ax, name in zip(axes, names, strict=True):
+            sub = [r for r in rows if r["dataset"] == name]
+            ks = [r["k"] for r in sub]
+            for key, label, style in (("pca", "PCA Δ_k", "k-"), ("fjlt_pca", "FJLT+PCA", "s--"),
+                                      ("butterfly_phase1", "butterfly, phase 1", "^:"),
+                                      ("butterfly", "butterfly, two-phase", "o-")):
+                ax.plot(ks, [max(r[key], 1e-8) for r in sub], style, label=label)
+            ax.set_yscale("log")
+            ax.set_xlabel("k")
+            ax.set_ylabel("loss / ‖X‖²_F")
+            ax.set_title(name)
+            ax.legend(fontsize=8)

@@ -15,7 +15,6 @@ or better accuracy, faster convergence early in training and lower training and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from ..truncated import TruncatedButterflyLinear
 from . import register
+from ._output import panels, write_results
 from ._train import compare_hidden_layers
 from .dao2019_compression import datasets
 
@@ -56,8 +56,7 @@ def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = Non
                                  desc="ailon2021-replace")
     results = {"experiment": "ailon2021-replace", "quick": quick, "seed": seed, "threads": torch.get_num_threads(),
                "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(rows))
+    write_results(out, results, _table(rows))
     _plot(rows, out / "accuracy.png")
     return results
 
@@ -77,21 +76,13 @@ def _table(rows: list[dict]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for r in (r for r in rows if r["dataset"] == name):
-            epochs = range(1, len(r["accuracy_per_epoch"]) + 1)
-            ax.plot(epochs, [100 * a for a in r["accuracy_per_epoch"]], "o-", label=r["variant"])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(name)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, len(names), 4.6, 3.6) as (_, axes):
+        for ax, name in zip(axes, names, strict=True):
+            for r in (r for r in rows if r["dataset"] == name):
+                epochs = range(1, len(r["accuracy_per_epoch"]) + 1)
+                ax.plot(epochs, [100 * a for a in r["accuracy_per_epoch"]], "o-", label=r["variant"])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(name)
+            ax.legend(fontsize=8)

@@ -14,7 +14,6 @@ TechTC-300) are not shipped; their reported numbers are printed beside ours for 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from ..sketch import make_sketch, sketch_error, train_sketch
 from . import register
+from ._output import panels, write_results
 
 FAMILIES = ("butterfly", "sparse", "countsketch", "gaussian")
 LEARNED = ("butterfly", "sparse")
@@ -91,8 +91,7 @@ def main(*, quick: bool, out: Path, seed: int = 0, **options) -> dict:
                      "n": data.shape[1], "d": data.shape[2], "train": train_n, "test": test_n, "steps": steps})
     results = {"experiment": "ailon2021-sketch", "quick": quick, "seed": seed, "rows": rows, "paper": {
         f"{k},{ell}": v for (k, ell), v in PAPER_ERR.items()}}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(rows, settings))
+    write_results(out, results, _table(rows, settings))
     _plot(rows, out / "err.png")
     return results
 
@@ -116,22 +115,14 @@ def _table(rows: list[dict], settings) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     groups = sorted({(r["dataset"], r["k"], r["ell"]) for r in rows})
     index = {(r["dataset"], r["k"], r["ell"], r["family"]): r["err"] for r in rows}
-    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 2, 3.6))
-    width = 0.8 / len(FAMILIES)
-    for j, family in enumerate(FAMILIES):
-        values = [max(index[(*g, family)], 1e-6) for g in groups]
-        ax.bar([i + j * width for i in range(len(groups))], values, width, label=family)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [f"{d}\nk={k}, ℓ={e}" for d, k, e in groups])
-    ax.set_yscale("log")
-    ax.set_ylabel("test error Err")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, 1, 1.6 * len(groups) + 2, 3.6) as (_, (ax,)):
+        width = 0.8 / len(FAMILIES)
+        for j, family in enumerate(FAMILIES):
+            values = [max(index[(*g, family)], 1e-6) for g in groups]
+            ax.bar([i + j * width for i in range(len(groups))], values, width, label=family)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))], [f"{d}\nk={k}, ℓ={e}" for d, k, e in groups])
+        ax.set_yscale("log")
+        ax.set_ylabel("test error Err")
+        ax.legend(fontsize=8)

@@ -18,7 +18,6 @@ the dense one by 3.9 points with 40× fewer parameters and 4× faster inference.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from ..butterfly import Butterfly
 from ..transforms import fastfood
 from . import register
 from ._data import ImageData, cifar10_dir, load_cifar10, load_mnist
+from ._output import panels, write_results
 from ._train import compare_hidden_layers
 
 LAYERS = ("dense", "butterfly", "butterfly-bb", "low-rank", "circulant", "fastfood")
@@ -137,8 +137,7 @@ def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = Non
                                  desc="dao2019-compression")
     results = {"experiment": "dao2019-compression", "quick": quick, "seed": seed, "threads": torch.get_num_threads(),
                "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(rows))
+    write_results(out, results, _table(rows))
     _plot(rows, out / "accuracy.png")
     return results
 
@@ -160,21 +159,13 @@ def _table(rows: list[dict]) -> str:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = sorted({r["dataset"] for r in rows})
-    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
-        for r in (r for r in rows if r["dataset"] == name):
-            ax.scatter(r["layer_params"], 100 * r["test_accuracy"], label=r["layer"])
-            ax.annotate(r["layer"], (r["layer_params"], 100 * r["test_accuracy"]), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("hidden-layer parameters")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, len(names), 5, 3.6) as (_, axes):
+        for ax, name in zip(axes, names, strict=True):
+            for r in (r for r in rows if r["dataset"] == name):
+                ax.scatter(r["layer_params"], 100 * r["test_accuracy"], label=r["layer"])
+                ax.annotate(r["layer"], (r["layer_params"], 100 * r["test_accuracy"]), fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xlabel("hidden-layer parameters")
+            ax.set_ylabel("test accuracy (%)")
+            ax.set_title(name)

@@ -16,7 +16,6 @@ so convolution (a product of two) is not exact for it.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from ..factorize import factorize, target_matrix
 from . import register
+from ._output import panels, write_results
 
 TARGETS = ("dft", "dct", "dst", "convolution", "hadamard", "hartley", "legendre", "hilbert", "randn")
 SIZES = (8, 16, 32, 64, 128, 256, 512, 1024)
@@ -97,8 +97,7 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
         rows.append(row)
     results = {"experiment": "dao2019-transforms", "quick": quick, "methods": list(methods), "seed": seed,
                "time_budget_per_cell": budget, "rows": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(rows, methods))
+    write_results(out, results, _table(rows, methods))
     _heatmap(rows, methods, sizes, targets, out / "rmse.png")
     return results
 
@@ -118,21 +117,14 @@ def _table(rows: list[dict], methods: tuple[str, ...]) -> str:
 
 
 def _heatmap(rows, methods, sizes, targets, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     columns = ["paper"] + list(methods) + ["sparse", "lowrank"]
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.45 * len(targets) + 1.8), squeeze=False)
     index = {(r["target"], r["n"]): r for r in rows}
-    for i, (ax, col) in enumerate(zip(axes[0], columns, strict=True)):
-        key = "paper_rmse" if col == "paper" else f"{col}_rmse"
-        grid = np.array([[index[(t, n)].get(key) or np.nan for n in sizes] for t in targets], dtype=float)
-        image = ax.imshow(np.log10(np.maximum(grid, 1e-16)), vmin=-8, vmax=0, cmap="viridis_r", aspect="auto")
-        ax.set_xticks(range(len(sizes)), [str(n) for n in sizes], fontsize=7)
-        ax.set_yticks(range(len(targets)), targets if i == 0 else [], fontsize=8)
-        ax.set_title(col, fontsize=9)
-    fig.colorbar(image, ax=axes[0].tolist(), label="log10 RMSE", shrink=0.8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, len(columns), 3.2, 0.45 * len(targets) + 1.8, tight=False) as (fig, axes):
+        for i, (ax, col) in enumerate(zip(axes, columns, strict=True)):
+            key = "paper_rmse" if col == "paper" else f"{col}_rmse"
+            grid = np.array([[index[(t, n)].get(key) or np.nan for n in sizes] for t in targets], dtype=float)
+            image = ax.imshow(np.log10(np.maximum(grid, 1e-16)), vmin=-8, vmax=0, cmap="viridis_r", aspect="auto")
+            ax.set_xticks(range(len(sizes)), [str(n) for n in sizes], fontsize=7)
+            ax.set_yticks(range(len(targets)), targets if i == 0 else [], fontsize=8)
+            ax.set_title(col, fontsize=9)
+        fig.colorbar(image, ax=axes, label="log10 RMSE", shrink=0.8)

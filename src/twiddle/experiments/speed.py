@@ -9,13 +9,13 @@ butterfly over dense GEMV are printed beside ours.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from .. import benchmark
 from . import register
+from ._output import panels, write_results
 
 SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 QUICK_SIZES = (64, 256)
@@ -44,8 +44,7 @@ def main(*, quick: bool, out: Path, seed: int = 0, **options) -> dict:
     settings.append({"name": f"{threads} threads, batch 256", "threads": threads, "batch": 256, "rows": batched})
     results = {"experiment": "speed", "quick": quick, "seed": seed, "settings": [
         {**s, "rows": [r.__dict__ for r in s["rows"]]} for s in settings], "paper_speedup": PAPER_SPEEDUP}
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "table.md").write_text(_table(results["settings"]))
+    write_results(out, results, _table(results["settings"]))
     _plot(results["settings"], out / "speed.png")
     return results
 
@@ -68,23 +67,15 @@ def _table(settings: list[dict]) -> str:
 
 
 def _plot(settings: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.4 * len(settings), 4), squeeze=False)
-    for ax, s in zip(axes[0], settings, strict=True):
-        for method in METHODS:
-            pts = sorted((r["n"], r["forward_ms"]) for r in s["rows"] if r["method"] == method)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("n")
-        ax.set_ylabel("forward ms")
-        ax.set_title(s["name"])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with panels(path, len(settings), 5.4, 4) as (_, axes):
+        for ax, s in zip(axes, settings, strict=True):
+            for method in METHODS:
+                pts = sorted((r["n"], r["forward_ms"]) for r in s["rows"] if r["method"] == method)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("n")
+            ax.set_ylabel("forward ms")
+            ax.set_title(s["name"])
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
