@@ -17,7 +17,7 @@ from .._validate import positive_int
 from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutation
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
-from .lift import LIFTS, complex_lift, complex_lifts
+from .lift import LIFTS, complex_lift
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
@@ -105,24 +105,37 @@ def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int
 
 
 def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Tensor]]], order: str,
-                         complex: bool | None, stop_early: bool) -> tuple[tuple, dict[str, float]]:
+                         complex: bool | None, stop_early: bool,
+                         lifts: dict[str, torch.Tensor] | None = None) -> tuple[tuple, dict[str, float]]:
     """Closed-form fits of ``m`` under each candidate permutation (and, for real ``m`` unless ``complex`` is False,
     of its complex lifts). Returns ``(rel, err, name, perm, module, lift)`` of the best and every candidate's
-    relative error. Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit."""
+    relative error. Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit.
+
+    The lifts are computed when first needed and kept in ``lifts`` (pass the same dict to reuse them across calls
+    on the same ``m``)."""
+    lifts = {} if lifts is None else lifts
+
+    def lifted(kind: str) -> torch.Tensor:
+        if kind not in lifts:
+            lifts[kind] = complex_lift(m, kind)
+        return lifts[kind]
+
     # the matrices to factor: M itself, then its complex lifts, whose real part is M
-    works: list[tuple[str | None, torch.Tensor]] = [(None, m.to(torch.complex128) if complex else m)]
+    kinds: list[str | None] = [None]
     if not m.is_complex() and complex is not False:
-        works += complex_lifts(m)
+        kinds += list(LIFTS)
+    plain = m.to(torch.complex128) if complex else m
     norm = float(m.norm())
     best = None
     errors: dict[str, float] = {}
-    candidates = ((lift, work, name, perm) for stage in stages for lift, work in works for name, perm in stage)
-    for lift, work, name, perm in candidates:
+    candidates = ((lift, name, perm) for stage in stages for lift in kinds for name, perm in stage)
+    for lift, name, perm in candidates:
         exact = best is not None and best[0] <= EXACT_TOLERANCE
         if exact and stop_early:
             break
         if exact and lift is not None:  # lifts only for matrices with no exact real factorization
             continue
+        work = plain if lift is None else lifted(lift)
         target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
         module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None)
         with torch.no_grad():

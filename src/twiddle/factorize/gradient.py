@@ -181,12 +181,13 @@ def _polish(model: str, twiddles: list[torch.Tensor], perms: list[torch.Tensor],
     return [torch.view_as_complex(p.detach()).clone() for p in params], final
 
 
-def _closed_form(target: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, float]:
+def _closed_form(target: torch.Tensor, perm: torch.Tensor, lifts: dict) -> tuple[torch.Tensor, float]:
     """The hierarchical fit of ``target`` under the frozen permutation ``perm`` (lifts included for a real
-    target): complex twiddles ``(L, n/2, 2, 2)`` and the MSE of (the real part of) ``B P`` against ``target``."""
+    target, cached in ``lifts`` across calls): complex twiddles ``(L, n/2, 2, 2)`` and the MSE of (the real part
+    of) ``B P`` against ``target``."""
     from . import _hierarchical_search  # the package imports this module first
 
-    (rel, err, _, _, module, lift), _ = _hierarchical_search(target, [[("learned", perm)]], "right", None, True)
+    (_, err, _, _, module, _), _ = _hierarchical_search(target, [[("learned", perm)]], "right", None, True, lifts)
     n = target.shape[0]
     tw = module.butterfly.twiddle.detach()[0, 0].to(torch.complex128)
     return tw, (err / n) ** 2
@@ -231,6 +232,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     target_adam = target_t.to(real_dtype if real_target else complex_dtype)
     eye = torch.eye(n, dtype=real_dtype).expand(T, n, n)
     closed_form = config.polish == "hierarchical" and model != "bpbp"
+    lifts: dict = {}  # the target's complex lifts, computed once for every closed-form fit
     hard_model = "bp" if model == "bpp" else model  # bpp's two hard permutations are composed into one
     best = {"mse": math.inf, "twiddles": None, "perms": None}
     step = 0
@@ -287,7 +289,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
             # L-BFGS at the polish epochs
             fits = []
             for row in torch.unique(hard_perms()[0], dim=0):
-                tw, mse = _closed_form(target, row)
+                tw, mse = _closed_form(target, row, lifts)
                 fits.append((mse, [tw], [row]))
                 consider([tw], [row], mse)
                 if mse <= target_mse or time.perf_counter() > deadline:

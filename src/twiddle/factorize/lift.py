@@ -17,16 +17,15 @@ A fifth lift comes from the Hartley transform: ``H[j, k] = cos θ + sin θ`` (``
 ``H[j, -k] = cos θ - sin θ``, so ``H - i H[:, -k mod n] = (1 - i) exp(iθ)``, a scaled DFT: ``reflect`` is
 ``M - i M[:, -k mod n]``.
 
-The real part of every lift is exactly ``M``. :func:`complex_lifts` returns the five variants; the
-hierarchical search (:func:`twiddle.factorize.factorize`) tries them when a real matrix has no exact real
-factorization.
+The real part of every lift is exactly ``M``. The hierarchical search (:func:`twiddle.factorize.factorize`)
+tries them, computing each only when it gets to it, when a real matrix has no exact real factorization.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["LIFTS", "complex_lift", "complex_lifts"]
+__all__ = ["LIFTS", "complex_lift"]
 
 LIFTS = ("even", "even-alt", "odd", "odd-alt", "reflect")
 
@@ -54,7 +53,3 @@ def complex_lift(m: torch.Tensor, kind: str) -> torch.Tensor:
         lifted[..., 1::2] = lifted[..., 1::2].conj()
     return lifted
 
-
-def complex_lifts(m: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-    """Every lift of :data:`LIFTS` of the real matrix ``m``, as ``(name, lifted)`` pairs."""
-    return [(kind, complex_lift(m, kind)) for kind in LIFTS]
