@@ -2,6 +2,7 @@
 
     python benchmarks/multiply.py                    # n = 256..16384, batch 1/16/256 (a few minutes on 2 cores)
     python benchmarks/multiply.py --sizes 1024 --batches 256 --out benchmarks/out
+    python benchmarks/multiply.py --device cuda --out benchmarks/results/cuda   # on a GPU (Triton kernel)
 
 Methods, all in one run: nn.Linear, a Monarch-style two-bmm layer, torch.fft.fft (complex64), twiddle's
 Butterfly (fused kernel where available), and the pure-PyTorch reference multiply.
@@ -11,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-
-import torch
 
 from twiddle import benchmark
 
@@ -24,15 +23,17 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(benchmark.METHODS), choices=benchmark.METHODS)
     parser.add_argument("--memory-batch", type=int, default=4096, help="rows at which peak memory is measured")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch)
+    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch, device=args.device)
     table = benchmark.format_table(rows)
-    print(f"float32, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    header = f"float32, {benchmark.device_description(args.device)}"
+    print(header + "\n")
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    benchmark.save_json(rows, args.out / "multiply.json")
-    (args.out / "multiply.md").write_text(table + "\n")
-    benchmark.save_plot(rows, args.out / "multiply.png", batch=max(args.batches))
+    benchmark.save_json(rows, args.out / "multiply.json", device=args.device)
+    (args.out / "multiply.md").write_text(header + "\n\n" + table + "\n")
+    benchmark.save_plot(rows, args.out / "multiply.png", batch=max(args.batches), device=args.device)
     print(f"\nwrote {args.out}/multiply.json, multiply.md, multiply.png")
 
 

@@ -4,10 +4,12 @@ Used by ``benchmarks/multiply.py`` and ``twiddle bench``. Every method maps ``(b
 float32 (the FFT in complex64) and is timed in the same process, forward and forward+backward (gradients for
 the input and the weights), median wall-clock over repeats. Ratios come from one run.
 
-Peak memory of forward+backward is measured in a fresh subprocess per method as the peak resident set during
-one forward+backward at a large batch (Linux: ``VmHWM`` after resetting it through ``/proc/self/clear_refs``)
-minus the resident set before it: it counts the output, the gradients and every temporary (weights and input
-excluded: they exist before), and is reported as a multiple of the input's size.
+On CPU, peak memory of forward+backward is measured in a fresh subprocess per method as the peak resident set
+during one forward+backward at a large batch (Linux: ``VmHWM`` after resetting it through
+``/proc/self/clear_refs``) minus the resident set before it: it counts the output, the gradients and every
+temporary (weights and input excluded: they exist before), and is reported as a multiple of the input's size.
+On CUDA (``device="cuda"``) the same quantity is read from the caching allocator's peak
+(``torch.cuda.max_memory_allocated``) in the benchmark's own process, and times end with a synchronize.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from ._timing import median_seconds
 from .butterfly import Butterfly
 from .ops import butterfly_multiply_reference, kernel_for
 
-__all__ = ["MonarchLinear", "METHODS", "BenchRow", "run", "format_table", "save_plot"]
+__all__ = [
+    "MonarchLinear",
+    "METHODS",
+    "BenchRow",
+    "run",
+    "format_table",
+    "save_json",
+    "save_plot",
+    "device_description",
+]
 
 
 class MonarchLinear(nn.Module):
@@ -50,21 +61,23 @@ class MonarchLinear(nn.Module):
         return y.transpose(0, 1).reshape(b, m * m)
 
 
-def _make(method: str, n: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], torch.dtype]:
-    """(function, parameters, input dtype) of one method."""
+def _make(
+    method: str, n: int, device: torch.device | str = "cpu"
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], list[torch.Tensor], torch.dtype]:
+    """(function, parameters, input dtype) of one method, its parameters on ``device``."""
     if method == "linear":
-        layer = nn.Linear(n, n)
+        layer = nn.Linear(n, n, device=device)
         return layer, list(layer.parameters()), torch.float32
     if method == "monarch":
-        layer = MonarchLinear(n)
+        layer = MonarchLinear(n).to(device)
         return layer, list(layer.parameters()), torch.float32
     if method == "fft":
         return torch.fft.fft, [], torch.complex64
     if method == "butterfly":
-        layer = Butterfly(n, n)
+        layer = Butterfly(n, n, device=device)
         return layer, list(layer.parameters()), torch.float32
     if method == "reference":
-        layer = Butterfly(n, n)
+        layer = Butterfly(n, n, device=device)
         return (
             lambda x: butterfly_multiply_reference(layer.twiddle, x) + layer.bias,
             list(layer.parameters()),
@@ -87,11 +100,11 @@ class BenchRow:
     kernel: str = ""
 
 
-def _time_method(method: str, n: int, batch: int, max_seconds: float) -> BenchRow:
-    fn, params, dtype = _make(method, n)
-    x = torch.randn(batch, n, dtype=dtype)
+def _time_method(method: str, n: int, batch: int, max_seconds: float, device: str = "cpu") -> BenchRow:
+    fn, params, dtype = _make(method, n, device)
+    x = torch.randn(batch, n, dtype=dtype, device=device)
     with torch.no_grad():
-        fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds)
+        fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds, device=device)
     xg = x.clone().requires_grad_(True)
 
     def fwd_bwd() -> None:
@@ -101,7 +114,7 @@ def _time_method(method: str, n: int, batch: int, max_seconds: float) -> BenchRo
         for p in params:
             p.grad = None
 
-    fb = median_seconds(fwd_bwd, max_seconds=max_seconds)
+    fb = median_seconds(fwd_bwd, max_seconds=max_seconds, device=device)
     kernel = ""
     if method == "butterfly":
         kernel = kernel_for(params[0], x)
@@ -137,8 +150,26 @@ print((peak - before) / (x.numel() * x.element_size()))
 """
 
 
-def peak_extra_memory(method: str, n: int, batch: int) -> float:
-    """Growth of the peak resident set during one forward+backward, in multiples of the input's size."""
+def _cuda_peak_extra_memory(method: str, n: int, batch: int, device: str) -> float:
+    """Growth of the CUDA allocator's peak during one forward+backward, in multiples of the input's size."""
+    fn, _, dtype = _make(method, n, device)
+    for rows in (2, batch):  # the first call loads kernels; the second is measured
+        x = torch.randn(rows, n, dtype=dtype, device=device, requires_grad=True)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        y = fn(x)
+        (y.real if y.is_complex() else y).sum().backward()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del y
+    return (peak - before) / (x.numel() * x.element_size())
+
+
+def peak_extra_memory(method: str, n: int, batch: int, device: str = "cpu") -> float:
+    """Growth of the peak memory during one forward+backward, in multiples of the input's size."""
+    if torch.device(device).type == "cuda":
+        return _cuda_peak_extra_memory(method, n, batch, device)
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, method, str(n), str(batch)],
         capture_output=True,
@@ -156,19 +187,22 @@ def run(
     memory_batch: int | None = 4096,
     max_seconds: float = 2.0,
     progress: bool = True,
+    device: str = "cpu",
 ) -> list[BenchRow]:
-    """Time every method at every (n, batch). Peak memory is measured at ``memory_batch`` rows (large, so that
-    the growth of the resident set is well above the process's noise; None: skip) and attached to the row of
-    the largest batch."""
+    """Time every method at every (n, batch) on ``device``. Peak memory is measured at ``memory_batch`` rows
+    (large, so that the growth of the resident set is well above the process's noise; None: skip) and attached
+    to the row of the largest batch."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
     from tqdm import tqdm
 
     sizes, batches, methods = list(sizes), list(batches), list(methods)
     jobs = [(n, b, m) for n in sizes for b in batches for m in methods]
     rows: list[BenchRow] = []
     for n, b, m in tqdm(jobs, desc="twiddle bench", disable=not progress, file=sys.stderr):
-        row = _time_method(m, n, b, max_seconds)
+        row = _time_method(m, n, b, max_seconds, device)
         if memory_batch is not None and b == max(batches):
-            row.peak_extra_memory_x_input = peak_extra_memory(m, n, memory_batch)
+            row.peak_extra_memory_x_input = peak_extra_memory(m, n, memory_batch, device)
         rows.append(row)
     return rows
 
@@ -196,12 +230,24 @@ def format_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def save_json(rows: list[BenchRow], path: Path) -> None:
-    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": "float32 (fft: complex64)"}
+def device_description(device: str = "cpu") -> str:
+    """One line naming where the benchmark ran: the GPU's name, or the CPU thread count."""
+    if torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def save_json(rows: list[BenchRow], path: Path, device: str = "cpu") -> None:
+    meta = {
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "dtype": "float32 (fft: complex64)",
+    }
     path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
 
 
-def save_plot(rows: list[BenchRow], path: Path, batch: int = 256) -> None:
+def save_plot(rows: list[BenchRow], path: Path, batch: int = 256, device: str = "cpu") -> None:
     """Forward and forward+backward time against n (log-log) for every method at one batch size."""
     import matplotlib
 
@@ -219,7 +265,10 @@ def save_plot(rows: list[BenchRow], path: Path, batch: int = 256) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("n")
         ax.set_ylabel("ms")
-        ax.set_title(f"{title}, batch {batch}, float32, {torch.get_num_threads()} threads")
+        where = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else (
+            f"{torch.get_num_threads()} threads"
+        )
+        ax.set_title(f"{title}, batch {batch}, float32, {where}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend()
     fig.tight_layout()

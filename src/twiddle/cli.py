@@ -129,14 +129,17 @@ def _bench(args: argparse.Namespace) -> int:
         bad = [v for v in getattr(args, name) if v <= 0]
         if bad:
             raise SystemExit(f"twiddle bench: --{name} must be positive integers, got {bad}")
-    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"twiddle bench: --device {args.device} was asked for but CUDA is not available here")
+    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch, device=args.device)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        benchmark.save_json(rows, args.out / "multiply.json")
-        benchmark.save_plot(rows, args.out / "multiply.png", batch=max(args.batches))
+        benchmark.save_json(rows, args.out / "multiply.json", device=args.device)
+        benchmark.save_plot(rows, args.out / "multiply.png", batch=max(args.batches), device=args.device)
         _log(f"wrote {args.out}/multiply.json and multiply.png")
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "rows": [asdict(r) for r in rows]}))
+        print(json.dumps({"threads": torch.get_num_threads(), "device": benchmark.device_description(args.device),
+                          "rows": [asdict(r) for r in rows]}))
     else:
         print(benchmark.format_table(rows))
     return 0
@@ -223,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
     bench.add_argument("--memory-batch", type=int, default=4096, help="rows for the peak-memory measurement")
     bench.add_argument("--out", type=Path, default=None, help="also write multiply.json and multiply.png here")
+    bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(func=_bench)
 
