@@ -25,7 +25,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
-    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch, device=args.device)
+    rows = benchmark.run(
+        args.sizes, args.batches, args.methods, memory_batch=args.memory_batch, device=args.device,
+        on_row=lambda r: print(f"{r.method} n={r.n} batch={r.batch}: fwd {r.forward_ms:.4f} ms, fwd+bwd "
+                               f"{r.forward_backward_ms:.4f} ms, first call {r.first_call_s:.2f} s", flush=True),
+    )
     table = benchmark.format_table(rows)
     header = f"float32, {benchmark.device_description(args.device)}"
     print(header + "\n")

@@ -18,6 +18,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -98,11 +99,23 @@ class BenchRow:
     forward_backward_ms: float
     peak_extra_memory_x_input: float | None = None
     kernel: str = ""
+    first_call_s: float | None = None
 
 
 def _time_method(method: str, n: int, batch: int, max_seconds: float, device: str = "cpu") -> BenchRow:
     fn, params, dtype = _make(method, n, device)
     x = torch.randn(batch, n, dtype=dtype, device=device)
+    # the first forward+backward of a fresh shape: on a GPU this includes compiling the Triton kernels (cached
+    # on disk for later processes); on CPU the fused kernel is already built when the layer is constructed
+    start = time.perf_counter()
+    xf = x.clone().requires_grad_(True)
+    y = fn(xf)
+    (y.real if y.is_complex() else y).sum().backward()
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    first = time.perf_counter() - start
+    for p in params:
+        p.grad = None
     with torch.no_grad():
         fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds, device=device)
     xg = x.clone().requires_grad_(True)
@@ -118,7 +131,7 @@ def _time_method(method: str, n: int, batch: int, max_seconds: float, device: st
     kernel = ""
     if method == "butterfly":
         kernel = kernel_for(params[0], x)
-    return BenchRow(method, n, batch, fwd * 1e3, fb * 1e3, None, kernel)
+    return BenchRow(method, n, batch, fwd * 1e3, fb * 1e3, None, kernel, first)
 
 
 _MEMORY_SCRIPT = """
@@ -188,10 +201,11 @@ def run(
     max_seconds: float = 2.0,
     progress: bool = True,
     device: str = "cpu",
+    on_row: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     """Time every method at every (n, batch) on ``device``. Peak memory is measured at ``memory_batch`` rows
     (large, so that the growth of the resident set is well above the process's noise; None: skip) and attached
-    to the row of the largest batch."""
+    to the row of the largest batch. ``on_row`` is called with every row as soon as it is measured."""
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
     from tqdm import tqdm
@@ -204,6 +218,8 @@ def run(
         if memory_batch is not None and b == max(batches):
             row.peak_extra_memory_x_input = peak_extra_memory(m, n, memory_batch, device)
         rows.append(row)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
