@@ -10,9 +10,11 @@ Public names (see README "API at a glance"):
 * Fixed-structure networks (Ailon et al. 2021): :class:`TruncatedButterfly`, :func:`fjlt`,
   :class:`TruncatedButterflyLinear` (the ``J2ᵀ W̃ J1`` layer), :func:`replace_linear`,
   :class:`ButterflyAutoencoder` (:mod:`twiddle.autoencoder`), learned sketches (:mod:`twiddle.sketch`).
+* :mod:`twiddle.checkpoint` — safetensors save/load of any module; :mod:`twiddle.legacy` — layers saved by the
+  2019 reference code.
 """
 
-from . import autoencoder, ops, permutations, sketch, transforms
+from . import autoencoder, checkpoint, legacy, ops, permutations, sketch, transforms
 from .autoencoder import ButterflyAutoencoder
 from .butterfly import Butterfly
 from .factorize import factorize
@@ -26,8 +28,10 @@ __all__ = [
     "TruncatedButterflyLinear",
     "TruncatedButterflyTranspose",
     "autoencoder",
+    "checkpoint",
     "factorize",
     "fjlt",
+    "legacy",
     "ops",
     "permutations",
     "replace_linear",
