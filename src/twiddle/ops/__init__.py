@@ -43,9 +43,17 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     mode = os.environ.get("TWIDDLE_KERNEL", "auto")
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
+    dtype = torch.promote_types(x.dtype, twiddle.dtype)
+    if torch.onnx.is_in_onnx_export():
+        # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
+        if dtype.is_complex:
+            raise TypeError(
+                "ONNX has no complex tensors: a module with complex twiddles (complex=True, fft/ifft/dct/dst/"
+                "hartley/circulant transforms, complex factorizations) cannot be exported; real butterflies can"
+            )
+        return "reference"
     if mode == "reference":
         return "reference"
-    dtype = torch.promote_types(x.dtype, twiddle.dtype)
     if x.device.type == "cuda" and twiddle.device.type == "cuda" and not dtype.is_complex and _have_triton():
         return "triton"
     fits = (
