@@ -4,7 +4,8 @@ Kernels:
 
 * ``reference`` — pure PyTorch (:mod:`twiddle.ops.reference`), the specification; any device and dtype.
 * ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built on first use; CPU tensors of
-  dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32 and cast back).
+  dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32, complex32 in
+  complex64, and cast back).
 * ``triton`` — the Triton GPU kernel (:mod:`twiddle.ops.triton_kernel`) for real CUDA tensors when Triton is
   installed (complex CUDA tensors use the reference).
 
@@ -23,7 +24,8 @@ from .reference import butterfly_multiply_reference, check_multiply_args, refere
 
 __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel"]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# computed in single precision and rounded once on output
+_LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
 
 
 def _have_triton() -> bool:
@@ -129,7 +131,7 @@ def _multiply_checked(
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     if bias is not None:
         dtype = torch.promote_types(dtype, bias.dtype)
-    compute = torch.float32 if dtype in _LOW_PRECISION else dtype
+    compute = _LOW_PRECISION.get(dtype, dtype)
     tw = twiddle if twiddle.dtype == compute else twiddle.to(compute)
     x2 = x.reshape(-1, m) if x.dtype == compute else x.reshape(-1, m).to(compute)
     if kernel == "triton":
