@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-__all__ = ["positive_int", "seed_int"]
+__all__ = ["positive_int", "seed_int", "require_finite"]
 
 
 def positive_int(value: object, name: str) -> int:
@@ -19,3 +20,11 @@ def seed_int(seed: object) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int, got {seed!r}")
     return int(seed)
+
+
+def require_finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` unchanged, or ValueError if it holds NaN or Inf (for data given to fitting and analysis functions;
+    layers propagate non-finite values as ``nn.Linear`` does)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf entries")
+    return x

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import positive_int
+from ._validate import positive_int, require_finite
 from .sketch import low_rank_in_rowspace
 from .truncated import TruncatedButterfly, fjlt
 
@@ -59,7 +59,7 @@ def _check_samples(x: object, name: str = "X") -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name} must be a 2-D tensor (samples, features), got {got}")
-    return x
+    return require_finite(x, name)
 
 
 def pca_loss(x: torch.Tensor, k: int) -> float:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validate import positive_int, seed_int
+from ._validate import positive_int, require_finite, seed_int
 from .truncated import TruncatedButterfly
 
 __all__ = [
@@ -41,14 +41,15 @@ __all__ = [
 SKETCH_KINDS = ("butterfly", "sparse", "countsketch", "gaussian")
 
 
-def _check_data(x: object, n: int | None = None, name: str = "X") -> torch.Tensor:
+def _check_data(x: object, n: int | None = None, name: str = "X", *, finite: bool = True) -> torch.Tensor:
+    """``x`` as ``(..., n, d)`` data; ``finite`` also rejects NaN/Inf (off in module forwards, like nn.Linear)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2:
         raise ValueError(f"{name} must have shape (..., n, d), got {tuple(x.shape)}")
     if n is not None and x.shape[-2] != n:
         raise ValueError(f"{name} must have n = {n} rows (shape (..., {n}, d)), got {tuple(x.shape)}")
-    return x
+    return require_finite(x, name) if finite else x
 
 
 def _check_k(k: object, limit: int) -> int:
@@ -157,7 +158,7 @@ class ButterflySketch(nn.Module):
         self.butterfly = TruncatedButterfly(n, ell, seed=seed, init=init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_data(x, self.n)
+        x = _check_data(x, self.n, finite=False)
         return self.butterfly(x.transpose(-1, -2)).transpose(-1, -2)
 
     def to_dense(self) -> torch.Tensor:
@@ -197,7 +198,7 @@ class SparseSketch(nn.Module):
         return s.index_put((self.rows.reshape(-1), cols.reshape(-1)), self.values.reshape(-1), accumulate=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_data(x, self.n)
+        x = _check_data(x, self.n, finite=False)
         return self.to_dense().to(x.dtype) @ x
 
 
@@ -222,7 +223,7 @@ class GaussianSketch(nn.Module):
         return self.matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_data(x, self.n)
+        x = _check_data(x, self.n, finite=False)
         return self.matrix.to(x.dtype) @ x
 
 
