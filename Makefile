@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.twiddle-installed
 
-.PHONY: setup demo test test-all bench lint clean
+.PHONY: setup demo test test-all bench lint docs clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# API reference from the docstrings (HTML, docs/api/index.html); the tutorial is docs/tutorial.md
+docs: $(STAMP)
+	$(PY) -m pdoc -o docs/api twiddle twiddle.benchmark twiddle.experiments twiddle.factorize.targets \
+		twiddle.factorize.lift twiddle.ops.reference
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
