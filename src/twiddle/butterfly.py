@@ -198,23 +198,27 @@ class Butterfly(nn.Module):
             False, False, self.bias,
         )
 
+    #: the layer's name in input errors (a module that wraps a Butterfly sets its own, so errors name it)
+    display_name = "Butterfly"
+
     def _check_input(self, x: torch.Tensor) -> None:
+        name = self.display_name
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"Butterfly expected a torch.Tensor input, got {type(x).__name__}")
+            raise TypeError(f"{name} expected a torch.Tensor input, got {type(x).__name__}")
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"Butterfly expected input with last dimension in_features={self.in_features}, "
+                f"{name} expected input with last dimension in_features={self.in_features}, "
                 f"got shape {tuple(x.shape)}"
             )
         if x.is_complex() and not self.complex:
             raise TypeError(
-                "Butterfly(complex=False) got a complex input; build it with complex=True, or apply it to "
+                f"{name}(complex=False) got a complex input; build it with complex=True, or apply it to "
                 "x.real and x.imag separately"
             )
         if not (x.is_floating_point() or x.is_complex()):
-            raise TypeError(f"Butterfly expected a floating-point or complex input, got dtype {x.dtype}")
+            raise TypeError(f"{name} expected a floating-point or complex input, got dtype {x.dtype}")
         if x.device != self.twiddle.device:
-            raise ValueError(f"input is on {x.device} but the Butterfly layer is on {self.twiddle.device}")
+            raise ValueError(f"input is on {x.device} but the {name} layer is on {self.twiddle.device}")
 
     # ------------------------------------------------------------------ inspection
     def to_dense(self) -> torch.Tensor:

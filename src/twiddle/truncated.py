@@ -90,6 +90,7 @@ class TruncatedButterfly(nn.Module):
                 device=device,
                 dtype=dtype,
             )
+        self.butterfly.display_name = "TruncatedButterfly"
         if init != "randn" and self.butterfly.log_n > 0:  # (n = 1: nothing to scale, n / ℓ = 1)
             with torch.no_grad():
                 self.butterfly.twiddle[:, 0, 0] *= math.sqrt(self.n / self.out_features)
