@@ -148,3 +148,13 @@ def test_non_strict_load_ignores_extra_tensors(tmp_path):
     save_safetensors(Butterfly(4, 4), tmp_path / "b.safetensors")
     target = Butterfly(4, 4, bias=False)
     load_safetensors(target, tmp_path / "b.safetensors", strict=False)
+
+
+def test_non_strict_load_leaves_missing_tensors_alone(tmp_path):
+    save_safetensors(Butterfly(4, 4, bias=False), tmp_path / "b.safetensors")
+    target = Butterfly(4, 4)
+    bias = target.bias.detach().clone()
+    load_safetensors(target, tmp_path / "b.safetensors", strict=False)
+    assert torch.equal(target.bias, bias)
+    with pytest.raises(ValueError, match=r"missing \['bias'\]"):
+        load_safetensors(Butterfly(4, 4), tmp_path / "b.safetensors")

@@ -61,8 +61,9 @@ def load_safetensors(module: nn.Module, path: str | Path, *, strict: bool = True
         raise ValueError(f"{path} does not fit {type(module).__name__}: missing {missing}, unexpected "
                          f"{unexpected}, shape mismatches {shapes}")
     for k in own:
-        if k not in saved:
-            saved[k] = saved[_aliased(own, k, saved)]
+        alias = None if k in saved else _aliased(own, k, saved)
+        if alias is not None:
+            saved[k] = saved[alias]
     module.load_state_dict({k: v for k, v in saved.items() if k in own}, strict=strict)
     return module
 
