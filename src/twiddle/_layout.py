@@ -25,6 +25,7 @@ import torch
 
 __all__ = [
     "ceil_log2",
+    "is_power_of_two",
     "padded_size",
     "num_stacks",
     "twiddle_shape",
@@ -40,6 +41,11 @@ def ceil_log2(m: int) -> int:
     if m < 1:
         raise ValueError(f"expected a positive size, got {m}")
     return (m - 1).bit_length()
+
+
+def is_power_of_two(n: int) -> bool:
+    """Whether ``n`` is ``2**k`` for some ``k >= 0``."""
+    return n >= 1 and n & (n - 1) == 0
 
 
 def padded_size(in_features: int) -> int:

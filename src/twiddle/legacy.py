@@ -31,15 +31,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._layout import padded_size
+from ._layout import is_power_of_two, padded_size
 from ._validate import positive_int
 from .butterfly import Butterfly
 
 __all__ = ["ChunkMean", "load_2019_butterfly", "twiddle_from_2019"]
-
-
-def _is_power_of_two(v: int) -> bool:
-    return v >= 1 and v & (v - 1) == 0
 
 
 def twiddle_from_2019(twiddle: torch.Tensor, increasing_stride: bool = True) -> tuple[torch.Tensor, bool]:
@@ -56,12 +52,12 @@ def twiddle_from_2019(twiddle: torch.Tensor, increasing_stride: bool = True) -> 
     shape = tuple(twiddle.shape)
     expected = ("(nstack, n-1, 2, 2), (nstack, n-1, 2, 2, 2), (nstack, log2 n, n/2, 2, 2), "
                 "(nstack, log2 n, n/2, 2, 2, 2) or (nstack, nblocks*2*log2 n, n/2, 2, 2)")
-    tied_complex = len(shape) == 5 and shape[2:] == (2, 2, 2) and _is_power_of_two(shape[1] + 1) and shape[1] > 0
-    if len(shape) == 4 and shape[2:] == (2, 2) and _is_power_of_two(shape[1] + 1):
+    tied_complex = len(shape) == 5 and shape[2:] == (2, 2, 2) and is_power_of_two(shape[1] + 1) and shape[1] > 0
+    if len(shape) == 4 and shape[2:] == (2, 2) and is_power_of_two(shape[1] + 1):
         return _by_log_stride(_untie(twiddle), increasing_stride), increasing_stride
     if tied_complex:
         return _by_log_stride(_untie(torch.view_as_complex(twiddle.contiguous())), increasing_stride), increasing_stride
-    if len(shape) in (5, 6) and shape[-2:] == (2, 2) and _is_power_of_two(shape[2]):
+    if len(shape) in (5, 6) and shape[-2:] == (2, 2) and is_power_of_two(shape[2]):
         complex_ = len(shape) == 6
         if complex_:
             if shape[-1] != 2:

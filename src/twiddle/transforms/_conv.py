@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._layout import ceil_log2
+from .._layout import ceil_log2, is_power_of_two
 from .._validate import positive_int
 from ..permutations import bitreversal_permutation
 from ._fourier import (
@@ -26,7 +26,6 @@ from ._fourier import (
     complex_butterfly,
     dif_twiddle,
     dit_twiddle,
-    is_power_of_two,
 )
 from ._modules import (
     Diagonal,

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from .._layout import ceil_log2, factor_stride, pair_positions
+from .._layout import ceil_log2, factor_stride, is_power_of_two, pair_positions
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation, bitreversal_permutation
 from ._modules import Diagonal, _Take, _ZeroPad, complex_dtype
@@ -22,10 +22,6 @@ from ._modules import Diagonal, _Take, _ZeroPad, complex_dtype
 __all__: list[str] = []
 
 _CDTYPE = torch.complex128
-
-
-def is_power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
 
 
 def _root(k: torch.Tensor, period: int, sign: int) -> torch.Tensor:

@@ -8,11 +8,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._layout import ceil_log2, factor_stride, padded_size
+from .._layout import ceil_log2, factor_stride, is_power_of_two, padded_size
 from .._validate import positive_int, seed_int
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
-from ._fourier import is_power_of_two
 from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, as_float64, real_dtype
 from ._trig import _cosine_steps
 
