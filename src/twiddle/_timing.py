@@ -9,6 +9,13 @@ from collections.abc import Callable
 import torch
 
 
+def synchronizer(device: torch.device | str) -> Callable[[], None]:
+    """A function that waits for ``device``'s queued work: ``torch.cuda.synchronize`` on CUDA, nothing on CPU."""
+    if torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def median_seconds(
     fn: Callable[[], object],
     *,
@@ -21,7 +28,7 @@ def median_seconds(
 
     On a CUDA ``device`` every run ends with ``torch.cuda.synchronize`` so that the time covers the kernels it
     launched, not only their launch."""
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     for _ in range(warmup):
         fn()
     sync()

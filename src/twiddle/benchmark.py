@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._timing import median_seconds
+from ._timing import median_seconds, synchronizer
 from .butterfly import Butterfly
 from .ops import butterfly_multiply_reference, kernel_for
 
@@ -102,31 +102,32 @@ class BenchRow:
     first_call_s: float | None = None
 
 
+def _forward_backward(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
+    """One forward and a backward of the output's sum (its real part for complex outputs)."""
+    y = fn(x)
+    (y.real if y.is_complex() else y).sum().backward()
+
+
 def _time_method(method: str, n: int, batch: int, max_seconds: float, device: str = "cpu") -> BenchRow:
     fn, params, dtype = _make(method, n, device)
     x = torch.randn(batch, n, dtype=dtype, device=device)
-    # the first forward+backward of a fresh shape: on a GPU this includes compiling the Triton kernels (cached
-    # on disk for later processes); on CPU the fused kernel is already built when the layer is constructed
-    start = time.perf_counter()
-    xf = x.clone().requires_grad_(True)
-    y = fn(xf)
-    (y.real if y.is_complex() else y).sum().backward()
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-    first = time.perf_counter() - start
-    for p in params:
-        p.grad = None
-    with torch.no_grad():
-        fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds, device=device)
     xg = x.clone().requires_grad_(True)
 
     def fwd_bwd() -> None:
-        y = fn(xg)
-        (y.real if y.is_complex() else y).sum().backward()
+        _forward_backward(fn, xg)
         xg.grad = None
         for p in params:
             p.grad = None
 
+    # the first forward+backward of a fresh shape: on a GPU this includes compiling the Triton kernels (cached
+    # on disk for later processes); on CPU the fused kernel is already built when the layer is constructed
+    sync = synchronizer(device)
+    start = time.perf_counter()
+    fwd_bwd()
+    sync()
+    first = time.perf_counter() - start
+    with torch.no_grad():
+        fwd = median_seconds(lambda: fn(x), max_seconds=max_seconds, device=device)
     fb = median_seconds(fwd_bwd, max_seconds=max_seconds, device=device)
     kernel = ""
     if method == "butterfly":
@@ -171,11 +172,9 @@ def _cuda_peak_extra_memory(method: str, n: int, batch: int, device: str) -> flo
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        y = fn(x)
-        (y.real if y.is_complex() else y).sum().backward()
+        _forward_backward(fn, x)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
-        del y
     return (peak - before) / (x.numel() * x.element_size())
 
 

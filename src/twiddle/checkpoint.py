@@ -53,17 +53,15 @@ def load_safetensors(module: nn.Module, path: str | Path, *, strict: bool = True
         saved = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     own = module.state_dict(keep_vars=False)
     # tensors that share memory were written once under one of their names
-    missing = [k for k in own if k not in saved and not _aliased(own, k, saved)]
+    aliases = {k: _aliased(own, k, saved) for k in own if k not in saved}
+    missing = [k for k, alias in aliases.items() if alias is None]
     unexpected = [k for k in saved if k not in own]
     shapes = [f"{k}: file {tuple(saved[k].shape)}, module {tuple(own[k].shape)}" for k in own
               if k in saved and saved[k].shape != own[k].shape]
     if shapes or (strict and (missing or unexpected)):
         raise ValueError(f"{path} does not fit {type(module).__name__}: missing {missing}, unexpected "
                          f"{unexpected}, shape mismatches {shapes}")
-    for k in own:
-        alias = None if k in saved else _aliased(own, k, saved)
-        if alias is not None:
-            saved[k] = saved[alias]
+    saved.update({k: saved[alias] for k, alias in aliases.items() if alias is not None})
     module.load_state_dict({k: v for k, v in saved.items() if k in own}, strict=strict)
     return module
 

@@ -129,9 +129,11 @@ def _bench(args: argparse.Namespace) -> int:
         bad = [v for v in getattr(args, name) if v <= 0]
         if bad:
             raise SystemExit(f"twiddle bench: --{name} must be positive integers, got {bad}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"twiddle bench: --device {args.device} was asked for but CUDA is not available here")
-    rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch, device=args.device)
+    try:
+        rows = benchmark.run(args.sizes, args.batches, args.methods, memory_batch=args.memory_batch,
+                             device=args.device)
+    except ValueError as err:  # e.g. --device cuda where CUDA is not available
+        raise SystemExit(f"twiddle bench: {err}") from err
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         benchmark.save_json(rows, args.out / "multiply.json", device=args.device)
