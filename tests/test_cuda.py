@@ -43,7 +43,7 @@ def _reference_with_grads(t, x, g, inc, tr, out):
 CASES = list(itertools.product([2, 16, 256], [1, 2], [1, 2], [True, False], [False, True])) + [
     (n, nblocks, nstacks, inc, tr) for n in (1024, 4096) for nblocks, nstacks, inc, tr in ((1, 1, True, False),
                                                                                              (2, 2, False, True))
-]
+]  # the default variant for each n: unrolled up to UNROLLED_MAX_N, loop above
 
 
 @needs_triton
@@ -65,6 +65,31 @@ def test_triton_matches_reference_forward_and_backward(n, nblocks, nstacks, inc,
         assert _rel(y, ref_y) < tol
         assert _rel(gx, ref_gx) < tol
         assert _rel(gt, ref_gt) < tol
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", ["loop", "unrolled"])
+@pytest.mark.parametrize("n", [16, 256, 1024, 4096, 16384])
+def test_both_variants_match_reference_with_bias(n, variant):
+    """Both kernel variants at every size they serve (the unrolled one up to its compile-time limit), the bias
+    fused into the forward's store, batches spanning more tiles than the tile-walking programs."""
+    if variant == "unrolled" and n > triton_kernel.UNROLLED_MAX_N:
+        pytest.skip("the unrolled kernel takes minutes to compile at this size")
+    gen = torch.Generator(device="cpu").manual_seed(n)
+    log_n = n.bit_length() - 1
+    t = (torch.randn(2, 2, log_n, n // 2, 2, 2, dtype=torch.float64, generator=gen) / 2**0.5).to(CUDA)
+    for batch, tr in ((5, False), (4100, True)):
+        m, out = (2 * n - 3, n - 1) if tr else (n - 1, 2 * n - 2)
+        x = torch.randn(batch, m, dtype=torch.float64, generator=gen).to(CUDA)
+        g = torch.randn(batch, out, dtype=torch.float64, generator=gen).to(CUDA)
+        bias = torch.randn(out, dtype=torch.float64, generator=gen).to(CUDA)
+        ref_y, ref_gt, ref_gx = _reference_with_grads(t, x, g, False, tr, out)
+        for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 3e-5)):
+            y = triton_kernel.triton_forward(t.to(dtype), x.to(dtype), False, tr, out, variant, bias=bias.to(dtype))
+            gt, gx = triton_kernel.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), False, tr, out, variant)
+            assert _rel(y, ref_y + bias) < tol
+            assert _rel(gx, ref_gx) < tol
+            assert _rel(gt, ref_gt) < tol
 
 
 @needs_triton

@@ -14,42 +14,84 @@ triton = pytest.importorskip("triton")
 
 INTERPRETER_CHECK = textwrap.dedent(
     """
-    import itertools, torch
-    from twiddle.ops.triton_kernel import triton_forward, triton_backward
+    import itertools, sys, torch
+    from twiddle.ops import triton_kernel as tk
     from twiddle.ops import butterfly_multiply_reference
+    variant = sys.argv[1]
     torch.manual_seed(0)
     worst = {torch.float64: 0.0, torch.float32: 0.0}
-    cases = itertools.product([1, 2, 8, 32], [1, 2, 3], [1, 2], [True, False], [False, True])
-    for n, nblocks, nstacks, inc, tr in cases:
+
+    def rel(a, b):
+        return ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+    def reference(t, x, g, inc, tr, out, bias=None):
+        tt, xx = t.clone().requires_grad_(), x.clone().requires_grad_()
+        bb = None if bias is None else bias.clone().requires_grad_()
+        y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr)
+        y = y if bb is None else y + bb
+        (y * g).sum().backward()
+        return y.detach(), tt.grad if tt.grad is not None else torch.zeros_like(t), xx.grad, bb
+
+    # every option at small n; 300 rows at n = 128 are 5 tiles of 64 rows for 4 programs: tile walking
+    cases = list(itertools.product([1, 2, 8, 32], [1, 2, 3], [1, 2], [True, False], [False, True], [7]))
+    cases += [(128, 2, 2, True, False, 300), (128, 1, 1, False, True, 300)]
+    for n, nblocks, nstacks, inc, tr, batch in cases:
         t = torch.randn(nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2, dtype=torch.float64) / 2 ** 0.5
         m = max(1, nstacks * n - 3) if tr else max(1, n - 1)
         out = max(1, n - 1) if tr else max(1, nstacks * n - 2)
-        x = torch.randn(7, m, dtype=torch.float64)
-        g = torch.randn(7, out, dtype=torch.float64)
-        tt, xx = t.clone().requires_grad_(), x.clone().requires_grad_()
-        ref = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr)
-        (ref * g).sum().backward()
-        ref_gt = tt.grad if tt.grad is not None else torch.zeros_like(t)
+        x = torch.randn(batch, m, dtype=torch.float64)
+        g = torch.randn(batch, out, dtype=torch.float64)
+        ref_y, ref_gt, ref_gx, _ = reference(t, x, g, inc, tr, out)
         for dtype in worst:
-            y = triton_forward(t.to(dtype), x.to(dtype), inc, tr, out)
-            gt, gx = triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out)
+            y = tk.triton_forward(t.to(dtype), x.to(dtype), inc, tr, out, variant)
+            gt, gx = tk.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out, variant)
             assert y.dtype == gx.dtype == gt.dtype == dtype
-            for a, b in ((y, ref), (gx, xx.grad), (gt, ref_gt)):
-                err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
-                worst[dtype] = max(worst[dtype], err)
+            for a, b in ((y, ref_y), (gx, ref_gx), (gt, ref_gt)):
+                worst[dtype] = max(worst[dtype], rel(a, b))
+
+    # the differentiable entry points (eager autograd.Function and the custom op), with a bias fused or not
+    import os
+    os.environ["TWIDDLE_TRITON_VARIANT"] = variant
+    for tr in (False, True):
+        n, out = 16, 13
+        t = torch.randn(2, 1, 4, 8, 2, 2, dtype=torch.float64)
+        x = torch.randn(5, 30 if tr else 16, dtype=torch.float64)
+        g = torch.randn(5, out, dtype=torch.float64)
+        bias = torch.randn(out, dtype=torch.float64)
+        ref_y, ref_gt, ref_gx, ref_b = reference(t, x, g, True, tr, out, bias)
+        for call in ("eager", "op"):
+            tt, xx, bb = (v.clone().requires_grad_() for v in (t, x, bias))
+            if call == "eager":
+                y = tk.triton_butterfly_multiply(tt, xx, True, out_size=out, transpose=tr, bias=bb)
+            else:
+                y = tk._triton_op(tt, xx, bb, True, tr, out)
+            (y * g).sum().backward()
+            for a, b in ((y, ref_y), (tt.grad, ref_gt), (xx.grad, ref_gx), (bb.grad, ref_b.grad)):
+                worst[torch.float64] = max(worst[torch.float64], rel(a.detach(), b))
     print(worst[torch.float64], worst[torch.float32])
     """
 )
 
 
-def test_triton_kernel_logic_in_the_interpreter():
+@pytest.mark.parametrize("variant", ["unrolled", "loop"])
+def test_triton_kernel_logic_in_the_interpreter(variant):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], capture_output=True, text=True, env=env,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK, variant], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     err64, err32 = map(float, out.stdout.split())
     assert err64 < 1e-12
     assert err32 < 2e-5
+
+
+def test_variant_choice():
+    from twiddle.ops.triton_kernel import UNROLLED_MAX_N, choose_variant
+
+    assert choose_variant(UNROLLED_MAX_N) == "unrolled"
+    assert choose_variant(2 * UNROLLED_MAX_N) == "loop"
+    assert choose_variant(16, "loop") == "loop"
+    with pytest.raises(ValueError, match="variant must be one of"):
+        choose_variant(16, "fast")
 
 
 COMPILE_CHECK = textwrap.dedent(
@@ -58,16 +100,24 @@ COMPILE_CHECK = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from twiddle.ops import triton_kernel as tk
-    common = {"N": "constexpr", "LOG_N": "constexpr", "NBLOCKS": "constexpr", "INCREASING": "constexpr",
-              "TRANSPOSE": "constexpr", "BLOCK_B": "constexpr", "COMPUTE": "constexpr"}
-    consts = {"N": 32, "LOG_N": 5, "NBLOCKS": 2, "INCREASING": 1, "TRANSPOSE": 1, "BLOCK_B": 16,
-              "COMPUTE": tl.float32}
-    fwd = dict.fromkeys(["x_ptr", "tw_ptr", "out_ptr"], "*fp32")
-    fwd.update(dict.fromkeys(["batch", "in_size", "out_cols", "ld_x", "ld_out", "stack_out_stride"], "i32"))
-    bwd = dict.fromkeys(["x_ptr", "tw_ptr", "g_ptr", "gx_ptr", "dtw_ptr", "acts_ptr"], "*fp32")
-    bwd.update(dict.fromkeys(["batch", "in_size", "out_cols", "ld_x", "ld_g", "stack_gx_stride"], "i32"))
-    for kernel, sig in ((tk._forward_kernel, fwd), (tk._backward_kernel, bwd)):
-        compiled = triton.compile(ASTSource(kernel, {**sig, **common}, consts), target=GPUTarget("cuda", 80, 32))
+    geometry = {"N": 32, "LOG_N": 5, "NBLOCKS": 2, "INCREASING": 1, "TRANSPOSE": 1, "BLOCK_B": 16,
+                "COMPUTE": tl.float32}
+    sizes = ["batch", "in_size", "out_cols", "ld_x", "ld_out", "stack_out_stride"]
+    fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr"], "*fp32"), **dict.fromkeys(sizes, "i32")}
+    loop_fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr", "work_ptr"], "*fp32"),
+                **dict.fromkeys(sizes + ["n_tiles"], "i32")}
+    bwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "g_ptr", "gx_ptr", "dtw_ptr", "acts_ptr"], "*fp32"),
+           **dict.fromkeys(["batch", "in_size", "out_cols", "ld_x", "ld_g", "stack_gx_stride", "n_tiles"], "i32")}
+    kernels = (
+        (tk._forward_kernel, fwd, {"HAS_BIAS": 1}),
+        (tk._backward_kernel, bwd, {}),
+        (tk._loop_forward_kernel, loop_fwd, {"HAS_BIAS": 1, "CHUNK": 8}),
+        (tk._loop_backward_kernel, bwd, {"CHUNK": 8}),
+    )
+    for kernel, sig, extra in kernels:
+        consts = {**geometry, **extra}
+        signature = {**sig, **dict.fromkeys(consts, "constexpr")}
+        compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 80, 32))
         assert ".entry" in compiled.asm["ptx"]
     print("ok")
     """

@@ -137,9 +137,8 @@ def _multiply_checked(
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
-        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose)
-        if bias is not None:
-            y = y + bias
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose,
+                                      bias=bias if bias is None or bias.dtype == compute else bias.to(compute))
     else:
         y = fused_cpu.fused_butterfly_multiply(
             tw,
