@@ -397,7 +397,7 @@ def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> None:
     key = (kernel, device, tuple(map(_specialization, args)), tuple(meta.values()))
     compiled = _LAUNCHERS.get(key)
     if compiled is not None:
-        compiled[grid](*args, *meta.values())
+        compiled[(grid[0], grid[1], 1)](*args, *meta.values())  # a compiled kernel's launcher wants 3 dims
         return
     compiled = kernel[grid](*args, **meta)
     if hasattr(compiled, "packed_metadata"):  # a GPU compilation (the interpreter returns nothing to keep)
