@@ -439,7 +439,7 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
         _launch(_loop_forward_kernel, (nprog, nstacks),
                 (xc, tw, b, target, work, batch, m, cols, m, ld_out, batch * n, n_tiles), meta)
     if transpose:
-        y = target.sum(0)[:, :out_size]
+        y = (target[0] if nstacks == 1 else target.sum(0))[:, :out_size]
         return y if bias is None else y + bias
     return target
 
@@ -475,7 +475,9 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
         acts = torch.empty(nstacks * nprog * (F + 1) * block_b * n, device=x.device, dtype=wide)
         _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes),
                 {**meta, "CHUNK": _chunk(n, block_b), "COMPUTE": _compute_dtype(x.dtype)})
-    return partial.sum(0).to(twiddle.dtype), gx_slabs.sum(0)
+    # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
+    gt = partial[0] if nprog == 1 else partial.sum(0)
+    return gt.to(twiddle.dtype), gx_slabs[0] if gx_slabs.shape[0] == 1 else gx_slabs.sum(0)
 
 
 if HAVE_TRITON:
