@@ -111,7 +111,7 @@ if HAVE_TRITON:
         mask = (rows[:, None] < batch) & (cols[None, :] < ncols)
         return tl.load(ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0.0).to(COMPUTE)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["batch", "stack_out_stride"])  # one compilation for every batch size
     def _forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, batch, in_size, out_cols, ld_x, ld_out,
                         stack_out_stride, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                         INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -133,7 +133,7 @@ if HAVE_TRITON:
         tl.store(out_ptr + k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :],
                  x.to(out_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
     def _backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x, ld_g,
                          stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                          INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -237,7 +237,7 @@ if HAVE_TRITON:
             tl.store(grad + off, a * g0 + c * g1)
             tl.store(grad + off + (1 << log_s), b * g0 + d * g1)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["batch", "stack_out_stride", "n_tiles"])  # one compilation for every batch size
     def _loop_forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, work_ptr, batch, in_size, out_cols, ld_x, ld_out,
                              stack_out_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                              INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -275,7 +275,7 @@ if HAVE_TRITON:
                      y.to(out_ptr.dtype.element_ty), mask=mask)
             tl.debug_barrier()  # the next tile overwrites work
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
     def _loop_backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x,
                               ld_g, stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
                               NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
