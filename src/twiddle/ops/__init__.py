@@ -6,8 +6,9 @@ Kernels:
 * ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built on first use; CPU tensors of
   dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32, complex32 in
   complex64, and cast back).
-* ``triton`` — the Triton GPU kernel (:mod:`twiddle.ops.triton_kernel`) for real CUDA tensors when Triton is
-  installed (complex CUDA tensors use the reference).
+* ``triton`` — the Triton GPU kernels (:mod:`twiddle.ops.triton_kernel`; unrolled up to n = 2048, a factor loop
+  above, ``TWIDDLE_TRITON_VARIANT`` forces one) for real CUDA tensors when Triton is installed (complex CUDA
+  tensors use the reference).
 
 Choose with the environment variable ``TWIDDLE_KERNEL`` = ``auto`` (default: fused where it applies),
 ``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run).

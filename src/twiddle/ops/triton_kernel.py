@@ -1,14 +1,23 @@
-"""GPU butterfly multiply in Triton: every factor of a batch tile applied in registers/shared memory.
+"""GPU butterfly multiply in Triton, in two variants (chosen by :func:`choose_variant`).
 
-One program handles ``BLOCK_B`` rows of one stack: it loads the zero-padded rows once, applies all
-``nblocks * log_n`` factors (each a reshape ``(B, n/2s, 2, s)``, a split into the two members of every pair, two
-multiply-adds, a join) and writes the result once. The twiddle is read in the user's layout; the transpose
-(reverse the factors, swap the off-diagonal entries) is compile-time index arithmetic.
+* ``unrolled`` (n <= :data:`UNROLLED_MAX_N`): one program handles ``BLOCK_B`` rows of one stack: it loads the
+  zero-padded rows once, applies all ``nblocks * log_n`` factors in registers (each a reshape ``(B, n/2s, 2, s)``, a
+  split into the two members of every pair, two multiply-adds, a join; the compiler exchanges values through shared
+  memory) and writes the result once, adding the bias in that store. Fast, but the program is unrolled over the
+  factors, so compiling it takes long at large n.
+* ``loop``: a run-time loop over the factors; the tile lives in a per-program scratch buffer (global memory, in
+  cache), each factor updates it in place ``CHUNK`` pairs at a time, and a barrier separates factors. One short
+  compilation per n and bounded registers at any n; slower than ``unrolled`` where both compile quickly.
 
-The backward recomputes the tile's activations, keeping each factor's input in a scratch buffer for the
-duration of the backward call only, and writes per-program partial twiddle gradients that are summed in a fixed
-order (deterministic). Real dtypes only: float64 is computed in float64, float32/float16/bfloat16 in float32;
-complex CUDA tensors use the reference multiply.
+The twiddle is read in the user's layout; the transpose (reverse the factors, swap the off-diagonal entries) is
+index arithmetic. Backwards recompute each tile's activations into a per-program scratch and walk tiles with a fixed
+number of programs, each adding its twiddle gradients into its own slice (summed in a fixed order afterwards:
+deterministic). Real dtypes only: float64 is computed in float64, float32/float16/bfloat16 in float32; complex CUDA
+tensors use the reference multiply. No Triton specialization on the batch size: one compilation per shape.
+
+Host cost matters at small batches: eager calls go through a ``torch.autograd.Function`` (a custom op's dispatch
+costs several times more per call; under ``torch.compile`` the custom op ``twiddle::butterfly_multiply_triton`` is
+used so that graphs see one op), and compiled kernels are launched directly (:func:`_launch`).
 
 Without a GPU the same kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors: that is
 how CI checks their logic.
