@@ -166,3 +166,73 @@ def test_speed_quick_writes_its_three_files(tmp_path):
         assert methods == {(m, n) for m in ("linear", "butterfly", "fft") for n in (64, 256)}
         assert all(r["forward_ms"] > 0 and r["forward_backward_ms"] > 0 for r in setting["rows"])
     assert "0.19×" in (folder / "table.md").read_text()
+
+
+def _fake_sketch_data(root):
+    """HS-SOD cubes (.mat and .npy), TechTC-300 vectors.dat files and a CIFAR-10 folder, all tiny."""
+    import numpy as np
+    import scipy.io
+
+    rng = np.random.default_rng(1)
+    hs = root / "hs-sod"
+    hs.mkdir(parents=True)
+    scipy.io.savemat(hs / "0001.mat", {"hypercube": rng.random((12, 16, 5)), "label": np.ones((2, 2))})
+    np.save(hs / "0002.npy", rng.random((5, 12, 16)))  # spectral axis first: found as the smallest one
+    for i in range(6):
+        folder = root / "techtc300" / f"Exp_{i}"
+        folder.mkdir(parents=True)
+        lines = ["# TechTC-style vectors"] + [
+            f"{1 if j % 2 else -1} " + " ".join(f"{f}:{rng.random():.3f}" for f in sorted(rng.choice(20 + i, 4,
+                                                                                             replace=False) + 1))
+            for j in range(7 + i)]
+        (folder / "vectors.dat").write_text("\n".join(lines) + "\n")
+    _fake_cifar(root / "cifar-10-batches-py")
+
+
+def test_sketch_matrix_loaders_read_their_formats(tmp_path):
+    from twiddle.experiments._matrices import cifar10_matrices, load_hs_sod, load_techtc, pad_stack
+
+    _fake_sketch_data(tmp_path)
+    bands = load_hs_sod(tmp_path / "hs-sod")
+    assert bands.shape == (10, 16, 12)  # 5 bands per cube, longer side as rows
+    assert load_hs_sod(tmp_path / "hs-sod", count=3, seed=2).shape == (3, 16, 12)
+    docs = load_techtc(tmp_path / "techtc300")
+    assert docs.shape[0] == 6 and docs.shape[2] == 12  # the largest set has 12 documents
+    assert (docs != 0).sum(dim=1).max() == 4  # 4 features per document
+    gray = cifar10_matrices(tmp_path / "cifar-10-batches-py", count=5)
+    assert gray.shape == (5, 32, 32) and 0 <= gray.min() and gray.max() <= 1
+    padded = pad_stack([torch.ones(2, 3).numpy(), torch.ones(3, 1).numpy()])
+    assert padded.shape == (2, 3, 3) and padded.sum() == 9
+
+
+def test_sketch_matrix_loaders_say_what_is_wrong(tmp_path):
+    from twiddle.experiments._matrices import load_hs_sod, load_techtc
+
+    with pytest.raises(FileNotFoundError, match="HS-SOD not found.*hs-sod/ under --data DIR"):
+        load_hs_sod(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="TechTC-300 not found.*vectors.dat"):
+        load_techtc(tmp_path)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "vectors.dat").write_text("1 3:0.5 x:1\n")
+    with pytest.raises(ValueError, match=r"vectors.dat:1: expected 'id:value'.*'x:1'"):
+        load_techtc(tmp_path / "bad")
+    import numpy as np
+
+    (tmp_path / "flat").mkdir()
+    np.save(tmp_path / "flat" / "a.npy", np.ones((4, 4)))
+    with pytest.raises(ValueError, match="no 3-D numeric array"):
+        load_hs_sod(tmp_path / "flat")
+
+
+def test_ailon2021_sketch_uses_the_papers_data_sets_when_present(tmp_path):
+    _fake_sketch_data(tmp_path / "data")
+    results = experiments.run("ailon2021-sketch", quick=True, out=tmp_path, data=tmp_path / "data")
+    names = {r["dataset"] for r in results["rows"]}
+    assert {"HS-SOD", "CIFAR-10", "TechTC-300", "planted", "mnist"} <= names
+    for row in results["rows"]:
+        assert math.isfinite(row["err"]) and row["err"] >= -1e-5
+    split = {r["dataset"]: (r["train"], r["test"]) for r in results["rows"]}
+    assert split["HS-SOD"] == (8, 2) and split["TechTC-300"] == (5, 1)  # fewer matrices than 60/20: 80/20
+    assert results["not_found"] == []
+    table = (tmp_path / "ailon2021-sketch" / "table.md").read_text()
+    assert "| HS-SOD (ours) |" in table and "| TechTC-300 (ours) |" in table

@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--quick", action="store_true", help="small sizes, seconds instead of hours")
     reproduce.add_argument("--out", type=Path, default=Path("results"), help="results go to OUT/NAME/")
     reproduce.add_argument("--data", type=Path, default=None,
-                           help="folder with local data sets (CIFAR-10's cifar-10-batches-py/); default $TWIDDLE_DATA")
+                           help="folder with local data sets (cifar-10-batches-py/; for ailon2021-sketch also "
+                                "hs-sod/ and techtc300/); default $TWIDDLE_DATA")
     reproduce.add_argument("--method", action="append", choices=FACTOR_METHODS,
                            help="factorization method(s) to run")
     reproduce.add_argument("--time-budget", type=float, default=None, help="seconds per gradient-method cell")

@@ -61,12 +61,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, np.asarray(batch[b"labels"], dtype=np.int64)
 
 
-def load_cifar10(folder: str | Path) -> ImageData:
-    """CIFAR-10 from the python-pickle release in ``folder`` (50,000 train / 10,000 test, 3 × 32 × 32).
-
-    Raises FileNotFoundError naming the missing files and where to get them.
-    """
-    folder = Path(folder)
+def _require_cifar10_files(folder: Path) -> None:
+    """Raise FileNotFoundError naming the missing files of the python-pickle release and where to get them."""
     missing = [name for name in (*_CIFAR_TRAIN, "test_batch") if not (folder / name).exists()]
     if missing:
         raise FileNotFoundError(
@@ -74,6 +70,15 @@ def load_cifar10(folder: str | Path) -> ImageData:
             "(cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html), unpack it, and pass the "
             f"folder holding {_CIFAR_FOLDER}/ with --data DIR or ${DATA_ENV}"
         )
+
+
+def load_cifar10(folder: str | Path) -> ImageData:
+    """CIFAR-10 from the python-pickle release in ``folder`` (50,000 train / 10,000 test, 3 × 32 × 32).
+
+    Raises FileNotFoundError naming the missing files and where to get them.
+    """
+    folder = Path(folder)
+    _require_cifar10_files(folder)
     parts = [_read_batch(folder / name) for name in _CIFAR_TRAIN]
     train_x = np.concatenate([p[0] for p in parts])
     train_y = np.concatenate([p[1] for p in parts])

