@@ -195,25 +195,27 @@ if HAVE_TRITON:
         return ((pairs >> log_s) << (log_s + 1)) + (pairs & ((1 << log_s) - 1))
 
     @triton.jit
-    def _loop_entries(tw_f, pairs, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
-        """The applied entries a, b, c, d of the blocks ``pairs`` of one factor (twiddle slice ``tw_f``), (1, P)."""
+    def _loop_chunk(tw_f, start, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr,
+                    TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
+        """Pairs ``start .. start + CHUNK`` of one factor (twiddle slice ``tw_f``, stride 2^log_s): their indices,
+        the tile offsets of their first members in every row ``(BLOCK_B, CHUNK)``, and the applied entries
+        a, b, c, d of their blocks, each ``(1, CHUNK)``."""
+        pairs = start + tl.arange(0, CHUNK)
+        off = tl.arange(0, BLOCK_B)[:, None] * N + _pair_offsets(pairs, log_s)[None, :]
         t = tw_f + 4 * pairs
         a = tl.load(t).to(COMPUTE)[None, :]
         b = tl.load(t + 1 + TRANSPOSE).to(COMPUTE)[None, :]
         c = tl.load(t + 2 - TRANSPOSE).to(COMPUTE)[None, :]
         d = tl.load(t + 3).to(COMPUTE)[None, :]
-        return a, b, c, d
+        return pairs, off, a, b, c, d
 
     @triton.jit
     def _loop_apply(src, dst, tw_f, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr,
                     TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
         """Apply one factor (stride 2^log_s) to the (BLOCK_B, N) tile at ``src``, writing it at ``dst`` (may be
         ``src``: each element is read and written by the same thread), ``CHUNK`` pairs of every row at a time."""
-        rows = tl.arange(0, BLOCK_B)[:, None] * N
         for start in range(0, N // 2, CHUNK):
-            pairs = start + tl.arange(0, CHUNK)
-            a, b, c, d = _loop_entries(tw_f, pairs, TRANSPOSE, COMPUTE)
-            off = rows + _pair_offsets(pairs, log_s)[None, :]
+            pairs, off, a, b, c, d = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
             u = tl.load(src + off)
             v = tl.load(src + off + (1 << log_s))
             tl.store(dst + off, a * u + b * v)
@@ -224,11 +226,8 @@ if HAVE_TRITON:
                              CHUNK: tl.constexpr, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
         """Backward through one factor: add the tile's twiddle gradient to ``dtw_f`` and replace the gradient
         tile at ``grad`` by the gradient w.r.t. the factor's input (whose values are at ``acts_j``)."""
-        rows = tl.arange(0, BLOCK_B)[:, None] * N
         for start in range(0, N // 2, CHUNK):
-            pairs = start + tl.arange(0, CHUNK)
-            a, b, c, d = _loop_entries(tw_f, pairs, TRANSPOSE, COMPUTE)
-            off = rows + _pair_offsets(pairs, log_s)[None, :]
+            pairs, off, a, b, c, d = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
             u0 = tl.load(acts_j + off)
             u1 = tl.load(acts_j + off + (1 << log_s))
             g0 = tl.load(grad + off)
