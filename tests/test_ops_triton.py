@@ -133,3 +133,40 @@ def test_triton_kernels_compile_for_a_gpu_target():
         pytest.skip("Triton's PTX toolchain is not available here")
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stdout.strip().endswith("ok")
+
+
+def test_launch_cache_compiles_once_per_specialization_and_passes_constexprs_in_signature_order():
+    """_launch's GPU fast path, with a stand-in for a JIT kernel: the first call goes through ``kernel[grid]`` with
+    keyword constexprs; later calls with the same specialization call the compiled launcher positionally, constexprs
+    in the kernel's signature order whatever order ``meta`` has; a new specialization compiles again."""
+    import torch
+
+    from twiddle.ops import triton_kernel as tk
+
+    calls = []
+
+    class Compiled:
+        packed_metadata = None
+
+        def __getitem__(self, grid):
+            return lambda *args: calls.append(("compiled", grid, args))
+
+    class Kernel:
+        arg_names = ["x_ptr", "size", "N", "BLOCK", "FLAG"]
+
+        def __getitem__(self, grid):
+            def run(*args, **meta):
+                calls.append(("jit", grid, args, meta))
+                return Compiled()
+
+            return run
+
+    kernel, x = Kernel(), torch.zeros(4)
+    meta = {"FLAG": 1, "N": 8, "BLOCK": 2}  # not in signature order
+    tk._launch(kernel, (3, 1), (x, 32), meta)
+    tk._launch(kernel, (5, 1), (x, 48), meta)  # same specialization (a multiple of 16, not 1)
+    tk._launch(kernel, (5, 1), (x, 7), meta)  # a new one
+    assert calls[0] == ("jit", (3, 1), (x, 32), meta)
+    assert calls[1] == ("compiled", (5, 1, 1), (x, 48, 8, 2, 1))
+    assert calls[2][0] == "jit"
+    assert len(calls) == 3

@@ -384,8 +384,9 @@ def _sm_count(index: int | None) -> int:
                                             ).multi_processor_count
 
 
-# compiled kernels by (kernel, device, argument specialization, constexprs): see _launch
-_LAUNCHERS: dict[tuple, object] = {}
+# (compiled kernel, its constexpr values in signature order) by (kernel, device, argument specialization,
+# constexprs): see _launch
+_LAUNCHERS: dict[tuple, tuple] = {}
 
 
 def _specialization(arg: object) -> object:
@@ -400,16 +401,27 @@ def _specialization(arg: object) -> object:
 
 def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> None:
     """``kernel[grid](*args, **meta)``; once a specialization has been compiled, later calls launch the compiled
-    kernel directly and skip Triton's per-call argument binding (tens of microseconds per call)."""
+    kernel directly and skip Triton's per-call argument binding (tens of microseconds per call). ``args`` are the
+    kernel's run-time arguments in signature order; ``meta`` its constexprs by name, in any order."""
     device = torch.cuda.current_device() if args[0].is_cuda else None
-    key = (kernel, device, tuple(map(_specialization, args)), tuple(meta.values()))
-    compiled = _LAUNCHERS.get(key)
-    if compiled is not None:
-        compiled[(grid[0], grid[1], 1)](*args, *meta.values())  # a compiled kernel's launcher wants 3 dims
+    key = (kernel, device, tuple(map(_specialization, args)), tuple(meta.items()))
+    entry = _LAUNCHERS.get(key)
+    if entry is not None:
+        compiled, constexprs = entry
+        compiled[(grid[0], grid[1], 1)](*args, *constexprs)  # a compiled kernel's launcher wants 3 dims
         return
     compiled = kernel[grid](*args, **meta)
     if hasattr(compiled, "packed_metadata"):  # a GPU compilation (the interpreter returns nothing to keep)
-        _LAUNCHERS[key] = compiled
+        # the compiled launcher takes every argument positionally: constexprs in the kernel's signature order
+        _LAUNCHERS[key] = compiled, tuple(meta[name] for name in kernel.arg_names[len(args):])
+
+
+def _constexprs(twiddle: torch.Tensor, increasing_stride: bool, transpose: bool, block_b: int, dtype: torch.dtype,
+                **extra: int) -> dict:
+    """The compile-time arguments every kernel takes (geometry, options, compute dtype), plus ``extra``."""
+    _, nblocks, log_n, n = _shapes(twiddle)
+    return dict(N=n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride), TRANSPOSE=int(transpose),
+                BLOCK_B=block_b, COMPUTE=_compute_dtype(dtype), **extra)
 
 
 def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool,
@@ -419,7 +431,7 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
     ``variant``: ``unrolled`` (every factor compiled in, the tile kept in registers) or ``loop`` (a run-time loop
     over the factors through an on-chip scratch tile); ``auto``: see :func:`choose_variant`."""
-    nstacks, nblocks, log_n, n = _shapes(twiddle)
+    nstacks, _, _, n = _shapes(twiddle)
     variant = choose_variant(n, variant)
     batch, m = x.shape
     tw = twiddle.contiguous()
@@ -433,19 +445,17 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     else:
         target = torch.empty(batch, out_size, device=x.device, dtype=x.dtype)
         ld_out, cols = out_size, out_size
-    meta = dict(N=n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride), TRANSPOSE=int(transpose),
-                BLOCK_B=block_b)
+    meta = _constexprs(twiddle, increasing_stride, transpose, block_b, x.dtype, HAS_BIAS=int(fuse_bias))
     b = bias.contiguous() if fuse_bias else None
     if batch > 0 and variant == "unrolled":
-        meta.update(HAS_BIAS=int(fuse_bias), COMPUTE=_compute_dtype(x.dtype))
         _launch(_forward_kernel, (n_tiles, nstacks), (xc, tw, b, target, batch, m, cols, m, ld_out, batch * n),
                 meta)
     elif batch > 0:
         nprog = _programs(n_tiles, x.device, per_sm=4)
         work = torch.empty(nstacks * nprog * block_b * n, device=x.device, dtype=_wide(x.dtype))
-        meta.update(CHUNK=_chunk(n, block_b), HAS_BIAS=int(fuse_bias), COMPUTE=_compute_dtype(x.dtype))
         _launch(_loop_forward_kernel, (nprog, nstacks),
-                (xc, tw, b, target, work, batch, m, cols, m, ld_out, batch * n, n_tiles), meta)
+                (xc, tw, b, target, work, batch, m, cols, m, ld_out, batch * n, n_tiles),
+                {**meta, "CHUNK": _chunk(n, block_b)})
     if transpose:
         y = (target[0] if nstacks == 1 else target.sum(0))[:, :out_size]
         return y if bias is None else y + bias
@@ -470,19 +480,17 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
     gx_slabs = torch.empty((1 if transpose else nstacks), batch, m, device=x.device, dtype=x.dtype)
     if batch == 0:
         return torch.zeros_like(twiddle), gx_slabs.sum(0)
-    meta = dict(N=n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride), TRANSPOSE=int(transpose),
-                BLOCK_B=block_b)
+    meta = _constexprs(twiddle, increasing_stride, transpose, block_b, x.dtype)
     nprog = _programs(n_tiles, x.device, per_sm=2)
     partial = torch.zeros(nprog, nstacks, *twiddle.shape[1:], device=x.device, dtype=wide)
     args = (xc, tw, g, gx_slabs, partial)
     sizes = (batch, m, g.shape[1], m, g.shape[1], batch * m, n_tiles)
     if variant == "unrolled":
         acts = torch.empty(nstacks * nprog * max(F, 1) * block_b * n, device=x.device, dtype=wide)
-        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "COMPUTE": _compute_dtype(x.dtype)})
+        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), meta)
     else:
         acts = torch.empty(nstacks * nprog * (F + 1) * block_b * n, device=x.device, dtype=wide)
-        _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes),
-                {**meta, "CHUNK": _chunk(n, block_b), "COMPUTE": _compute_dtype(x.dtype)})
+        _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "CHUNK": _chunk(n, block_b)})
     # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
     gt = partial[0] if nprog == 1 else partial.sum(0)
     return gt.to(twiddle.dtype), gx_slabs[0] if gx_slabs.shape[0] == 1 else gx_slabs.sum(0)
