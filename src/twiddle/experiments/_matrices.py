@@ -139,5 +139,5 @@ def cifar10_matrices(folder: str | Path, count: int, seed: int = 0) -> torch.Ten
 
     _require_cifar10_files(Path(folder))
     images = np.concatenate([_read_batch(Path(folder) / name)[0] for name in _CIFAR_TRAIN])
-    gray = images.astype(np.float32).mean(axis=1) / 255.0
-    return torch.from_numpy(np.stack(_draw(list(gray), count, seed)))
+    picked = images[_draw(list(range(len(images))), count, seed)]  # convert only the drawn images
+    return torch.from_numpy(picked.astype(np.float32).mean(axis=1) / 255.0)

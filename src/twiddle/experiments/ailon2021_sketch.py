@@ -115,19 +115,19 @@ def main(*, quick: bool, out: Path, seed: int = 0, data: str | Path | None = Non
     settings = QUICK_SETTINGS if quick else SETTINGS
     steps = 40 if quick else 500
     train_n, test_n = (60, 20) if quick else (400, 100)
-    datasets = {
-        "planted": (planted(train_n + test_n, 64, 32, seed), train_n, test_n),
-        "mnist": (mnist_matrices(train_n + test_n, seed), train_n, test_n),
-    }
     found, missing = local_datasets(data, seed, quick)
-    datasets.update(found)
     for line in missing:
         print(f"ailon2021-sketch: {line}", file=sys.stderr)
+    raw = {
+        "planted": (planted(train_n + test_n, 64, 32, seed), train_n, test_n),
+        "mnist": (mnist_matrices(train_n + test_n, seed), train_n, test_n),
+        **found,
+    }
+    datasets = {name: (_normalize(matrices, seed), tr, te) for name, (matrices, tr, te) in raw.items()}
     rows = []
     cells = [(name, k, ell, family) for name in datasets for k, ell in settings for family in FAMILIES]
-    normalized = {name: _normalize(matrices, seed) for name, (matrices, _, _) in datasets.items()}
     for name, k, ell, family in tqdm(cells, desc="ailon2021-sketch", file=sys.stderr):
-        matrices, n_train, n_test = normalized[name], datasets[name][1], datasets[name][2]
+        matrices, n_train, n_test = datasets[name]
         train, test = matrices[:n_train], matrices[n_train : n_train + n_test]
         sketch = make_sketch(family, matrices.shape[1], ell, seed=seed + 1)
         if family in LEARNED:
