@@ -154,6 +154,23 @@ def test_dao2019_transforms_rejects_options_it_does_not_take(tmp_path):
         experiments.run("dao2019-transforms", quick=True, out=tmp_path, data=tmp_path)
 
 
+def test_dao2019_transforms_sizes_and_targets_from_the_cli(tmp_path, capsys):
+    assert main(["reproduce", "dao2019-transforms", "--sizes", "4", "32", "--targets", "hadamard", "--method",
+                 "hierarchical", "--out", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [(r["target"], r["n"]) for r in rows] == [("hadamard", 4), ("hadamard", 32)]
+    assert rows[0]["paper_rmse"] is None and rows[1]["paper_rmse"] == 1.3e-5  # n = 4 is not in the paper's table
+    assert all(r["hierarchical_rmse"] < 1e-12 for r in rows)
+
+
+@pytest.mark.parametrize("option, message", [({"sizes": (8, 12)}, "powers of two"), ({"sizes": (1,)}, "powers"),
+                                             ({"targets": ("dft", "fft")}, "unknown targets")])
+def test_dao2019_transforms_rejects_bad_sizes_and_targets(tmp_path, option, message):
+    with pytest.raises(ValueError, match=message):
+        experiments.run("dao2019-transforms", quick=True, out=tmp_path, **option)
+    assert not (tmp_path / "dao2019-transforms" / "results.json").exists()  # refused before any work
+
+
 def test_speed_quick_writes_its_three_files(tmp_path):
     threads = torch.get_num_threads()
     results = experiments.run("speed", quick=True, out=tmp_path)

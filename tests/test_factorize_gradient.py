@@ -106,3 +106,66 @@ def test_bpbp_model_reaches_1e4_on_convolution_8():
     result = factorize(target_matrix("convolution", 8, seed=1), method="gradient", model="bpbp", time_budget=300,
                        seed=1)
     assert result.rmse < 1e-4
+
+
+def test_gradient_config_checks_the_new_settings():
+    from twiddle.factorize.gradient import GradientConfig
+
+    with pytest.raises(ValueError, match="compare must be one of"):
+        GradientConfig(compare="imag")
+    with pytest.raises(ValueError, match="screen_steps"):
+        GradientConfig(screen_steps=-1)
+    with pytest.raises(ValueError, match="screen_steps"):
+        GradientConfig(screen_steps=2.5)
+    with pytest.raises(ValueError, match="logit_std"):
+        GradientConfig(logit_std=float("nan"))
+
+
+def test_screen_keeps_one_trial_per_distinct_permutation_ranked_by_loss():
+    from twiddle.factorize.gradient import GradientConfig, _screen
+
+    n, T = 8, 4
+    twiddles = [torch.randn(T, 3, n // 2, 2, 2, dtype=torch.complex128)]
+    a, b, c = torch.arange(n), torch.arange(n).flip(0), torch.arange(n).roll(1)
+    perms = [torch.stack([a, b, a, c])]  # trials 0 and 2 share a permutation
+    loss = torch.tensor([3.0, 1.0, 2.0, 0.5])
+    seen = []
+    config = GradientConfig(screen_steps=0, polish_top=3)
+    starts = _screen("bp", twiddles, perms, loss, None, True, config, float("inf"), lambda *args: seen.append(args))
+    assert [mse for mse, _, _ in starts] == [0.5, 1.0, 2.0]  # trial 0 (loss 3) is dropped for trial 2
+    assert [p[0].tolist() for _, _, p in starts] == [c.tolist(), b.tolist(), a.tolist()]
+    torch.testing.assert_close(starts[2][1][0], twiddles[0][2])
+    assert not seen  # nothing polished, so nothing considered
+    assert len(_screen("bp", twiddles, perms, loss, None, True, GradientConfig(screen_steps=0, polish_top=1),
+                       float("inf"), None)) == 1
+
+
+def test_screen_polishes_each_candidate_and_ranks_by_the_polished_error():
+    from twiddle.factorize.gradient import GradientConfig, _screen
+
+    n = 8
+    target = target_matrix("dft", n)  # a butterfly under the bit reversal, far from one under the identity
+    identity, bitrev = torch.arange(n), torch.tensor([0, 4, 2, 6, 1, 5, 3, 7])
+    twiddles = [torch.randn(2, 3, n // 2, 2, 2, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))]
+    loss = torch.tensor([1.0, 5.0])  # the Adam loss prefers the identity
+    considered = []
+    starts = _screen("bp", twiddles, [torch.stack([identity, bitrev])], loss, target.T.contiguous(), False,
+                     GradientConfig(screen_steps=50, polish_top=2), float("inf"),
+                     lambda tw, p, mse: considered.append(mse))
+    assert len(considered) == 2
+    assert starts[0][2][0].tolist() == bitrev.tolist() and starts[0][0] < 1e-6
+    assert starts[1][0] > 1e-3
+
+
+def test_complex_compare_fits_the_imaginary_part_to_zero():
+    import importlib
+
+    gradient = importlib.import_module("twiddle.factorize.gradient")
+    target = target_matrix("hadamard", 8)
+    fit = gradient.fit_bp(target, gradient.GradientConfig(compare="complex", polish="lbfgs", time_budget=60))
+    assert fit["mse"] < 1e-8
+    eye = torch.eye(8, dtype=torch.float64).unsqueeze(0)
+    out = gradient._model_trials("bp", [tw.unsqueeze(0) for tw in fit["twiddles"]],
+                                 [p.unsqueeze(0) for p in fit["perms"]], eye)[0]
+    assert out.imag.abs().max() < 1e-4  # the real-part fit leaves the imaginary part free; this one pins it
+    torch.testing.assert_close(out.real, target.T, atol=1e-4, rtol=0)

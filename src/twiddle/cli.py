@@ -190,6 +190,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         options["methods"] = tuple(args.method)
     if args.time_budget is not None:
         options["time_budget"] = args.time_budget
+    if args.sizes:
+        options["sizes"] = tuple(args.sizes)
+    if args.targets:
+        options["targets"] = tuple(args.targets)
     options["seed"] = args.seed
     if args.data is not None:
         options["data"] = args.data
@@ -264,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--method", action="append", choices=FACTOR_METHODS,
                            help="factorization method(s) to run")
     reproduce.add_argument("--time-budget", type=float, default=None, help="seconds per gradient-method cell")
+    reproduce.add_argument("--sizes", type=int, nargs="+", default=None,
+                           help="dao2019-transforms: the sizes n to run (default 8…1024; --quick 8 16)")
+    reproduce.add_argument("--targets", nargs="+", default=None,
+                           help="dao2019-transforms: the targets to run (default: every target of the table)")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument("--json", action="store_true", help="print the results as one JSON object")
     reproduce.set_defaults(func=_reproduce)

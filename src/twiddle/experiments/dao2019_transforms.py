@@ -72,6 +72,13 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
     if options:
         raise ValueError(f"options {sorted(options)} do not apply to dao2019-transforms")
     sizes = tuple(sizes or (QUICK_SIZES if quick else SIZES))
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, int) or n < 2 or n & (n - 1)]
+    if bad:
+        raise ValueError(f"sizes must be powers of two >= 2, got {bad}")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"unknown targets {unknown}; the table's targets are {TARGETS}")
+    targets = tuple(targets)
     budget = time_budget if time_budget is not None else (5.0 if quick else 600.0)
     cells = [(t, n) for t in targets for n in sizes]
     rows = []
