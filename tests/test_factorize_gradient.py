@@ -95,6 +95,14 @@ def test_bpbp_model_fits_a_convolution_as_two_stages(tmp_path):
 
 
 def test_gradient_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown gradient options \\['compar'\\]"):
+        factorize(torch.eye(8), method="gradient", compar="complex")
+    with pytest.raises(ValueError, match="unknown gradient options \\['trialz'\\]"):
+        factorize(torch.eye(8), method="gradient", screen_steps=2, trialz=1)
+    with pytest.raises(ValueError, match="apply to the gradient method only"):
+        factorize(torch.eye(8), compare="complex")
+    with pytest.raises(ValueError, match="compare must be one of"):
+        factorize(torch.eye(8), method="gradient", compare="imag")
     with pytest.raises(ValueError, match="model must be one of"):
         factorize(torch.eye(8), method="gradient", model="bpbpbp")
     with pytest.raises(ValueError, match="polish must be one of"):
@@ -164,6 +172,8 @@ def test_complex_compare_fits_the_imaginary_part_to_zero():
     target = target_matrix("hadamard", 8)
     fit = gradient.fit_bp(target, gradient.GradientConfig(compare="complex", polish="lbfgs", time_budget=60))
     assert fit["mse"] < 1e-8
+    result = factorize(target, method="gradient", compare="complex", polish="lbfgs", time_budget=60)
+    assert result.rmse < 1e-4  # the option reaches fit_bp through factorize
     eye = torch.eye(8, dtype=torch.float64).unsqueeze(0)
     out = gradient._model_trials("bp", [tw.unsqueeze(0) for tw in fit["twiddles"]],
                                  [p.unsqueeze(0) for p in fit["perms"]], eye)[0]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix",
-           "LIFTS", "complex_lift", "EXACT_TOLERANCE"]
+           "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig"]
 
 METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
@@ -204,6 +205,7 @@ def factorize(
     model: str = "bp",
     polish: str = "hierarchical",
     progress: bool = False,
+    **gradient_options,
 ) -> FactorizationResult:
     """Factor ``matrix`` (n × n, n a power of two) as ``M ≈ B P``.
 
@@ -232,6 +234,9 @@ def factorize(
         polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
             permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
             :mod:`twiddle.factorize.gradient`.
+        **gradient_options: further settings of the gradient method, the fields of
+            :class:`~twiddle.factorize.gradient.GradientConfig` (``compare``, ``screen_steps``, ``logit_std``,
+            ``probes``, ``steps_per_epoch``, ``lr_min``/``lr_max``, …).
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,
@@ -254,9 +259,16 @@ def factorize(
         trials = positive_int(trials, "trials")
         if not time_budget > 0:
             raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
+        fields = {f.name for f in dataclasses.fields(GradientConfig)}
+        named = {"trials", "time_budget", "seed", "target_rmse", "model", "polish"}
+        unknown = sorted(set(gradient_options) - (fields - named))
+        if unknown:
+            raise ValueError(f"unknown gradient options {unknown}; GradientConfig takes {sorted(fields - named)}")
         config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed),
-                                target_rmse=target_rmse, model=model, polish=polish)
+                                target_rmse=target_rmse, model=model, polish=polish, **gradient_options)
         return _factorize_gradient(m, permutation, config, progress, start)
+    if gradient_options:
+        raise ValueError(f"options {sorted(gradient_options)} apply to the gradient method only")
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
     stop_early = isinstance(permutation, str) and permutation == "auto"
