@@ -10,7 +10,8 @@ convolution, BP otherwise), beside the paper's reported RMSE and the two baselin
 Departures from the paper: its search ran under HyperBand on 8 GPUs with up to 320 restarts; here 16 restarts
 share a wall-clock budget per cell on the CPU, and the gradient method's polish starts from the closed-form
 projection under each learned permutation (``polish="hierarchical"``, see :mod:`twiddle.factorize.gradient`;
-BPBP has no closed form and uses the paper's L-BFGS polish alone). The hierarchical method fits one butterfly,
+BPBP has no closed form and uses the paper's L-BFGS polish, after a short L-BFGS screen of every distinct learned
+permutation). The hierarchical method fits one butterfly,
 so convolution (a product of two) is not exact for it.
 """
 

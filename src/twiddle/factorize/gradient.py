@@ -227,6 +227,8 @@ def _screen(model: str, twiddles: list[torch.Tensor], perms: list[torch.Tensor],
                                           config.screen_steps, deadline)
             consider(trial_twiddles, trial_perms, mse)
         starts.append((mse, trial_twiddles, trial_perms))
+        if mse <= config.target_rmse**2:
+            break  # this one is done; the others need not be screened
     return sorted(starts, key=lambda start: start[0])[: config.polish_top]
 
 
