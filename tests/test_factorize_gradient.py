@@ -179,3 +179,39 @@ def test_complex_compare_fits_the_imaginary_part_to_zero():
                                  [p.unsqueeze(0) for p in fit["perms"]], eye)[0]
     assert out.imag.abs().max() < 1e-4  # the real-part fit leaves the imaginary part free; this one pins it
     torch.testing.assert_close(out.real, target.T, atol=1e-4, rtol=0)
+
+
+def test_polish_start_is_checked_and_defaults_per_model():
+    from twiddle.factorize.gradient import GradientConfig
+
+    with pytest.raises(ValueError, match="polish_start must be one of"):
+        GradientConfig(polish_start="warm")
+    with pytest.raises(ValueError, match="applies to the L-BFGS polish"):
+        GradientConfig(polish_start="random")  # bp with the closed-form polish
+    GradientConfig(polish_start="random", polish="lbfgs")
+    GradientConfig(model="bpbp", polish_start="random")
+
+
+def test_screen_restarts_the_twiddles_when_asked():
+    from twiddle.factorize.gradient import GradientConfig, _screen
+
+    n = 8
+    target = target_matrix("dft", n).T.contiguous()
+    bitrev = torch.tensor([0, 4, 2, 6, 1, 5, 3, 7])
+    trained = [torch.full((1, 3, n // 2, 2, 2), 1e3 + 0j, dtype=torch.complex128)]  # a hopeless start
+    fresh = []
+
+    def restart(twiddles):
+        fresh.append(twiddles[0].shape)
+        return [torch.randn(t.shape, dtype=torch.complex128, generator=torch.Generator().manual_seed(1))
+                for t in twiddles]
+
+    starts = _screen("bp", trained, [bitrev.unsqueeze(0)], torch.tensor([1.0]), target, False,
+                     GradientConfig(screen_steps=20, polish_top=1), float("inf"), lambda *a: None, restart, 5)
+    assert fresh == [(3, n // 2, 2, 2)]
+    assert starts[0][0] < 1e-10  # 100 iterations from the fresh start find the FFT
+
+
+def test_bpbp_learns_convolution_16_with_random_polish_starts():
+    result = factorize(target_matrix("convolution", 16), method="gradient", model="bpbp", time_budget=120, seed=0)
+    assert result.rmse < 1e-4
