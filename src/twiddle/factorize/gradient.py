@@ -35,8 +35,8 @@ Logits drawn with std 1 (the paper's code) instead of 0.1 keep more such pairs a
 epochs: 10 against 0), but the polish from those trials' Adam twiddles still stalls (3e-2 to 1e-1): they were
 fitted to the blended permutation, not the hard one. Hence the BPBP defaults: logits at std 1, and the polish
 restarts the twiddles at random under each learned permutation pair, fitting the whole complex output
-(``polish_start="random"``). Convolution then reaches < 1e-4 at n = 8, 16, 32 for 3 seeds each (9-42 s); at
-n = 64 the same polish, prototyped, gave 8e-5, 1.1e-4 and 3.7e-4 in 100 s. The permutations are still learned.
+(``polish_start="random"``). Convolution then reaches < 1e-4 at n = 8, 16, 32 for 3 seeds each (9-42 s), and at
+n = 64 for 2 seeds of 3 (40 s, 43 s; the third 6.7e-3 in 100 s). The permutations are still learned.
 """
 
 from __future__ import annotations
