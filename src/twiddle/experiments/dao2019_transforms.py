@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._layout import is_power_of_two
 from ..factorize import factorize, target_matrix
 from . import register
 from ._output import panels, write_results
@@ -73,7 +74,7 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
     if options:
         raise ValueError(f"options {sorted(options)} do not apply to dao2019-transforms")
     sizes = tuple(sizes or (QUICK_SIZES if quick else SIZES))
-    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, int) or n < 2 or n & (n - 1)]
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, int) or n < 2 or not is_power_of_two(n)]
     if bad:
         raise ValueError(f"sizes must be powers of two >= 2, got {bad}")
     unknown = [t for t in targets if t not in TARGETS]

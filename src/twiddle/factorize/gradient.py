@@ -288,8 +288,9 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     steps_factor = RANDOM_START_STEPS if random_start else 1
     restart_gen = torch.Generator().manual_seed(config.seed + 1)
 
-    def restart(twiddles: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [_haar_unitary(tuple(tw.shape), restart_gen) for tw in twiddles] if random_start else twiddles
+    def random_twiddles(twiddles: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [_haar_unitary(tuple(tw.shape), restart_gen) for tw in twiddles]
+    restart = random_twiddles if random_start else None
     gen = torch.Generator().manual_seed(config.seed)
     deadline = time.perf_counter() + config.time_budget
     real_dtype = config.adam_dtype
