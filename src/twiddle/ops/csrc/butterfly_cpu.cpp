@@ -26,7 +26,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <memory>
 #include <tuple>
 #include <type_traits>
@@ -78,6 +80,26 @@ inline std::pair<int64_t, int64_t> output_cols(const Plan& P, int64_t k) {
   const int64_t c0 = k * P.n;
   return {c0, std::max<int64_t>(0, std::min(P.out_size, c0 + P.n) - c0)};
 }
+
+// Per-thread scratch memory aligned to a cache line (64 bytes): whole-vector loads and stores of a 64-byte
+// aligned row never straddle two lines (malloc's 16-byte alignment made most of them straddle).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t count, bool zero = false) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64 * 64;
+    ptr_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (ptr_ == nullptr) throw std::bad_alloc();
+    if (zero) std::memset(static_cast<void*>(ptr_), 0, bytes);
+  }
+  ~Scratch() { std::free(ptr_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return ptr_; }
+
+ private:
+  T* ptr_;
+};
 
 // Deterministic parallel reduction for the twiddle gradient: the groups of rows are cut into at most
 // kMaxChunks chunks that depend on the batch size only; each chunk accumulates into its own buffer and the
@@ -326,7 +348,7 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
   at::parallel_for(0, ntiles, grain_for(P, kLanes), [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(tile);
+    Scratch<T> buf(tile, true);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -347,8 +369,8 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
   chunked_reduce<T>(ntiles, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
-    std::vector<T> acts(std::max<int64_t>(P.F, 1) * tile);
-    std::vector<T> g(tile);
+    Scratch<T> acts(std::max<int64_t>(P.F, 1) * tile, true);
+    Scratch<T> g(tile, true);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -611,9 +633,20 @@ struct TwiddleSource {
   }
 };
 
-// Forward of one pass on `rows` rows (buffer rows ld floats apart).
-inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSource& tws, const Plan& P,
-                         const Pass& pass, const PermTable& perms) {
+// y[pos..pos+15] = v (+ bias[pos..pos+15] when a bias is given: the forward's last pass adds it as it stores)
+TWIDDLE_INLINE void store_row(float* y, const float* bias, int64_t pos, __m512 v) {
+  if (bias) v = _mm512_add_ps(v, _mm512_loadu_ps(bias + pos));
+  _mm512_storeu_ps(y + pos, v);
+}
+
+// Forward of one pass on `rows` rows: reads rows of `src` (lds floats apart), writes rows of `dst` (ldd floats
+// apart). In place when src == dst; otherwise the two must not overlap (every vector of a row group is loaded
+// before any is stored, so in place is safe). Out of place lets the first pass read the caller's input and the
+// last one write the caller's output, with no copy through the buffer; `bias` (or null), indexed by position,
+// is added to what is stored.
+inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
+                         const TwiddleSource& tws, const Plan& P, const Pass& pass, const PermTable& perms,
+                         const float* bias = nullptr) {
   const int64_t n = P.n;
   if (pass.kind == PassKind::Small) {
     const int64_t m = pass.count;
@@ -621,7 +654,8 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSour
     for (int64_t c = 0; c < n / 32; ++c) {
       for (int64_t j = 0; j < m; ++j) q[j] = tws.quad(pass.f0 + j, 16 * c);
       for (int64_t r = 0; r < rows; ++r) {
-        float* x = buf + r * ld + 32 * c;
+        const float* x = src + r * lds + 32 * c;
+        float* y = dst + r * ldd;
         __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), u, v;
         const int64_t* st = P.strides.data() + pass.f0;
         split(perms(st[0]), x0, x1, u, v);
@@ -630,8 +664,8 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSour
           if (j + 1 < m) change_halves(perms.between(st[j], st[j + 1]), u, v);
         }
         merge(perms(st[m - 1]), u, v, x0, x1);
-        _mm512_storeu_ps(x, x0);
-        _mm512_storeu_ps(x + 16, x1);
+        store_row(y, bias, 32 * c, x0);
+        store_row(y, bias, 32 * c + 16, x1);
       }
     }
   } else if (pass.kind == PassKind::Pair) {
@@ -642,17 +676,18 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSour
       const Quad q20 = tws.quad(pass.f0 + 1, block_index(p, s2));
       const Quad q21 = tws.quad(pass.f0 + 1, block_index(p + s1, s2));
       for (int64_t r = 0; r < rows; ++r) {
-        float* x = buf + r * ld + p;
+        const float* x = src + r * lds + p;
+        float* y = dst + r * ldd;
         __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + s1);
         __m512 v2 = _mm512_loadu_ps(x + s2), v3 = _mm512_loadu_ps(x + s1 + s2);
         apply2(q10, v0, v1);
         apply2(q11, v2, v3);
         apply2(q20, v0, v2);
         apply2(q21, v1, v3);
-        _mm512_storeu_ps(x, v0);
-        _mm512_storeu_ps(x + s1, v1);
-        _mm512_storeu_ps(x + s2, v2);
-        _mm512_storeu_ps(x + s1 + s2, v3);
+        store_row(y, bias, p, v0);
+        store_row(y, bias, p + s1, v1);
+        store_row(y, bias, p + s2, v2);
+        store_row(y, bias, p + s1 + s2, v3);
       }
     }
   } else {
@@ -661,20 +696,23 @@ inline void pass_forward(float* buf, int64_t rows, int64_t ld, const TwiddleSour
       if (p & s) continue;
       const Quad q = tws.quad(pass.f0, block_index(p, s));
       for (int64_t r = 0; r < rows; ++r) {
-        float* x = buf + r * ld + p;
+        const float* x = src + r * lds + p;
+        float* y = dst + r * ldd;
         __m512 u = _mm512_loadu_ps(x), v = _mm512_loadu_ps(x + s);
         apply2(q, u, v);
-        _mm512_storeu_ps(x, u);
-        _mm512_storeu_ps(x + s, v);
+        store_row(y, bias, p, u);
+        store_row(y, bias, p + s, v);
       }
     }
   }
 }
 
-// Backward of one pass: u = the pass's input rows, g = gradient w.r.t. its output (updated in place to the
-// gradient w.r.t. its input); gsoa accumulates the twiddle gradient (SoA, this stack).
-inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, const float* soa, float* gsoa,
-                          const Plan& P, const Pass& pass, const PermTable& perms) {
+// Backward of one pass: u = the pass's input rows (ldu floats apart); gin = gradient w.r.t. its output (ldgi
+// apart); gout receives the gradient w.r.t. its input (ldgo apart; gout == gin updates in place, as in
+// pass_forward); gsoa accumulates the twiddle gradient (SoA, this stack).
+inline void pass_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, const float* u, int64_t ldu,
+                          int64_t rows, const float* soa, float* gsoa, const Plan& P, const Pass& pass,
+                          const PermTable& perms) {
   const int64_t n = P.n, h = P.half;
   if (pass.kind == PassKind::Small) {
     const int64_t m = pass.count;
@@ -685,8 +723,9 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
         acc[j] = zero_quad();
       }
       for (int64_t r = 0; r < rows; ++r) {
-        const float* x = u + r * ld + 32 * c;
-        float* gr = g + r * ld + 32 * c;
+        const float* x = u + r * ldu + 32 * c;
+        const float* gr = gin + r * ldgi + 32 * c;
+        float* go = gout + r * ldgo + 32 * c;
         __m512 su[kMaxSmallRun], sv[kMaxSmallRun];  // inputs of each factor, split into its U | V
         const int64_t* st = P.strides.data() + pass.f0;
         split(perms(st[0]), _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), su[0], sv[0]);
@@ -704,8 +743,8 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
           if (j > 0) change_halves(perms.between(st[j], st[j - 1]), gu, gv);
         }
         merge(perms(st[0]), gu, gv, g0, g1);
-        _mm512_storeu_ps(gr, g0);
-        _mm512_storeu_ps(gr + 16, g1);
+        _mm512_storeu_ps(go, g0);
+        _mm512_storeu_ps(go + 16, g1);
       }
       for (int64_t j = 0; j < m; ++j) add_quad(gsoa + (pass.f0 + j) * 4 * h, h, 16 * c, acc[j]);
     }
@@ -723,8 +762,9 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
       const Quad q20 = load_quad(t2, h, i20), q21 = load_quad(t2, h, i21);
       Quad a10 = zero_quad(), a11 = zero_quad(), a20 = zero_quad(), a21 = zero_quad();
       for (int64_t r = 0; r < rows; ++r) {
-        const float* x = u + r * ld + p;
-        float* gr = g + r * ld + p;
+        const float* x = u + r * ldu + p;
+        const float* gr = gin + r * ldgi + p;
+        float* go = gout + r * ldgo + p;
         const __m512 u0 = _mm512_loadu_ps(x), u1 = _mm512_loadu_ps(x + s1);
         const __m512 u2 = _mm512_loadu_ps(x + s2), u3 = _mm512_loadu_ps(x + s1 + s2);
         __m512 m0 = u0, m1 = u1, m2 = u2, m3 = u3;  // after the first factor
@@ -736,10 +776,10 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
         backward2(q21, a21, m1, m3, g1, g3);
         backward2(q10, a10, u0, u1, g0, g1);
         backward2(q11, a11, u2, u3, g2, g3);
-        _mm512_storeu_ps(gr, g0);
-        _mm512_storeu_ps(gr + s1, g1);
-        _mm512_storeu_ps(gr + s2, g2);
-        _mm512_storeu_ps(gr + s1 + s2, g3);
+        _mm512_storeu_ps(go, g0);
+        _mm512_storeu_ps(go + s1, g1);
+        _mm512_storeu_ps(go + s2, g2);
+        _mm512_storeu_ps(go + s1 + s2, g3);
       }
       add_quad(d1, h, i10, a10);
       add_quad(d1, h, i11, a11);
@@ -756,12 +796,13 @@ inline void pass_backward(float* g, const float* u, int64_t rows, int64_t ld, co
       const Quad q = load_quad(t, h, i);
       Quad acc = zero_quad();
       for (int64_t r = 0; r < rows; ++r) {
-        const float* x = u + r * ld + p;
-        float* gr = g + r * ld + p;
+        const float* x = u + r * ldu + p;
+        const float* gr = gin + r * ldgi + p;
+        float* go = gout + r * ldgo + p;
         __m512 g0 = _mm512_loadu_ps(gr), g1 = _mm512_loadu_ps(gr + s);
         backward2(q, acc, _mm512_loadu_ps(x), _mm512_loadu_ps(x + s), g0, g1);
-        _mm512_storeu_ps(gr, g0);
-        _mm512_storeu_ps(gr + s, g1);
+        _mm512_storeu_ps(go, g0);
+        _mm512_storeu_ps(go + s, g1);
       }
       add_quad(d, h, i, acc);
     }
@@ -812,10 +853,11 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   const bool raw = P.batch <= kRows;  // one group of rows: read the user's layout, skip the conversion
   const float* const soa = raw ? nullptr : rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
+  const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
-    std::unique_ptr<float[]> buf_owner(new float[kRows * ld]);  // rows_load initializes what is used
-    float* const buf = buf_owner.get();
+    Scratch<float> scratch(kRows * ld);  // written before it is read
+    float* const buf = scratch.data();
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -825,9 +867,22 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
         const TwiddleSource tws = raw ? TwiddleSource{tw + k * P.stack_size(), P.half, true, P.transpose,
                                                       P.offsets.data()}
                                       : TwiddleSource{soa + k * P.F * 4 * P.half, P.half, false, false, nullptr};
-        rows_load(buf, ld, x, P.in_size, row0, rows, ic0, icount, P.n);
-        for (const Pass& pass : passes) pass_forward(buf, rows, ld, tws, P, pass, perms);
-        rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, bias);
+        const bool add = P.sum_output && k > 0;
+        // The first pass reads the input rows in place unless they need zero padding; the last pass writes the
+        // output rows (plus the bias) in place unless they are truncated or added to a previous stack's.
+        const bool direct_in = icount == P.n, direct_out = ocount == P.n && !add;
+        const float* src = direct_in ? x + row0 * P.in_size + ic0 : buf;
+        int64_t lds = direct_in ? P.in_size : ld;
+        if (!direct_in) rows_load(buf, ld, x, P.in_size, row0, rows, ic0, icount, P.n);
+        for (int64_t j = 0; j < npasses; ++j) {
+          const bool to_out = direct_out && j + 1 == npasses;
+          float* dst = to_out ? out + row0 * P.out_size + oc0 : buf;
+          const int64_t ldd = to_out ? P.out_size : ld;
+          pass_forward(src, lds, dst, ldd, rows, tws, P, passes[j], perms, to_out && bias ? bias + oc0 : nullptr);
+          src = dst;
+          lds = ldd;
+        }
+        if (!direct_out) rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, add, bias);
       }
     }
   });
@@ -845,8 +900,8 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   std::vector<float> total(soa_size, 0.0f);
   chunked_reduce<float>(ngroups, std::max<int64_t>(1, grain_for(P, kRows) / 4), soa_size, total.data(), [&](int64_t begin, int64_t end,
                                                                                     float* acc) {
-    std::vector<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass
-    std::vector<float> g(slot);
+    Scratch<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass; written before it is read
+    Scratch<float> g(slot);
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -854,19 +909,37 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         auto [oc0, ocount] = output_cols(P, k);
         const float* soak = soa + k * P.F * 4 * P.half;
         float* acck = acc + k * P.F * 4 * P.half;
-        rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
+        const TwiddleSource tws{soak, P.half, false, false, nullptr};
+        // As in the forward: the input, the incoming gradient and the input gradient are read and written in
+        // place where no padding, truncation, strides or accumulation over stacks get in the way.
+        const bool direct_in = icount == P.n;
+        const bool direct_g = P.g_contiguous && ocount == P.n;
+        const bool add_gx = !P.split_input && k > 0, direct_gx = icount == P.n && !add_gx;
+        const float* u0 = direct_in ? x + row0 * P.in_size + ic0 : acts.data();
+        const int64_t ldu0 = direct_in ? P.in_size : ld;
+        if (!direct_in) rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
-          float* next = acts.data() + (j + 1) * slot;
-          std::memcpy(next, acts.data() + j * slot, sizeof(float) * rows * ld);
-          pass_forward(next, rows, ld, TwiddleSource{soak, P.half, false, false, nullptr}, P, passes[j], perms);
+          const float* src = j == 0 ? u0 : acts.data() + j * slot;
+          pass_forward(src, j == 0 ? ldu0 : ld, acts.data() + (j + 1) * slot, ld, rows, tws, P, passes[j], perms);
         }
-        if (P.g_contiguous)
-          rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
-        else
-          rows_load_strided(g.data(), ld, gy, P, row0, rows, oc0, ocount);
-        for (int64_t j = npasses - 1; j >= 0; --j)
-          pass_backward(g.data(), acts.data() + j * slot, rows, ld, soak, acck, P, passes[j], perms);
-        if (icount > 0) rows_store(g.data(), ld, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0);
+        const float* gin = direct_g ? gy + row0 * P.out_size + oc0 : g.data();
+        int64_t ldgi = direct_g ? P.out_size : ld;
+        if (!direct_g) {
+          if (P.g_contiguous)
+            rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
+          else
+            rows_load_strided(g.data(), ld, gy, P, row0, rows, oc0, ocount);
+        }
+        for (int64_t j = npasses - 1; j >= 0; --j) {
+          const bool to_gx = direct_gx && j == 0;
+          float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g.data();
+          const int64_t ldgo = to_gx ? P.in_size : ld;
+          const float* u = j == 0 ? u0 : acts.data() + j * slot;
+          pass_backward(gin, ldgi, gout, ldgo, u, j == 0 ? ldu0 : ld, rows, soak, acck, P, passes[j], perms);
+          gin = gout;
+          ldgi = ldgo;
+        }
+        if (!direct_gx && icount > 0) rows_store(g.data(), ld, gx, P.in_size, row0, rows, ic0, icount, add_gx);
       }
     }
   });
