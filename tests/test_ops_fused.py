@@ -190,17 +190,25 @@ def test_hypothesis_fused_vs_reference(dtype, log_n, nblocks, nstacks, increasin
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
-@pytest.mark.parametrize("n,nstacks,transpose", [(64, 2, False), (8, 3, True), (1024, 1, False)])
-def test_fused_bias_and_its_gradient(dtype, n, nstacks, transpose):
+@pytest.mark.parametrize(
+    "n,nstacks,transpose,truncate,batch",
+    # truncated outputs go through the kernel's buffer; whole ones (with several row groups and a partial one)
+    # are written, bias included, by the last pass directly
+    [(64, 2, False, True, 6), (8, 3, True, True, 6), (1024, 1, False, True, 6), (256, 2, False, False, 37),
+     (128, 3, True, False, 21)],
+)
+def test_fused_bias_and_its_gradient(dtype, n, nstacks, transpose, truncate, batch):
     from twiddle.ops import butterfly_multiply
 
     wide = torch.complex128 if dtype.is_complex else torch.float64
     t = torch.randn(twiddle_shape(nstacks, 2, n), dtype=wide) / 2**0.5
     m = nstacks * n if transpose else n
-    out = n - 1 if transpose else nstacks * n - 3
-    x = torch.randn(6, m, dtype=wide)
+    out = n if transpose else nstacks * n
+    if truncate:
+        out -= 1 if transpose else 3
+    x = torch.randn(batch, m, dtype=wide)
     b = torch.randn(out, dtype=wide)
-    g = torch.randn(6, out, dtype=wide)
+    g = torch.randn(batch, out, dtype=wide)
     grads = []
     for dt, reference in ((dtype, False), (wide, True)):
         tt, xx, bb = (v.to(dt).requires_grad_(True) for v in (t, x, b))

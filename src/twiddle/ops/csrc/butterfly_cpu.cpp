@@ -552,7 +552,9 @@ inline std::vector<Pass> make_passes(const Plan& P) {
 }
 
 // index of the block of a stride-s factor that acts on position p (bit s of p clear)
-inline int64_t block_index(int64_t p, int64_t s) { return (p / (2 * s)) * s + p % s; }
+// Block of a stride-s factor (s a power of two) whose first member is position p: (p / 2s) s + p mod s, without
+// the divisions.
+inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
 
 // raw user-layout twiddles -> SoA in application order (one stack after another). 16 blocks at a time: four
 // loads of (a b c d) x 4 blocks, eight two-source permutes.
@@ -639,6 +641,36 @@ TWIDDLE_INLINE void store_row(float* y, const float* bias, int64_t pos, __m512 v
   _mm512_storeu_ps(y + pos, v);
 }
 
+// The Small pass with its factor count M known at compile time: the loop over factors unrolls and the twiddles
+// and permutation indices of the run stay in registers across the rows (looked up once per pass, not per row).
+template <int M>
+void small_forward(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, const TwiddleSource& tws,
+                   const Plan& P, const Pass& pass, const PermTable& perms, const float* bias) {
+  static_assert(M >= 1 && M <= kMaxSmallRun, "a Small pass has 1..kMaxSmallRun factors");
+  const int64_t* st = P.strides.data() + pass.f0;
+  const SmallPerm first = perms(st[0]), last = perms(st[M - 1]);
+  HalfChange change[M];  // change[j]: from factor j's halves to factor j+1's (the last one unused)
+  for (int j = 0; j + 1 < M; ++j) change[j] = perms.between(st[j], st[j + 1]);
+  for (int64_t c = 0; c < P.n / 32; ++c) {
+    Quad q[M];
+    for (int j = 0; j < M; ++j) q[j] = tws.quad(pass.f0 + j, 16 * c);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = src + r * lds + 32 * c;
+      float* y = dst + r * ldd;
+      __m512 u, v, x0, x1;
+      split(first, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), u, v);
+#pragma GCC unroll 8
+      for (int j = 0; j < M; ++j) {
+        apply2(q[j], u, v);
+        if (j + 1 < M) change_halves(change[j], u, v);
+      }
+      merge(last, u, v, x0, x1);
+      store_row(y, bias, 32 * c, x0);
+      store_row(y, bias, 32 * c + 16, x1);
+    }
+  }
+}
+
 // Forward of one pass on `rows` rows: reads rows of `src` (lds floats apart), writes rows of `dst` (ldd floats
 // apart). In place when src == dst; otherwise the two must not overlap (every vector of a row group is loaded
 // before any is stored, so in place is safe). Out of place lets the first pass read the caller's input and the
@@ -649,24 +681,15 @@ inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd,
                          const float* bias = nullptr) {
   const int64_t n = P.n;
   if (pass.kind == PassKind::Small) {
-    const int64_t m = pass.count;
-    Quad q[kMaxSmallRun];
-    for (int64_t c = 0; c < n / 32; ++c) {
-      for (int64_t j = 0; j < m; ++j) q[j] = tws.quad(pass.f0 + j, 16 * c);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* x = src + r * lds + 32 * c;
-        float* y = dst + r * ldd;
-        __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16), u, v;
-        const int64_t* st = P.strides.data() + pass.f0;
-        split(perms(st[0]), x0, x1, u, v);
-        for (int64_t j = 0; j < m; ++j) {
-          apply2(q[j], u, v);
-          if (j + 1 < m) change_halves(perms.between(st[j], st[j + 1]), u, v);
-        }
-        merge(perms(st[m - 1]), u, v, x0, x1);
-        store_row(y, bias, 32 * c, x0);
-        store_row(y, bias, 32 * c + 16, x1);
-      }
+    switch (pass.count) {
+      case 1: return small_forward<1>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 2: return small_forward<2>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 3: return small_forward<3>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 4: return small_forward<4>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 5: return small_forward<5>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 6: return small_forward<6>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 7: return small_forward<7>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      default: return small_forward<kMaxSmallRun>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
     }
   } else if (pass.kind == PassKind::Pair) {
     const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
@@ -707,6 +730,55 @@ inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd,
   }
 }
 
+// The backward of a Small pass, M known at compile time (see small_forward).
+template <int M>
+void small_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, const float* u, int64_t ldu,
+                    int64_t rows, const float* soa, float* gsoa, const Plan& P, const Pass& pass,
+                    const PermTable& perms) {
+  static_assert(M >= 1 && M <= kMaxSmallRun, "a Small pass has 1..kMaxSmallRun factors");
+  const int64_t h = P.half;
+  const int64_t* st = P.strides.data() + pass.f0;
+  const SmallPerm first = perms(st[0]), last = perms(st[M - 1]);
+  HalfChange up[M], down[M];  // up[j]: factor j's halves to factor j+1's; down[j]: factor j+1's to factor j's
+  for (int j = 0; j + 1 < M; ++j) {
+    up[j] = perms.between(st[j], st[j + 1]);
+    down[j] = perms.between(st[j + 1], st[j]);
+  }
+  for (int64_t c = 0; c < P.n / 32; ++c) {
+    Quad q[M], acc[M];
+    for (int j = 0; j < M; ++j) {
+      q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, 16 * c);
+      acc[j] = zero_quad();
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* x = u + r * ldu + 32 * c;
+      const float* gr = gin + r * ldgi + 32 * c;
+      float* go = gout + r * ldgo + 32 * c;
+      __m512 su[M], sv[M];  // inputs of each factor, split into its U | V
+      split(first, _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), su[0], sv[0]);
+#pragma GCC unroll 8
+      for (int j = 0; j + 1 < M; ++j) {
+        __m512 a = su[j], b = sv[j];
+        apply2(q[j], a, b);
+        change_halves(up[j], a, b);
+        su[j + 1] = a;
+        sv[j + 1] = b;
+      }
+      __m512 gu, gv, g0, g1;
+      split(last, _mm512_loadu_ps(gr), _mm512_loadu_ps(gr + 16), gu, gv);
+#pragma GCC unroll 8
+      for (int j = M - 1; j >= 0; --j) {
+        backward2(q[j], acc[j], su[j], sv[j], gu, gv);
+        if (j > 0) change_halves(down[j - 1], gu, gv);
+      }
+      merge(first, gu, gv, g0, g1);
+      _mm512_storeu_ps(go, g0);
+      _mm512_storeu_ps(go + 16, g1);
+    }
+    for (int j = 0; j < M; ++j) add_quad(gsoa + (pass.f0 + j) * 4 * h, h, 16 * c, acc[j]);
+  }
+}
+
 // Backward of one pass: u = the pass's input rows (ldu floats apart); gin = gradient w.r.t. its output (ldgi
 // apart); gout receives the gradient w.r.t. its input (ldgo apart; gout == gin updates in place, as in
 // pass_forward); gsoa accumulates the twiddle gradient (SoA, this stack).
@@ -715,38 +787,15 @@ inline void pass_backward(const float* gin, int64_t ldgi, float* gout, int64_t l
                           const PermTable& perms) {
   const int64_t n = P.n, h = P.half;
   if (pass.kind == PassKind::Small) {
-    const int64_t m = pass.count;
-    Quad q[kMaxSmallRun], acc[kMaxSmallRun];
-    for (int64_t c = 0; c < n / 32; ++c) {
-      for (int64_t j = 0; j < m; ++j) {
-        q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, 16 * c);
-        acc[j] = zero_quad();
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* x = u + r * ldu + 32 * c;
-        const float* gr = gin + r * ldgi + 32 * c;
-        float* go = gout + r * ldgo + 32 * c;
-        __m512 su[kMaxSmallRun], sv[kMaxSmallRun];  // inputs of each factor, split into its U | V
-        const int64_t* st = P.strides.data() + pass.f0;
-        split(perms(st[0]), _mm512_loadu_ps(x), _mm512_loadu_ps(x + 16), su[0], sv[0]);
-        for (int64_t j = 0; j + 1 < m; ++j) {
-          __m512 a = su[j], b = sv[j];
-          apply2(q[j], a, b);
-          change_halves(perms.between(st[j], st[j + 1]), a, b);
-          su[j + 1] = a;
-          sv[j + 1] = b;
-        }
-        __m512 gu, gv, g0, g1;
-        split(perms(st[m - 1]), _mm512_loadu_ps(gr), _mm512_loadu_ps(gr + 16), gu, gv);
-        for (int64_t j = m - 1; j >= 0; --j) {
-          backward2(q[j], acc[j], su[j], sv[j], gu, gv);
-          if (j > 0) change_halves(perms.between(st[j], st[j - 1]), gu, gv);
-        }
-        merge(perms(st[0]), gu, gv, g0, g1);
-        _mm512_storeu_ps(go, g0);
-        _mm512_storeu_ps(go + 16, g1);
-      }
-      for (int64_t j = 0; j < m; ++j) add_quad(gsoa + (pass.f0 + j) * 4 * h, h, 16 * c, acc[j]);
+    switch (pass.count) {
+      case 1: return small_backward<1>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 2: return small_backward<2>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 3: return small_backward<3>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 4: return small_backward<4>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 5: return small_backward<5>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 6: return small_backward<6>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 7: return small_backward<7>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      default: return small_backward<kMaxSmallRun>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
     }
   } else if (pass.kind == PassKind::Pair) {
     const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
