@@ -292,6 +292,29 @@ def test_backward_reads_strided_gradients_in_place(dtype, transpose):
             assert rel(a, r) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["broadcast rows", "wider rows", "broadcast entries", "strided columns"])
+def test_backward_op_matches_for_every_gradient_layout(dtype, layout):
+    """The backward op reads unit-stride gradient rows in place whatever their row stride (0 included) and
+    gathers the others: the same result as with a contiguous copy of the gradient."""
+    assert fused_cpu.available()
+    n, nstacks, batch = 64, 2, 37
+    t = (torch.randn(twiddle_shape(nstacks, 1, n), dtype=torch.float64) / 2**0.5).to(dtype)
+    x = torch.randn(batch, n, dtype=torch.float64).to(dtype)
+    out = nstacks * n
+    grads = {
+        "broadcast rows": torch.randn(out, dtype=dtype).expand(batch, out),  # strides (0, 1)
+        "wider rows": torch.randn(batch, out + 5, dtype=dtype)[:, 2 : 2 + out],  # strides (out + 5, 1)
+        "broadcast entries": torch.tensor(1.5, dtype=dtype).expand(batch, out),  # strides (0, 0)
+        "strided columns": torch.randn(batch, 2 * out, dtype=dtype)[:, ::2],  # strides (2 out, 2)
+    }
+    g = grads[layout]
+    op = torch.ops.twiddle.butterfly_multiply_backward
+    gt, gx = op(t, x, g, True, False, False, out)
+    gt_ref, gx_ref = op(t, x, g.contiguous(), True, False, False, out)
+    assert torch.equal(gt, gt_ref) and torch.equal(gx, gx_ref)
+
+
 def test_double_backward_is_refused_not_silently_wrong():
     t = torch.randn(twiddle_shape(1, 1, 16), dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 16, dtype=torch.float64, requires_grad=True)

@@ -27,6 +27,8 @@ __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "
 
 # computed in single precision and rounded once on output
 _LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
+# real dtypes the fused CPU kernel takes as they are (complex ones go through real views)
+_FUSED_REAL = (torch.float32, torch.float64)
 
 
 def _have_triton() -> bool:
@@ -46,10 +48,11 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     mode = os.environ.get("TWIDDLE_KERNEL", "auto")
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
-    dtype = torch.promote_types(x.dtype, twiddle.dtype)
-    if torch.onnx.is_in_onnx_export():
+    # ONNX export traces the model (torch.jit tracing, or torch.export under the dynamo exporter); the export
+    # flag itself is slower to read, so it is read only while tracing
+    if (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export():
         # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
-        if dtype.is_complex:
+        if x.is_complex() or twiddle.is_complex():
             raise TypeError(
                 "ONNX has no complex tensors: a module with complex twiddles (complex=True, fft/ifft/dct/dst/"
                 "hartley/circulant transforms, complex factorizations) cannot be exported; real butterflies can"
@@ -57,22 +60,19 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
         return "reference"
     if mode == "reference":
         return "reference"
-    if x.device.type == "cuda" and twiddle.device.type == "cuda" and not dtype.is_complex and _have_triton():
+    if x.is_cpu and twiddle.is_cpu:  # the common case first: this runs on every call of every layer
+        dtype = x.dtype if x.dtype == twiddle.dtype else torch.promote_types(x.dtype, twiddle.dtype)
+        fits = dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION
+        # While torch.compile traces, never build or take locks: use the kernel only if it is already loaded
+        # (modules load it when they are constructed, see Butterfly).
+        if fits and (fused_cpu.is_loaded() if torch.compiler.is_compiling() else fused_cpu.available()):
+            return "fused-cpu"
+    elif x.is_cuda and twiddle.is_cuda and not (x.is_complex() or twiddle.is_complex()) and _have_triton():
         return "triton"
-    fits = (
-        x.device.type == "cpu"
-        and twiddle.device.type == "cpu"
-        and (dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION)
-    )
-    # While torch.compile traces, never build or take locks: use the kernel only if it is already loaded
-    # (modules load it when they are constructed, see Butterfly).
-    ready = fused_cpu.is_loaded() if torch.compiler.is_compiling() else fits and fused_cpu.available()
-    if fits and ready:
-        return "fused-cpu"
     if mode == "fused":
         raise RuntimeError(
-            f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype {dtype}, "
-            f"kernel loaded: {fused_cpu.is_loaded()})"
+            f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype "
+            f"{torch.promote_types(x.dtype, twiddle.dtype)}, kernel loaded: {fused_cpu.is_loaded()})"
         )
     return "reference"
 
@@ -129,6 +129,17 @@ def _multiply_checked(
     if kernel == "reference":
         y = reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
         return y if bias is None else y + bias
+    if (
+        kernel == "fused-cpu"
+        and x.dtype in _FUSED_REAL
+        and x.dtype == twiddle.dtype
+        and (bias is None or bias.dtype == x.dtype)
+    ):
+        # the common case (a real layer, one dtype throughout), without the promotions and casts below
+        y = torch.ops.twiddle.butterfly_multiply(
+            twiddle, x if x.ndim == 2 else x.reshape(-1, m), bias, increasing_stride, transpose, conjugate, out
+        )
+        return y if x.ndim == 2 else y.view(*lead, out)
     dtype = torch.promote_types(x.dtype, twiddle.dtype)
     if bias is not None:
         dtype = torch.promote_types(dtype, bias.dtype)

@@ -873,7 +873,10 @@ inline void rows_load_strided(float* buf, int64_t ld, const float* src, const Pl
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = buf + r * ld;
     const float* row = src + (row0 + r) * P.g_row + col0 * P.g_col;
-    for (int64_t p = 0; p < count; ++p) dst[p] = row[p * P.g_col];
+    if (P.g_col == 0)  // a broadcast row (the gradient of y.sum() is expanded from one number)
+      std::fill(dst, dst + count, row[0]);
+    else
+      for (int64_t p = 0; p < count; ++p) dst[p] = row[p * P.g_col];
     if (count < P.n) std::memset(dst + count, 0, sizeof(float) * (P.n - count));
   }
 }
@@ -962,7 +965,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         // As in the forward: the input, the incoming gradient and the input gradient are read and written in
         // place where no padding, truncation, strides or accumulation over stacks get in the way.
         const bool direct_in = icount == P.n;
-        const bool direct_g = P.g_contiguous && ocount == P.n;
+        const bool direct_g = P.g_col == 1 && ocount == P.n;  // any row stride, 0 (broadcast rows) included
         const bool add_gx = !P.split_input && k > 0, direct_gx = icount == P.n && !add_gx;
         const float* u0 = direct_in ? x + row0 * P.in_size + ic0 : acts.data();
         const int64_t ldu0 = direct_in ? P.in_size : ld;
@@ -971,8 +974,8 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
           const float* src = j == 0 ? u0 : acts.data() + j * slot;
           pass_forward(src, j == 0 ? ldu0 : ld, acts.data() + (j + 1) * slot, ld, rows, tws, P, passes[j], perms);
         }
-        const float* gin = direct_g ? gy + row0 * P.out_size + oc0 : g.data();
-        int64_t ldgi = direct_g ? P.out_size : ld;
+        const float* gin = direct_g ? gy + row0 * P.g_row + oc0 : g.data();
+        int64_t ldgi = direct_g ? P.g_row : ld;
         if (!direct_g) {
           if (P.g_contiguous)
             rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
