@@ -81,36 +81,67 @@ inline std::pair<int64_t, int64_t> output_cols(const Plan& P, int64_t k) {
   return {c0, std::max<int64_t>(0, std::min(P.out_size, c0 + P.n) - c0)};
 }
 
-// Per-thread scratch memory aligned to a cache line (64 bytes): whole-vector loads and stores of a 64-byte
-// aligned row never straddle two lines (malloc's 16-byte alignment made most of them straddle).
-template <typename T>
-class Scratch {
+// Scratch memory for one thread, aligned to a cache line (64 bytes) so that whole-vector loads and stores of
+// 64-byte aligned rows never straddle two lines. Up to kCachedScratchBytes it is a per-thread buffer kept from call
+// to call (grow-only; Slot tells apart buffers in use at the same time): a fresh allocation of more than ~128 KB
+// is mapped anew by malloc and page-faulted on first touch, which cost as much as the work itself for the
+// backward's activations at n = 1024. Larger requests get their own allocation, freed at the end of the scope.
+constexpr size_t kCachedScratchBytes = size_t(8) << 20;
+
+inline void* aligned_or_throw(size_t bytes) {
+  void* ptr = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (ptr == nullptr) throw std::bad_alloc();
+  return ptr;
+}
+
+template <typename T, int Slot>
+class ThreadScratch {
  public:
-  explicit Scratch(int64_t count, bool zero = false) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64 * 64;
-    ptr_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    if (ptr_ == nullptr) throw std::bad_alloc();
-    if (zero) std::memset(static_cast<void*>(ptr_), 0, bytes);
+  explicit ThreadScratch(int64_t count) {
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    if (bytes > kCachedScratchBytes) {
+      ptr_ = static_cast<T*>(aligned_or_throw(bytes));
+      owned_ = true;
+      return;
+    }
+    static thread_local Cache cache;
+    if (cache.bytes < bytes) {
+      std::free(cache.ptr);
+      cache.ptr = nullptr;
+      cache.bytes = 0;
+      cache.ptr = aligned_or_throw(bytes);
+      cache.bytes = bytes;
+    }
+    ptr_ = static_cast<T*>(cache.ptr);
   }
-  ~Scratch() { std::free(ptr_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
+  ~ThreadScratch() {
+    if (owned_) std::free(ptr_);
+  }
+  ThreadScratch(const ThreadScratch&) = delete;
+  ThreadScratch& operator=(const ThreadScratch&) = delete;
   T* data() const { return ptr_; }
 
  private:
-  T* ptr_;
+  struct Cache {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+    ~Cache() { std::free(ptr); }
+  };
+  T* ptr_ = nullptr;
+  bool owned_ = false;
 };
 
 // Deterministic parallel reduction for the twiddle gradient: the groups of rows are cut into at most
 // kMaxChunks chunks that depend on the batch size only; each chunk accumulates into its own buffer and the
 // buffers are summed in a fixed order, so the result does not depend on the number of threads.
 // body(group_begin, group_end, acc) processes a range of groups.
+// min_per_chunk (groups) keeps the per-chunk buffers small against the work.
 constexpr int64_t kMaxChunks = 64;
-constexpr int64_t kMinGroupsPerChunk = 8;  // keeps the per-chunk buffers small against the work
 
 template <typename T, typename Body>
-void chunked_reduce(int64_t ngroups, int64_t grain_groups, int64_t acc_size, T* total, const Body& body) {
-  const int64_t per = std::max<int64_t>(kMinGroupsPerChunk, (ngroups + kMaxChunks - 1) / kMaxChunks);
+void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups, int64_t acc_size, T* total,
+                    const Body& body) {
+  const int64_t per = std::max<int64_t>(min_per_chunk, (ngroups + kMaxChunks - 1) / kMaxChunks);
   const int64_t nchunks = (ngroups + per - 1) / per;
   std::vector<std::vector<T>> partial(nchunks);
   const int64_t grain = std::max<int64_t>(1, grain_groups / per);
@@ -120,8 +151,11 @@ void chunked_reduce(int64_t ngroups, int64_t grain_groups, int64_t acc_size, T* 
       body(c * per, std::min(ngroups, (c + 1) * per), partial[c].data());
     }
   });
-  for (const auto& acc : partial)
-    for (int64_t j = 0; j < acc_size; ++j) total[j] += acc[j];
+  // every entry sums the chunks in chunk order, whichever thread does it
+  at::parallel_for(0, acc_size, 16384, [&](int64_t begin, int64_t end) {
+    for (const auto& acc : partial)
+      for (int64_t j = begin; j < end; ++j) total[j] += acc[j];
+  });
 }
 
 // ================================================================================================ lanes
@@ -348,7 +382,8 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
   at::parallel_for(0, ntiles, grain_for(P, kLanes), [&](int64_t begin, int64_t end) {
-    Scratch<T> buf(tile, true);
+    ThreadScratch<T, 0> scratch(tile);  // lanes_load writes all of it
+    T* const buf = scratch.data();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -356,9 +391,9 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
         const T* twk = tw + k * P.stack_size();
-        lanes_load<T>(buf.data(), x, P.in_size, row0, rows, ic0, icount, P);
-        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf.data(), twk, P, f);
-        lanes_store<T>(buf.data(), out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
+        lanes_load<T>(buf, x, P.in_size, row0, rows, ic0, icount, P);
+        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf, twk, P, f);
+        lanes_store<T>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
     }
   });
@@ -368,9 +403,11 @@ template <typename T>
 void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t tw_size, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
-  chunked_reduce<T>(ntiles, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
-    Scratch<T> acts(std::max<int64_t>(P.F, 1) * tile, true);
-    Scratch<T> g(tile, true);
+  chunked_reduce<T>(ntiles, 8, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
+    // the input of every factor, then the gradient (lanes_load and the copies write all of each tile used)
+    ThreadScratch<T, 1> scratch((std::max<int64_t>(P.F, 1) + 1) * tile);
+    T* const acts = scratch.data();
+    T* const g = acts + std::max<int64_t>(P.F, 1) * tile;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
@@ -378,18 +415,18 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
         auto [oc0, ocount] = output_cols(P, k);
         const T* twk = tw + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
-        lanes_load<T>(acts.data(), x, P.in_size, row0, rows, ic0, icount, P);
+        lanes_load<T>(acts, x, P.in_size, row0, rows, ic0, icount, P);
         for (int64_t f = 0; f + 1 < P.F; ++f) {
-          T* next = acts.data() + (f + 1) * tile;
-          std::memcpy(next, acts.data() + f * tile, sizeof(T) * tile);
+          T* next = acts + (f + 1) * tile;
+          std::memcpy(next, acts + f * tile, sizeof(T) * tile);
           lanes_factor<T>(next, twk, P, f);
         }
         if (P.g_contiguous)
-          lanes_load<T>(g.data(), gy, P.out_size, row0, rows, oc0, ocount, P);
+          lanes_load<T>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
-          lanes_load_strided<T>(g.data(), gy, row0, rows, oc0, ocount, P);
-        for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T>(g.data(), acts.data() + f * tile, twk, acck, P, f);
-        if (icount > 0) lanes_store<T>(g.data(), gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
+          lanes_load_strided<T>(g, gy, row0, rows, oc0, ocount, P);
+        for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T>(g, acts + f * tile, twk, acck, P, f);
+        if (icount > 0) lanes_store<T>(g, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
       }
     }
   });
@@ -908,7 +945,7 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
-    Scratch<float> scratch(kRows * ld);  // written before it is read
+    ThreadScratch<float, 0> scratch(kRows * ld);  // written before it is read
     float* const buf = scratch.data();
     for (int64_t grp = begin; grp < end; ++grp) {
       const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
@@ -940,22 +977,36 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   });
 }
 
+// Rows per group in the backward: the largest of 32, 16, 8 whose working set (the input of every pass and the
+// gradient, (npasses + 1) rows of ld floats each) stays within 512 KB of L2 — fewer twiddle loads and
+// gradient adds per row than the forward's L1-sized groups. Depends on n only, so results do not depend on the
+// thread count. Chunks of the twiddle-gradient reduction hold at least kRowsPerChunk rows.
+constexpr int64_t kRowsPerChunk = 64;
+inline int64_t backward_rows(int64_t ld, int64_t npasses) {
+  const int64_t row_bytes = (npasses + 1) * ld * static_cast<int64_t>(sizeof(float));
+  for (int64_t rows : {32, 16}) if (rows * row_bytes <= (int64_t(512) << 10)) return rows;
+  return 8;
+}
+
 void rows_backward(const float* tw, const float* x, const float* gy, float* gx, float* gtw, const Plan& P) {
-  const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
-  const int64_t slot = kRows * ld;
-  const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
-  const float* const soa = rows_soa(tw, P);
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
+  const int64_t group = backward_rows(ld, npasses);
+  const int64_t ngroups = (P.batch + group - 1) / group;
+  const int64_t slot = group * ld;
+  const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
+  const float* const soa = rows_soa(tw, P);
   const PermTable perms;
   std::vector<float> total(soa_size, 0.0f);
-  chunked_reduce<float>(ngroups, std::max<int64_t>(1, grain_for(P, kRows) / 4), soa_size, total.data(), [&](int64_t begin, int64_t end,
+  chunked_reduce<float>(ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size, total.data(), [&](int64_t begin, int64_t end,
                                                                                     float* acc) {
-    Scratch<float> acts(std::max<int64_t>(npasses, 1) * slot);  // input of every pass; written before it is read
-    Scratch<float> g(slot);
+    // the input of every pass, then the gradient; written before they are read
+    ThreadScratch<float, 1> scratch((std::max<int64_t>(npasses, 1) + 1) * slot);
+    float* const acts = scratch.data();
+    float* const g = acts + std::max<int64_t>(npasses, 1) * slot;
     for (int64_t grp = begin; grp < end; ++grp) {
-      const int64_t row0 = grp * kRows, rows = std::min(kRows, P.batch - row0);
+      const int64_t row0 = grp * group, rows = std::min(group, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
@@ -967,31 +1018,31 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         const bool direct_in = icount == P.n;
         const bool direct_g = P.g_col == 1 && ocount == P.n;  // any row stride, 0 (broadcast rows) included
         const bool add_gx = !P.split_input && k > 0, direct_gx = icount == P.n && !add_gx;
-        const float* u0 = direct_in ? x + row0 * P.in_size + ic0 : acts.data();
+        const float* u0 = direct_in ? x + row0 * P.in_size + ic0 : acts;
         const int64_t ldu0 = direct_in ? P.in_size : ld;
-        if (!direct_in) rows_load(acts.data(), ld, x, P.in_size, row0, rows, ic0, icount, P.n);
+        if (!direct_in) rows_load(acts, ld, x, P.in_size, row0, rows, ic0, icount, P.n);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
-          const float* src = j == 0 ? u0 : acts.data() + j * slot;
-          pass_forward(src, j == 0 ? ldu0 : ld, acts.data() + (j + 1) * slot, ld, rows, tws, P, passes[j], perms);
+          const float* src = j == 0 ? u0 : acts + j * slot;
+          pass_forward(src, j == 0 ? ldu0 : ld, acts + (j + 1) * slot, ld, rows, tws, P, passes[j], perms);
         }
-        const float* gin = direct_g ? gy + row0 * P.g_row + oc0 : g.data();
+        const float* gin = direct_g ? gy + row0 * P.g_row + oc0 : g;
         int64_t ldgi = direct_g ? P.g_row : ld;
         if (!direct_g) {
           if (P.g_contiguous)
-            rows_load(g.data(), ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
+            rows_load(g, ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
           else
-            rows_load_strided(g.data(), ld, gy, P, row0, rows, oc0, ocount);
+            rows_load_strided(g, ld, gy, P, row0, rows, oc0, ocount);
         }
         for (int64_t j = npasses - 1; j >= 0; --j) {
           const bool to_gx = direct_gx && j == 0;
-          float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g.data();
+          float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g;
           const int64_t ldgo = to_gx ? P.in_size : ld;
-          const float* u = j == 0 ? u0 : acts.data() + j * slot;
+          const float* u = j == 0 ? u0 : acts + j * slot;
           pass_backward(gin, ldgi, gout, ldgo, u, j == 0 ? ldu0 : ld, rows, soak, acck, P, passes[j], perms);
           gin = gout;
           ldgi = ldgo;
         }
-        if (!direct_gx && icount > 0) rows_store(g.data(), ld, gx, P.in_size, row0, rows, ic0, icount, add_gx);
+        if (!direct_gx && icount > 0) rows_store(g, ld, gx, P.in_size, row0, rows, ic0, icount, add_gx);
       }
     }
   });
