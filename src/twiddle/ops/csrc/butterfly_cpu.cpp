@@ -138,9 +138,10 @@ class ThreadScratch {
 // min_per_chunk (groups) keeps the per-chunk buffers small against the work.
 constexpr int64_t kMaxChunks = 64;
 
+// The per-chunk buffers, chunk c holding the sum over groups [c per, (c + 1) per).
 template <typename T, typename Body>
-void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups, int64_t acc_size, T* total,
-                    const Body& body) {
+std::vector<std::vector<T>> chunked_partials(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups,
+                                             int64_t acc_size, const Body& body) {
   const int64_t per = std::max<int64_t>(min_per_chunk, (ngroups + kMaxChunks - 1) / kMaxChunks);
   const int64_t nchunks = (ngroups + per - 1) / per;
   std::vector<std::vector<T>> partial(nchunks);
@@ -151,6 +152,14 @@ void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups
       body(c * per, std::min(ngroups, (c + 1) * per), partial[c].data());
     }
   });
+  return partial;
+}
+
+// total += the sum of the chunks' buffers.
+template <typename T, typename Body>
+void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups, int64_t acc_size, T* total,
+                    const Body& body) {
+  const auto partial = chunked_partials<T>(ngroups, min_per_chunk, grain_groups, acc_size, body);
   // every entry sums the chunks in chunk order, whichever thread does it
   at::parallel_for(0, acc_size, 16384, [&](int64_t begin, int64_t end) {
     for (const auto& acc : partial)
@@ -630,18 +639,24 @@ const float* rows_soa(const float* tw, const Plan& P) {
   return soa;
 }
 
-// SoA gradient -> raw user layout (accumulated into gtw)
-void rows_soa_to_raw(const float* gsoa, float* gtw, const Plan& P) {
+// The sum of the chunks' SoA twiddle gradients, in the raw user layout: every entry of gtw is written. Parallel over
+// factors; each entry adds the chunks in chunk order.
+void rows_soa_to_raw(const std::vector<std::vector<float>>& partial, float* gtw, const Plan& P) {
   const int64_t h = P.half;
-  for (int64_t k = 0; k < P.nstacks; ++k)
-    for (int64_t f = 0; f < P.F; ++f) {
-      const float* src = gsoa + (k * P.F + f) * 4 * h;
+  at::parallel_for(0, P.nstacks * P.F, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t kf = begin; kf < end; ++kf) {
+      const int64_t k = kf / P.F, f = kf % P.F;
       float* dst = gtw + k * P.stack_size() + P.offsets[f];
       for (int e = 0; e < 4; ++e) {
         const int64_t re = raw_entry(P, e);
-        for (int64_t i = 0; i < h; ++i) dst[4 * i + re] += src[e * h + i];
+        for (int64_t i = 0; i < h; ++i) dst[4 * i + re] = 0.0f;
+        for (const auto& acc : partial) {
+          const float* src = acc.data() + kf * 4 * h + e * h;
+          for (int64_t i = 0; i < h; ++i) dst[4 * i + re] += src[i];
+        }
       }
     }
+  });
 }
 
 // 16 consecutive blocks straight from the user's layout (a b c d a b c d ...): four loads, eight permutes.
@@ -998,9 +1013,9 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
   const float* const soa = rows_soa(tw, P);
   const PermTable perms;
-  std::vector<float> total(soa_size, 0.0f);
-  chunked_reduce<float>(ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size, total.data(), [&](int64_t begin, int64_t end,
-                                                                                    float* acc) {
+  const auto partial = chunked_partials<float>(
+      ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size,
+      [&](int64_t begin, int64_t end, float* acc) {
     // the input of every pass, then the gradient; written before they are read
     ThreadScratch<float, 1> scratch((std::max<int64_t>(npasses, 1) + 1) * slot);
     float* const acts = scratch.data();
@@ -1046,7 +1061,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
       }
     }
   });
-  rows_soa_to_raw(total.data(), gtw, P);
+  rows_soa_to_raw(partial, gtw, P);
 }
 #endif  // __AVX512F__
 
@@ -1073,12 +1088,12 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
 template <typename T>
 void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, const Plan& P) {
   const int64_t tw_size = P.nstacks * P.stack_size();
-  std::fill(gtw, gtw + tw_size, T(0));
 #if defined(TWIDDLE_HAVE_AVX512)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, P);
+    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, P);  // writes every entry of gtw
   }
 #endif
+  std::fill(gtw, gtw + tw_size, T(0));
   lanes_backward<T>(tw, x, gy, gx, gtw, tw_size, P);
 }
 
@@ -1160,7 +1175,7 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor&
   P.g_col = gc.stride(1);
   P.g_comp = P.complex ? gc.stride(2) : 1;
   at::Tensor gx = at::empty_like(xc);  // every column is written by some stack (see input_cols)
-  at::Tensor gtw = at::zeros_like(tw);
+  at::Tensor gtw = P.batch > 0 ? at::empty_like(tw) : at::zeros_like(tw);  // backward_impl writes every entry
   if (P.batch > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twiddle_butterfly_multiply_backward", [&] {
       backward_impl<scalar_t>(tw.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
