@@ -5,9 +5,10 @@
 // the off-diagonal entries) and the conjugate (negate imaginary parts) are index changes, not copies.
 //
 // Two layouts of the working set:
-//  * rows (real float32 with n >= 32 on AVX-512 machines): a group of rows is copied into an L1-resident
-//    buffer and each factor updates 16 blocks at a time with vector twiddles shared by all rows of the group;
-//    strides 1, 2, 4, 8 use in-register permutes.
+//  * rows (real float32 with n >= 32 on AVX-512 machines): a group of rows is worked on in an L1-resident
+//    buffer (the first pass reads the caller's rows, the last writes the output's, so nothing is copied
+//    through it) and each factor updates 16 blocks at a time with vector twiddles shared by all rows of the
+//    group; strides 1, 2, 4, 8 use in-register permutes.
 //  * lanes (everything else: float64, complex, small n, machines without AVX-512): a tile of kLanes rows is
 //    transposed into buf[position][lane] so that every 2x2 block updates kLanes rows with four scalars.
 // Either way the data are read and written once for all factors. Work is spread over threads with
@@ -17,8 +18,9 @@
 // columns [k n, (k+1) n); the transpose). Output modes: concat (stack k writes columns [k n, (k+1) n)) or sum
 // (all stacks add into columns [0, n); the transpose). The first out_size columns are kept.
 //
-// The backward recomputes each group's per-factor activations in a per-thread buffer (nothing is stored
-// between forward and backward) and returns the input gradient and the twiddle gradient in one pass.
+// The backward recomputes each group's activations (the input of every pass, or every factor in the lanes
+// layout) in a per-thread buffer (nothing is stored between forward and backward; its row groups are sized to
+// L2) and returns the input gradient and the twiddle gradient in one pass.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
