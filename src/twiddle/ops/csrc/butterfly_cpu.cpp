@@ -599,7 +599,6 @@ inline std::vector<Pass> make_passes(const Plan& P) {
   return passes;
 }
 
-// index of the block of a stride-s factor that acts on position p (bit s of p clear)
 // Block of a stride-s factor (s a power of two) whose first member is position p: (p / 2s) s + p mod s, without
 // the divisions.
 inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
