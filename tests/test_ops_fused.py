@@ -109,6 +109,7 @@ def test_low_precision_computed_in_float32(low):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_empty_batch_backward_gives_zero_gradients(dtype):
     """The kernel writes the twiddle gradient without zero-filling it first, except when there are no rows."""
+    assert fused_cpu.available()
     t = torch.randn(twiddle_shape(1, 1, 64), dtype=dtype)
     gt, gx = torch.ops.twiddle.butterfly_multiply_backward(
         t, torch.randn(0, 64, dtype=dtype), torch.randn(0, 64, dtype=dtype), True, False, False, 64
