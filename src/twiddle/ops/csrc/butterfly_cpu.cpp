@@ -358,21 +358,32 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
 template <typename T>
 inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
                         int64_t col0, int64_t count, bool add, const Plan& P, const T* bias = nullptr) {
-  const int64_t width = P.comps * kLanes;
-  for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
-    const int64_t pc = std::min(kLanes, count - p0);
-    const T* __restrict blk = buf + p0 * width;
-    for (int64_t l = 0; l < rows; ++l) {
-      T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * P.comps;
-      for (int64_t j = 0; j < pc; ++j) {
-        for (int64_t c = 0; c < P.comps; ++c) {
-          const T v = blk[j * width + c * kLanes + l];
-          const T b = bias ? bias[(col0 + p0 + j) * P.comps + c] : T(0);
-          row[P.comps * j + c] = add ? row[P.comps * j + c] + v : v + b;
-        }
+  // one loop per case (comps, add / bias / plain), so that the inner loops carry no branches
+  const auto store = [&](auto comps_tag, auto op) {
+    constexpr int64_t C = decltype(comps_tag)::value;
+    constexpr int64_t width = C * kLanes;
+    for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
+      const int64_t pc = std::min(kLanes, count - p0);
+      const T* __restrict blk = buf + p0 * width;
+      for (int64_t l = 0; l < rows; ++l) {
+        T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * C;
+        for (int64_t j = 0; j < pc; ++j)
+          for (int64_t c = 0; c < C; ++c) op(row[C * j + c], blk[j * width + c * kLanes + l], (col0 + p0 + j) * C + c);
       }
     }
-  }
+  };
+  const auto run = [&](auto comps_tag) {
+    if (add)
+      store(comps_tag, [](T& out, T v, int64_t) { out += v; });
+    else if (bias)
+      store(comps_tag, [bias](T& out, T v, int64_t col) { out = v + bias[col]; });
+    else
+      store(comps_tag, [](T& out, T v, int64_t) { out = v; });
+  };
+  if (P.comps == 1)
+    run(std::integral_constant<int64_t, 1>{});
+  else
+    run(std::integral_constant<int64_t, 2>{});
 }
 
 // lanes_load for a strided source (the incoming gradient): element (row, col, comp) at
