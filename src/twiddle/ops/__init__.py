@@ -27,8 +27,6 @@ __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "
 
 # computed in single precision and rounded once on output
 _LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
-# real dtypes the fused CPU kernel takes as they are (complex ones go through real views)
-_FUSED_REAL = (torch.float32, torch.float64)
 
 
 def _have_triton() -> bool:
@@ -129,36 +127,25 @@ def _multiply_checked(
     if kernel == "reference":
         y = reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
         return y if bias is None else y + bias
-    if (
-        kernel == "fused-cpu"
-        and x.dtype in _FUSED_REAL
-        and x.dtype == twiddle.dtype
-        and (bias is None or bias.dtype == x.dtype)
-    ):
-        # the common case (a real layer, one dtype throughout), without the promotions and casts below
-        y = torch.ops.twiddle.butterfly_multiply(
-            twiddle, x if x.ndim == 2 else x.reshape(-1, m), bias, increasing_stride, transpose, conjugate, out
-        )
-        return y if x.ndim == 2 else y.view(*lead, out)
-    dtype = torch.promote_types(x.dtype, twiddle.dtype)
-    if bias is not None:
-        dtype = torch.promote_types(dtype, bias.dtype)
+    # one dtype throughout (the common case) needs no promotion; a 2-D input no reshape
+    if x.dtype == twiddle.dtype and (bias is None or bias.dtype == x.dtype):
+        dtype = x.dtype
+    else:
+        dtype = torch.promote_types(x.dtype, twiddle.dtype)
+        if bias is not None:
+            dtype = torch.promote_types(dtype, bias.dtype)
     compute = _LOW_PRECISION.get(dtype, dtype)
     tw = twiddle if twiddle.dtype == compute else twiddle.to(compute)
-    x2 = x.reshape(-1, m) if x.dtype == compute else x.reshape(-1, m).to(compute)
+    x2 = x if x.ndim == 2 else x.reshape(-1, m)
+    x2 = x2 if x2.dtype == compute else x2.to(compute)
+    b = bias if bias is None or bias.dtype == compute else bias.to(compute)
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
-        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose,
-                                      bias=bias if bias is None or bias.dtype == compute else bias.to(compute))
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b)
     else:
         y = fused_cpu.fused_butterfly_multiply(
-            tw,
-            x2,
-            increasing_stride,
-            out_size=out,
-            transpose=transpose,
-            conjugate=conjugate,
-            bias=bias if bias is None or bias.dtype == compute else bias.to(compute),
+            tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b
         )
-    return (y if y.dtype == dtype else y.to(dtype)).reshape(*lead, out)
+    y = y if y.dtype == dtype else y.to(dtype)
+    return y if x.ndim == 2 else y.reshape(*lead, out)

@@ -616,9 +616,9 @@ inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >>
 
 // raw user-layout twiddles -> SoA in application order (one stack after another). 16 blocks at a time: four
 // loads of (a b c d) x 4 blocks, eight two-source permutes.
-// The buffer is reused by the calling thread from call to call (grow-only, a few MB at most): allocating it fresh
-// costs page faults that dominate small batches at large n.
-const float* rows_soa(const float* tw, const Plan& P) {
+// Writes into `soa` (nstacks * F * 4 * n/2 floats; callers pass a ThreadScratch: allocating it fresh per call
+// costs page faults that dominate small batches at large n) and returns it.
+const float* rows_soa(const float* tw, const Plan& P, float* soa) {
   alignas(64) static const int32_t ab_idx[16] = {0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29};
   alignas(64) static const int32_t cd_idx[16] = {2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31};
   alignas(64) static const int32_t lo_idx[16] = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
@@ -626,10 +626,6 @@ const float* rows_soa(const float* tw, const Plan& P) {
   const __m512i ab = _mm512_load_si512(ab_idx), cd = _mm512_load_si512(cd_idx);
   const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
   const int64_t h = P.half;
-  static thread_local std::vector<float> cache;
-  const size_t needed = static_cast<size_t>(std::max<int64_t>(1, P.nstacks * P.F * 4 * h));
-  if (cache.size() < needed) cache.resize(needed);
-  float* soa = cache.data();
   for (int64_t k = 0; k < P.nstacks; ++k)
     for (int64_t f = 0; f < P.F; ++f) {
       const float* src = tw + k * P.stack_size() + P.offsets[f];
@@ -967,7 +963,8 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   const int64_t ngroups = (P.batch + kRows - 1) / kRows;
   const int64_t ld = P.n + 16;
   const bool raw = P.batch <= kRows;  // one group of rows: read the user's layout, skip the conversion
-  const float* const soa = raw ? nullptr : rows_soa(tw, P);
+  ThreadScratch<float, 2> soa_scratch(raw ? 1 : P.nstacks * P.F * 4 * P.half);
+  const float* const soa = raw ? nullptr : rows_soa(tw, P, soa_scratch.data());
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
   const PermTable perms;
@@ -1023,7 +1020,8 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t ngroups = (P.batch + group - 1) / group;
   const int64_t slot = group * ld;
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
-  const float* const soa = rows_soa(tw, P);
+  ThreadScratch<float, 2> soa_scratch(soa_size);
+  const float* const soa = rows_soa(tw, P, soa_scratch.data());
   const PermTable perms;
   const auto partial = chunked_partials<float>(
       ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size,
