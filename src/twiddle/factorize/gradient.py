@@ -28,17 +28,16 @@ The L-BFGS polish does not trust the Adam loss to rank permutations: every disti
 lowest-loss trial) first gets ``screen_steps`` L-BFGS iterations, and the ``polish_top`` best go on. For BPBP on a
 circulant this matters: a trial with a wrong permutation pair is often ahead in the Adam loss, and only pairs that
 both separate even and odd entries can be exact (measured at n = 16: 16 of the 64 pairs reach 1e-7, the others
-stall at 5e-2 or worse). Convolution (BPBP) is the hard case of the table: with the logits drawn at std 0.1 (as
-for BP) it reaches 4e-7 at n = 8 in 9 s, but at n >= 16 the relaxation rarely learns such a pair with 16 trials,
-and even with the right pair L-BFGS on the real
-part stalls (2e-3 at n = 16) while fitting the whole complex output (``compare="complex"``) converges (8e-8).
-Logits drawn with std 1 (the paper's code) instead of 0.1 keep more such pairs alive (n = 16, 32 trials, after 3
-epochs: 10 against 0), but the polish from those trials' Adam twiddles still stalls (3e-2 to 1e-1): they were
-fitted to the blended permutation, not the hard one. Hence the BPBP defaults: logits at std 1, and the polish
-restarts the twiddles at random under each learned permutation pair, fitting the whole complex output
-(``polish_start="random"``). Convolution then reaches < 1e-4 at n = 8, 16, 32 for every seed tried (2, 3, 3;
-9-42 s), at n = 64 for 2 seeds of 3 (40 s, 43 s; the third 6.7e-3 in 100 s) and at n = 128 (seed 0: 5.6e-7 in
-62 s). The permutations are still learned.
+stall at 5e-2 or worse). Convolution (BPBP) is the hard case of the table: with the logits drawn at std 0.1 (as for
+BP) it reaches 4e-7 at n = 8 in 9 s, but at n >= 16 the relaxation rarely learns such a pair with 16 trials, and
+even with the right pair L-BFGS on the real part stalls (2e-3 at n = 16) while fitting the whole complex output
+(``compare="complex"``) converges (8e-8). Logits drawn with std 1 (the paper's code) instead of 0.1 keep more such
+pairs alive (n = 16, 32 trials, after 3 epochs: 10 against 0), but the polish from those trials' Adam twiddles
+still stalls (3e-2 to 1e-1): they were fitted to the blended permutation, not the hard one. Hence the BPBP
+defaults: logits at std 1, and the polish restarts the twiddles at random under each learned permutation pair,
+fitting the whole complex output (``polish_start="random"``). Convolution then reaches < 1e-4 at n = 8, 16, 32 for
+every seed tried (2, 3, 3; 9-42 s), at n = 64 for 2 seeds of 3 (40 s, 43 s; the third 6.7e-3 in 100 s, 2.2e-4 in
+300 s) and at n = 128 (seed 0: 5.6e-7 in 62 s). The permutations are still learned.
 """
 
 from __future__ import annotations
