@@ -127,6 +127,12 @@ def test_gradient_config_checks_the_new_settings():
         GradientConfig(screen_steps=2.5)
     with pytest.raises(ValueError, match="logit_std"):
         GradientConfig(logit_std=float("nan"))
+    with pytest.raises(ValueError, match="newton_steps"):
+        GradientConfig(newton_steps=-1)
+    with pytest.raises(ValueError, match="newton_steps"):
+        GradientConfig(newton_steps=True)
+    with pytest.raises(ValueError, match="newton_below"):
+        GradientConfig(newton_below=0.0)
 
 
 def test_screen_keeps_one_trial_per_distinct_permutation_ranked_by_loss():
@@ -215,3 +221,93 @@ def test_screen_restarts_the_twiddles_when_asked():
 def test_bpbp_learns_convolution_16_with_random_polish_starts():
     result = factorize(target_matrix("convolution", 16), method="gradient", model="bpbp", time_budget=120, seed=0)
     assert result.rmse < 1e-4
+
+
+def _bpbp_problem(n: int, seed: int):
+    """An exact BPBP target ``B2 P B1 P`` (P the bit reversal) as the polish sees it: complex twiddles, hard
+    permutations and ``model(I)``."""
+    from twiddle.factorize.gradient import _haar_unitary, _model_trials
+
+    gen = torch.Generator().manual_seed(seed)
+    L = n.bit_length() - 1
+    bitrev = torch.tensor([int(format(i, f"0{L}b")[::-1], 2) for i in range(n)])
+    twiddles = [_haar_unitary((L, n // 2, 2, 2), gen) for _ in range(2)]
+    eye = torch.eye(n, dtype=torch.float64).unsqueeze(0)
+    target_t = _model_trials("bpbp", [t.unsqueeze(0) for t in twiddles], [bitrev.unsqueeze(0)] * 2, eye)[0]
+    return twiddles, [bitrev, bitrev], target_t.detach(), gen
+
+
+@pytest.mark.parametrize("model", ["bp", "bpbp"])
+def test_gauss_newton_jvp_matches_finite_differences_and_the_adjoint(model):
+    from twiddle.factorize._gauss_newton import _jvp
+    from twiddle.factorize.gradient import _haar_unitary, _model_trials
+
+    n = 16
+    twiddles, perms, _, gen = _bpbp_problem(n, 0)
+    count = model.count("b")
+    twiddles, perms = twiddles[:count], perms[:count]
+    direction = [_haar_unitary(tuple(t.shape), gen) for t in twiddles]
+    eye = torch.eye(n, dtype=torch.complex128)
+    jv = _jvp(model, twiddles, perms, direction, eye)
+
+    def model_at(tw):
+        return _model_trials(model, [t.unsqueeze(0) for t in tw], [p.unsqueeze(0) for p in perms],
+                             torch.eye(n, dtype=torch.float64).unsqueeze(0))[0]
+    eps = 1e-6
+    plus = model_at([t + eps * d for t, d in zip(twiddles, direction, strict=True)])
+    minus = model_at([t - eps * d for t, d in zip(twiddles, direction, strict=True)])
+    torch.testing.assert_close(jv, (plus - minus) / (2 * eps), rtol=1e-7, atol=1e-9)
+    # adjoint: <u, J v> = <J^T u, v> in the real inner product (autograd gives J^T u)
+    params = [torch.view_as_real(t).clone().requires_grad_(True) for t in twiddles]
+    out = model_at([torch.view_as_complex(p) for p in params])
+    u = torch.randn(n, n, dtype=torch.complex128, generator=gen)
+    (torch.view_as_real(out) * torch.view_as_real(u)).sum().backward()
+    lhs = (torch.view_as_real(jv) * torch.view_as_real(u)).sum()
+    rhs = sum((p.grad * torch.view_as_real(d)).sum() for p, d in zip(params, direction, strict=True))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-10, atol=0)
+
+
+def test_levenberg_marquardt_converges_where_lbfgs_crawls():
+    import math
+
+    from twiddle.factorize._gauss_newton import levenberg_marquardt
+    from twiddle.factorize.gradient import _polish
+
+    n = 16
+    twiddles, perms, target_t, gen = _bpbp_problem(n, 1)
+    start = [t + 0.05 * torch.randn(t.shape, dtype=torch.complex128, generator=gen) for t in twiddles]
+    _, lbfgs_mse = _polish("bpbp", start, perms, target_t, False, 40, math.inf)
+    polished, mse = levenberg_marquardt("bpbp", start, perms, target_t, False, max_steps=40, deadline=math.inf,
+                                        target_mse=1e-26)
+    assert mse < 1e-24 < lbfgs_mse
+    # the returned twiddles are the fit it reports
+    from twiddle.factorize.gradient import _model_trials, _per_trial_mse
+
+    out = _model_trials("bpbp", [t.unsqueeze(0) for t in polished], [p.unsqueeze(0) for p in perms],
+                        torch.eye(n, dtype=torch.float64).unsqueeze(0))
+    assert float(_per_trial_mse(out, target_t.unsqueeze(0), False)) == pytest.approx(mse, rel=1e-6, abs=1e-28)
+
+
+def test_levenberg_marquardt_never_returns_a_worse_fit_and_respects_the_deadline():
+    import math
+    import time
+
+    from twiddle.factorize._gauss_newton import levenberg_marquardt
+    from twiddle.factorize.gradient import _haar_unitary, _model_trials, _per_trial_mse
+
+    n = 8
+    twiddles, perms, target_t, gen = _bpbp_problem(n, 2)
+    start = [_haar_unitary(tuple(t.shape), gen) for t in twiddles]
+    out = _model_trials("bpbp", [t.unsqueeze(0) for t in start], [p.unsqueeze(0) for p in perms],
+                        torch.eye(n, dtype=torch.float64).unsqueeze(0))
+    start_mse = float(_per_trial_mse(out, target_t.unsqueeze(0), False))
+    _, mse = levenberg_marquardt("bpbp", start, perms, target_t, False, max_steps=5, deadline=math.inf)
+    assert mse <= start_mse
+    # a real target compared on its real part
+    _, mse_real = levenberg_marquardt("bpbp", start, perms, target_t.real.contiguous(), True, max_steps=5,
+                                      deadline=math.inf)
+    assert mse_real <= float(_per_trial_mse(out, target_t.real.unsqueeze(0), True))
+    # past the deadline: no step, the start comes back
+    returned, late = levenberg_marquardt("bpbp", start, perms, target_t, False, max_steps=5,
+                                         deadline=time.perf_counter() - 1)
+    assert late == pytest.approx(start_mse) and all(torch.equal(a, b) for a, b in zip(returned, start, strict=True))

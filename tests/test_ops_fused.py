@@ -1,7 +1,8 @@
 """The fused CPU kernel against the reference multiply: forward and backward, every option, both layouts.
 
-The kernel has two code paths: a row layout with AVX-512 intrinsics (real float32, n >= 32, on machines with
-AVX-512) and a lane-tile layout for everything else; the float32 cases below exercise the first where available.
+The kernel has two code paths: a row layout with vector intrinsics (real float32: n >= 32 on machines with AVX-512;
+n >= 16 and at most 8 rows on AVX2 + FMA) and a lane-tile layout for everything else; the float32 cases below
+exercise the first where available (batches of 3 rows on either ISA, larger ones on AVX-512).
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ def test_hypothesis_fused_vs_reference(dtype, log_n, nblocks, nstacks, increasin
     # truncated outputs go through the kernel's buffer; whole ones (with several row groups and a partial one)
     # are written, bias included, by the last pass directly
     [(64, 2, False, True, 6), (8, 3, True, True, 6), (1024, 1, False, True, 6), (256, 2, False, False, 37),
-     (128, 3, True, False, 21)],
+     (128, 3, True, False, 21), (256, 2, False, False, 5), (32, 1, True, False, 8)],
 )
 def test_fused_bias_and_its_gradient(dtype, n, nstacks, transpose, truncate, batch):
     from twiddle.ops import butterfly_multiply
