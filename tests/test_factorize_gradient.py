@@ -219,7 +219,8 @@ def test_screen_restarts_the_twiddles_when_asked():
 
 
 def test_bpbp_learns_convolution_16_with_random_polish_starts():
-    result = factorize(target_matrix("convolution", 16), method="gradient", model="bpbp", time_budget=120, seed=0)
+    # ~50 s on 2 idle cores (found at the 10th epoch); the budget leaves room for a loaded test machine
+    result = factorize(target_matrix("convolution", 16), method="gradient", model="bpbp", time_budget=300, seed=0)
     assert result.rmse < 1e-4
 
 
