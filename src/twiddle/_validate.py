@@ -15,6 +15,13 @@ def positive_int(value: object, name: str) -> int:
     return int(value)
 
 
+def nonnegative_int(value: object, name: str) -> int:
+    """``value`` as an ``int >= 0`` (Python or NumPy integer, not bool), or ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
 def seed_int(seed: object) -> int:
     """``seed`` as an ``int`` (Python or NumPy integer, not bool), or ValueError."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

@@ -85,9 +85,10 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
         diff = out - target_t
         return diff.real if real_target else torch.view_as_real(diff)
 
-    def evaluate(th: list[torch.Tensor], graph: bool):
-        params = [torch.view_as_real(t).clone().requires_grad_(graph) for t in th]
-        with torch.set_grad_enabled(graph):
+    def evaluate(th: list[torch.Tensor]):
+        """The residual at ``th`` with its graph (kept: every CG step back-propagates through it)."""
+        params = [torch.view_as_real(t).clone().requires_grad_(True) for t in th]
+        with torch.enable_grad():
             out = _model_trials(model, [torch.view_as_complex(p).unsqueeze(0) for p in params], hard, eye_real)[0]
             residual = residual_of(out)
         return params, residual
@@ -97,7 +98,7 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
             d = _jvp(model, th, perms, v, eye)
             return d.real if real_target else torch.view_as_real(d)
 
-    params, residual = evaluate(theta, True)
+    params, residual = evaluate(theta)
     cost = float(residual.detach().pow(2).sum())
 
     def adjoint(u: torch.Tensor) -> list[torch.Tensor]:
@@ -107,12 +108,14 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
     lam = None
     nu = 2.0
     history = [cost]
+    g = None  # Jᵀ r at theta: kept across rejected steps (theta unchanged)
     for _ in range(max_steps):
         if cost / n**2 <= target_mse or time.perf_counter() > deadline:
             break
         if len(history) > stall_window and cost > 0.5 * history[-1 - stall_window]:
             break
-        g = adjoint(residual.detach())
+        if g is None:
+            g = adjoint(residual.detach())
         gg = _dot(g, g)
         if gg == 0.0:
             break
@@ -140,11 +143,12 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
             rr = rr_new
         predicted = -_dot(g, delta) + lam * _dot(delta, delta)
         candidate = [t + d for t, d in zip(theta, delta, strict=True)]
-        new_params, new_residual = evaluate(candidate, True)
+        new_params, new_residual = evaluate(candidate)
         new_cost = float(new_residual.detach().pow(2).sum())
         rho = (cost - new_cost) / predicted if predicted > 0 else -1.0
         if rho > 0 and math.isfinite(new_cost):
             theta, params, residual, cost = candidate, new_params, new_residual, new_cost
+            g = None
             lam *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
             nu = 2.0
         else:

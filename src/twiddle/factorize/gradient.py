@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._validate import nonnegative_int
 from ..ops import butterfly_multiply
 from ._gauss_newton import levenberg_marquardt
 
@@ -124,8 +125,7 @@ class GradientConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.polish not in POLISHES:
             raise ValueError(f"polish must be one of {POLISHES}, got {self.polish!r}")
-        if isinstance(self.screen_steps, bool) or not isinstance(self.screen_steps, int) or self.screen_steps < 0:
-            raise ValueError(f"screen_steps must be an integer >= 0, got {self.screen_steps!r}")
+        self.screen_steps = nonnegative_int(self.screen_steps, "screen_steps")
         if self.logit_std is not None and not self.logit_std >= 0:
             raise ValueError(f"logit_std must be >= 0 or None, got {self.logit_std!r}")
         if self.polish_start not in POLISH_STARTS:
@@ -135,9 +135,8 @@ class GradientConfig:
                              "start from the closed-form fit by default)")
         if self.compare not in COMPARES:
             raise ValueError(f"compare must be one of {COMPARES}, got {self.compare!r}")
-        if self.newton_steps is not None and (isinstance(self.newton_steps, bool)
-                                              or not isinstance(self.newton_steps, int) or self.newton_steps < 0):
-            raise ValueError(f"newton_steps must be an integer >= 0 or None, got {self.newton_steps!r}")
+        if self.newton_steps is not None:  # None: the default per polish start
+            self.newton_steps = nonnegative_int(self.newton_steps, "newton_steps")
         if not self.newton_below > 0:
             raise ValueError(f"newton_below must be > 0, got {self.newton_below!r}")
         if self.adam_dtype not in (torch.float32, torch.float64):

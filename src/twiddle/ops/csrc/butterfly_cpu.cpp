@@ -677,30 +677,36 @@ inline std::vector<Pass> make_passes(const Plan& P) {
 // the divisions.
 inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
 
+// kW consecutive blocks straight from the user's layout (a b c d a b c d ...): four loads, eight permutes.
+TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap, const SoaPerm& sp) {
+  const VIdx ab = sp.ab, cd = sp.cd, lo = sp.lo, hi = sp.hi;
+  const VF v0 = vload(t), v1 = vload(t + kW);
+  const VF v2 = vload(t + 2 * kW), v3 = vload(t + 3 * kW);
+  const VF ab01 = vperm2(v0, ab, v1), cd01 = vperm2(v0, cd, v1);
+  const VF ab23 = vperm2(v2, ab, v3), cd23 = vperm2(v2, cd, v3);
+  Quad q{vperm2(ab01, lo, ab23), vperm2(ab01, hi, ab23),
+         vperm2(cd01, lo, cd23), vperm2(cd01, hi, cd23)};
+  if (swap) std::swap(q.b, q.c);
+  return q;
+}
+
 // raw user-layout twiddles -> SoA in application order (one stack after another). kW blocks at a time: four
 // loads of (a b c d) x 4 blocks, eight two-source permutes.
 // Writes into `soa` (nstacks * F * 4 * n/2 floats; callers pass a ThreadScratch: allocating it fresh per call
 // costs page faults that dominate small batches at large n) and returns it.
 const float* rows_soa(const float* tw, const Plan& P, float* soa) {
   const SoaPerm& sp = soa_perm();
-  const VIdx ab = sp.ab, cd = sp.cd, lo = sp.lo, hi = sp.hi;
   const int64_t h = P.half;
   for (int64_t k = 0; k < P.nstacks; ++k)
     for (int64_t f = 0; f < P.F; ++f) {
       const float* src = tw + k * P.stack_size() + P.offsets[f];
       float* dst = soa + (k * P.F + f) * 4 * h;
-      float* db = dst + (P.transpose ? 2 : 1) * h;  // the transpose swaps t01 and t10
-      float* dc = dst + (P.transpose ? 1 : 2) * h;
       for (int64_t i = 0; i < h; i += kW) {
-        const float* t = src + 4 * i;
-        const VF v0 = vload(t), v1 = vload(t + kW);
-        const VF v2 = vload(t + 2 * kW), v3 = vload(t + 3 * kW);
-        const VF ab01 = vperm2(v0, ab, v1), cd01 = vperm2(v0, cd, v1);
-        const VF ab23 = vperm2(v2, ab, v3), cd23 = vperm2(v2, cd, v3);
-        vstore(dst + i, vperm2(ab01, lo, ab23));
-        vstore(db + i, vperm2(ab01, hi, ab23));
-        vstore(dc + i, vperm2(cd01, lo, cd23));
-        vstore(dst + 3 * h + i, vperm2(cd01, hi, cd23));
+        const Quad q = load_quad_raw(src + 4 * i, P.transpose, sp);  // the transpose swaps t01 and t10
+        vstore(dst + i, q.a);
+        vstore(dst + h + i, q.b);
+        vstore(dst + 2 * h + i, q.c);
+        vstore(dst + 3 * h + i, q.d);
       }
     }
   return soa;
@@ -726,19 +732,6 @@ void rows_soa_to_raw(const std::vector<std::vector<float>>& partial, float* gtw,
   });
 }
 
-// kW consecutive blocks straight from the user's layout (a b c d a b c d ...): four loads, eight permutes.
-TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap, const SoaPerm& sp) {
-  const VIdx ab = sp.ab, cd = sp.cd, lo = sp.lo, hi = sp.hi;
-  const VF v0 = vload(t), v1 = vload(t + kW);
-  const VF v2 = vload(t + 2 * kW), v3 = vload(t + 3 * kW);
-  const VF ab01 = vperm2(v0, ab, v1), cd01 = vperm2(v0, cd, v1);
-  const VF ab23 = vperm2(v2, ab, v3), cd23 = vperm2(v2, cd, v3);
-  Quad q{vperm2(ab01, lo, ab23), vperm2(ab01, hi, ab23),
-         vperm2(cd01, lo, cd23), vperm2(cd01, hi, cd23)};
-  if (swap) std::swap(q.b, q.c);
-  return q;
-}
-
 // Where the pass kernels read one stack's twiddles: the SoA copy (converted once per call), or — for a single
 // group of rows, where the conversion would cost more than the work — the user's layout directly.
 struct TwiddleSource {
@@ -746,12 +739,13 @@ struct TwiddleSource {
   int64_t h;
   bool raw, swap;
   const int64_t* offsets;  // raw: offset of each applied factor
+  const SoaPerm* perm;      // raw: the layout permutes (soa_perm())
   TWIDDLE_INLINE Quad quad(int64_t f, int64_t i) const {
-    return raw ? load_quad_raw(base + offsets[f] + 4 * i, swap, soa_perm()) : load_quad(base + f * 4 * h, h, i);
+    return raw ? load_quad_raw(base + offsets[f] + 4 * i, swap, *perm) : load_quad(base + f * 4 * h, h, i);
   }
 };
 
-// y[pos..pos+15] = v (+ bias[pos..pos+15] when a bias is given: the forward's last pass adds it as it stores)
+// y[pos..pos+kW) = v (+ bias[pos..pos+kW) when a bias is given: the forward's last pass adds it as it stores)
 TWIDDLE_INLINE void store_row(float* y, const float* bias, int64_t pos, VF v) {
   if (bias) v = vadd(v, vload(bias + pos));
   vstore(y + pos, v);
@@ -1034,8 +1028,9 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
         const TwiddleSource tws = raw ? TwiddleSource{tw + k * P.stack_size(), P.half, true, P.transpose,
-                                                      P.offsets.data()}
-                                      : TwiddleSource{soa + k * P.F * 4 * P.half, P.half, false, false, nullptr};
+                                                      P.offsets.data(), &soa_perm()}
+                                      : TwiddleSource{soa + k * P.F * 4 * P.half, P.half, false, false, nullptr,
+                                                      nullptr};
         const bool add = P.sum_output && k > 0;
         // The first pass reads the input rows in place unless they need zero padding; the last pass writes the
         // output rows (plus the bias) in place unless they are truncated or added to a previous stack's.
@@ -1093,7 +1088,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         auto [oc0, ocount] = output_cols(P, k);
         const float* soak = soa + k * P.F * 4 * P.half;
         float* acck = acc + k * P.F * 4 * P.half;
-        const TwiddleSource tws{soak, P.half, false, false, nullptr};
+        const TwiddleSource tws{soak, P.half, false, false, nullptr, nullptr};
         // As in the forward: the input, the incoming gradient and the input gradient are read and written in
         // place where no padding, truncation, strides or accumulation over stacks get in the way.
         const bool direct_in = icount == P.n;
