@@ -92,11 +92,13 @@ if HAVE_TRITON:
         return _merge_pairs(a * u + bb * v, c * u + d * v, BLOCK_B, N, S)
 
     @triton.jit
-    def _backward_step(g, u, tw_k, dtw, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
+    def _backward_step(g, u, tw_k, dtw, acc, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                        INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr,
                        COMPUTE: tl.constexpr):
         """Backward through the j-th factor: add its twiddle gradient (summed over the tile's rows) to ``dtw`` and
-        return the gradient w.r.t. its input. ``u`` is the factor's input."""
+        return the gradient w.r.t. its input. ``u`` is the factor's input; ``acc`` (a scalar, 0 or
+        2^30): add to the entries of ``dtw`` whose offsets are below it (all or none), overwrite the others (on a
+        program's first tile, so that ``dtw`` needs no zero fill)."""
         jb: tl.constexpr = j // LOG_N
         jf: tl.constexpr = j % LOG_N
         b: tl.constexpr = (NBLOCKS - 1 - jb) * TRANSPOSE + jb * (1 - TRANSPOSE)
@@ -109,10 +111,10 @@ if HAVE_TRITON:
         g0, g1 = _split_pairs(g, BLOCK_B, N, S)
         oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
         a, bb, c, d = _load_entries(tw_k + raw * (N * 2), oa, ob, oc, od, COMPUTE)
-        tl.store(dt + oa, tl.load(dt + oa) + tl.sum(g0 * u0, axis=0))
-        tl.store(dt + ob, tl.load(dt + ob) + tl.sum(g0 * u1, axis=0))
-        tl.store(dt + oc, tl.load(dt + oc) + tl.sum(g1 * u0, axis=0))
-        tl.store(dt + od, tl.load(dt + od) + tl.sum(g1 * u1, axis=0))
+        tl.store(dt + oa, tl.load(dt + oa, mask=oa < acc, other=0.0) + tl.sum(g0 * u0, axis=0))
+        tl.store(dt + ob, tl.load(dt + ob, mask=ob < acc, other=0.0) + tl.sum(g0 * u1, axis=0))
+        tl.store(dt + oc, tl.load(dt + oc, mask=oc < acc, other=0.0) + tl.sum(g1 * u0, axis=0))
+        tl.store(dt + od, tl.load(dt + od, mask=od < acc, other=0.0) + tl.sum(g1 * u1, axis=0))
         return _merge_pairs(a * g0 + c * g1, bb * g0 + d * g1, BLOCK_B, N, S)
 
     @triton.jit
@@ -142,37 +144,62 @@ if HAVE_TRITON:
         tl.store(out_ptr + k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :],
                  x.to(out_ptr.dtype.element_ty), mask=mask)
 
+    @triton.jit
+    def _backward_pair(g, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc, j0: tl.constexpr,
+                       LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
+                       TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr, COMPUTE: tl.constexpr):
+        """Backward through factors j0 + 1 and j0 (j0 even; see :func:`_backward_kernel`): factor j0's input is
+        read (from ``acts``, or the input tile when j0 = 0) and factor j0 + 1's recomputed from it."""
+        if j0 == 0:
+            u0 = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
+        else:
+            u0 = tl.load(acts + (j0 // 2 - 1) * (BLOCK_B * N) + local)
+        u1 = _forward_step(u0, tw_k, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+        g = _backward_step(g, u1, tw_k, dtw, acc, j0 + 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+        return _backward_step(g, u0, tw_k, dtw, acc, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+
     @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
     def _backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x, ld_g,
                          stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                          INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                         COMPUTE: tl.constexpr):
+                         COMPUTE: tl.constexpr, SLOTS: tl.constexpr):
         """Backward of the unrolled forward. The program walks tiles ``pid, pid + nprog, ...``: it recomputes a
-        tile's activations into its own slot of ``acts`` and adds the tile's twiddle gradient to its own slice of
-        ``dtw`` (summed over programs afterwards: deterministic). Every element of ``acts`` and ``dtw`` is written
-        and read back through the same pointer layout, hence by the same thread: no barrier is needed."""
+        tile's activations and adds the tile's twiddle gradient to its own slice of ``dtw`` (summed over programs
+        afterwards: deterministic).
+
+        Only the inputs of the even factors 2, 4, ... are kept, in the program's slot of ``acts`` (``SLOTS`` =
+        ``max(F // 2 - 1, 0)`` tiles: factor 0's input is the input tile, read again, and with F odd the last
+        factor's input stays in registers): going down, the input of an odd factor j is
+        recomputed from factor j - 1's in registers, which costs F / 2 factor applications and halves the
+        scratch. Every element of ``acts`` and ``dtw`` is written and read back through the same pointer layout,
+        hence by the same thread: no barrier is needed."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
         F: tl.constexpr = NBLOCKS * LOG_N
+        TILE: tl.constexpr = BLOCK_B * N
         cols = tl.arange(0, N)
         local = tl.arange(0, BLOCK_B)[:, None] * N + cols[None, :]
-        acts = acts_ptr + (k * nprog + pid) * (F * BLOCK_B * N)
+        acts = acts_ptr + (k * nprog + pid) * (SLOTS * TILE)  # slot i: the input of factor 2 (i + 1)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
         tw_k = tw_ptr + k * (F * N * 2)
         dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2)
         for tile_id in range(pid, n_tiles, nprog):
+            acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + tl.arange(0, BLOCK_B)
             x = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
-            for j in tl.static_range(F):
-                tl.store(acts + j * (BLOCK_B * N) + local, x)
+            for j in tl.static_range(F - 1):  # the output of the last factor is not needed
                 x = _forward_step(x, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+                if j % 2 == 1 and j + 1 < F - F % 2:
+                    tl.store(acts + (j // 2) * TILE + local, x)
             g = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE)
-            for jj in tl.static_range(F):
-                u = tl.load(acts + (F - 1 - jj) * (BLOCK_B * N) + local)
-                g = _backward_step(g, u, tw_k, dtw, F - 1 - jj, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B,
-                                   N, COMPUTE)
+            if F % 2 == 1:  # the last factor has an even index: its input is x, still in registers
+                g = _backward_step(g, x, tw_k, dtw, acc, F - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N,
+                                   COMPUTE)
+            for p in tl.static_range(F // 2):  # factors (j0 + 1, j0) from the top, j0 even
+                g = _backward_pair(g, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc,
+                                   2 * (F // 2 - 1 - p), LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
             # shared input (plain multiply): stack k writes its own slab (summed later); split input: own columns
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
             tl.store(gx_ptr + k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :],
@@ -222,7 +249,7 @@ if HAVE_TRITON:
             tl.store(dst + off + (1 << log_s), c * u + d * v)
 
     @triton.jit
-    def _loop_apply_backward(acts_j, grad, tw_f, dtw_f, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr,
+    def _loop_apply_backward(acts_j, grad, tw_f, dtw_f, acc, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr,
                              CHUNK: tl.constexpr, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
         """Backward through one factor: add the tile's twiddle gradient to ``dtw_f`` and replace the gradient
         tile at ``grad`` by the gradient w.r.t. the factor's input (whose values are at ``acts_j``)."""
@@ -233,10 +260,11 @@ if HAVE_TRITON:
             g0 = tl.load(grad + off)
             g1 = tl.load(grad + off + (1 << log_s))
             dt = dtw_f + 4 * pairs
-            da = tl.load(dt) + tl.sum(g0 * u0, axis=0)
-            db = tl.load(dt + 1 + TRANSPOSE) + tl.sum(g0 * u1, axis=0)
-            dc = tl.load(dt + 2 - TRANSPOSE) + tl.sum(g1 * u0, axis=0)
-            dd = tl.load(dt + 3) + tl.sum(g1 * u1, axis=0)
+            keep = pairs < acc  # add to dtw_f, or overwrite it on the program's first tile
+            da = tl.load(dt, mask=keep, other=0.0) + tl.sum(g0 * u0, axis=0)
+            db = tl.load(dt + 1 + TRANSPOSE, mask=keep, other=0.0) + tl.sum(g0 * u1, axis=0)
+            dc = tl.load(dt + 2 - TRANSPOSE, mask=keep, other=0.0) + tl.sum(g1 * u0, axis=0)
+            dd = tl.load(dt + 3, mask=keep, other=0.0) + tl.sum(g1 * u1, axis=0)
             tl.debug_barrier()  # reduced values may be replicated over threads: every read before any write
             tl.store(dt, da)
             tl.store(dt + 1 + TRANSPOSE, db)
@@ -288,38 +316,54 @@ if HAVE_TRITON:
                               ld_g, stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
                               NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
                               BLOCK_B: tl.constexpr, CHUNK: tl.constexpr, COMPUTE: tl.constexpr):
-        """Backward with run-time factor loops. The program's slot of ``acts`` holds F + 1 tiles: the input of
-        every factor (recomputed) and, last, the running gradient. Twiddle gradients are accumulated over the
-        program's tiles in its own slice of ``dtw`` (summed over programs afterwards: deterministic)."""
+        """Backward with run-time factor loops. The program's slot of ``acts`` holds ``(F + 1) // 2 + 2`` tiles:
+        the inputs of the even factors 0, 2, ... (recomputed), a spare tile into which an odd factor's input is
+        recomputed from the factor below when the walk down reaches it (F / 2 extra factor applications for half
+        the scratch), and, last, the running gradient. Twiddle gradients are accumulated over the program's tiles
+        in its own slice of ``dtw`` (summed over programs afterwards: deterministic)."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
         F: tl.constexpr = NBLOCKS * LOG_N
         TILE: tl.constexpr = BLOCK_B * N
+        EVEN: tl.constexpr = (F + 1) // 2  # tiles holding the inputs of the even factors
         cols = tl.arange(0, N)
         local_rows = tl.arange(0, BLOCK_B)
-        acts = acts_ptr + (k * nprog + pid) * ((F + 1) * TILE)
-        grad = acts + F * TILE
+        acts = acts_ptr + (k * nprog + pid) * ((EVEN + 2) * TILE)
+        spare = acts + EVEN * TILE
+        grad = spare + TILE
         tile = local_rows[:, None] * N + cols[None, :]
         tw_k = tw_ptr + k * (F * N * 2)
         dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
         for tile_id in range(pid, n_tiles, nprog):
+            acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + local_rows
             tl.store(acts + tile, _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE))
             tl.store(grad + tile, _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE))
             tl.debug_barrier()
-            for j in range(F - 1):  # recompute the inputs of factors 1 .. F-1
+            for j in range(0, F - 2, 2):  # the input of factor j + 2, through the spare tile
                 raw, log_s = _factor_geometry(j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply(acts + j * TILE, acts + (j + 1) * TILE, tw_k + raw * (N * 2), log_s, N, BLOCK_B,
-                            CHUNK, TRANSPOSE, COMPUTE)
+                _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
+                            TRANSPOSE, COMPUTE)
+                tl.debug_barrier()
+                raw, log_s = _factor_geometry(j + 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
+                _loop_apply(spare, acts + (j // 2 + 1) * TILE, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
+                            TRANSPOSE, COMPUTE)
                 tl.debug_barrier()
             for jj in range(F):
                 j = F - 1 - jj
+                odd = j % 2
+                if odd == 1:  # recompute this factor's input from the even factor below it
+                    raw, log_s = _factor_geometry(j - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
+                    _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
+                                TRANSPOSE, COMPUTE)
+                    tl.debug_barrier()
+                inputs = acts + ((j // 2) * (1 - odd) + EVEN * odd) * TILE  # the spare tile for odd j
                 raw, log_s = _factor_geometry(j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply_backward(acts + j * TILE, grad, tw_k + raw * (N * 2), dtw + raw * (N * 2), log_s, N,
-                                     BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
+                _loop_apply_backward(inputs, grad, tw_k + raw * (N * 2), dtw + raw * (N * 2), acc, log_s, N, BLOCK_B,
+                                     CHUNK, TRANSPOSE, COMPUTE)
                 tl.debug_barrier()
             gx = tl.load(grad + tile)
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
@@ -370,6 +414,11 @@ def choose_variant(n: int, variant: str = "auto") -> str:
     return variant
 
 
+#: programs per multiprocessor of the backward kernels: each holds a scratch of recomputed activations and a
+#: partial twiddle gradient, so fewer programs use less memory (and, at large batches, may lose some speed)
+BACKWARD_PROGRAMS_PER_SM = 2
+
+
 def _programs(n_tiles: int, device: torch.device, per_sm: int) -> int:
     """Programs for the kernels that walk tiles: enough to fill the GPU (``per_sm`` per multiprocessor), few
     enough that their scratch (a tile, or a tile per factor in the backward) stays small and in cache."""
@@ -418,10 +467,18 @@ def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> None:
 
 def _constexprs(twiddle: torch.Tensor, increasing_stride: bool, transpose: bool, block_b: int, dtype: torch.dtype,
                 **extra: int) -> dict:
-    """The compile-time arguments every kernel takes (geometry, options, compute dtype), plus ``extra``."""
-    _, nblocks, log_n, n = _shapes(twiddle)
-    return dict(N=n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride), TRANSPOSE=int(transpose),
-                BLOCK_B=block_b, COMPUTE=_compute_dtype(dtype), **extra)
+    """The compile-time arguments every kernel takes (geometry, options, compute dtype), plus ``extra``. The dict
+    is shared between calls (cached): callers copy it before adding to it."""
+    return _constexprs_cached(tuple(twiddle.shape[1:3]), bool(increasing_stride), bool(transpose), block_b, dtype,
+                              tuple(extra.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _constexprs_cached(geometry: tuple[int, int], increasing_stride: bool, transpose: bool, block_b: int,
+                       dtype: torch.dtype, extra: tuple) -> dict:
+    nblocks, log_n = geometry
+    return dict(N=1 << log_n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride),
+                TRANSPOSE=int(transpose), BLOCK_B=block_b, COMPUTE=_compute_dtype(dtype), **dict(extra))
 
 
 def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool,
@@ -437,7 +494,7 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     tw = twiddle.contiguous()
     xc = x.contiguous()
     block_b = _block_rows(n)
-    n_tiles = triton.cdiv(max(batch, 1), block_b)
+    n_tiles = -(-max(batch, 1) // block_b)  # ceil; triton.cdiv costs microseconds on the host
     fuse_bias = bias is not None and not transpose
     if transpose:
         target = torch.empty(nstacks, batch, n, device=x.device, dtype=x.dtype)
@@ -475,21 +532,23 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
     if transpose and out_size < n:  # the kernel reads n columns of grad for every stack
         g = torch.nn.functional.pad(g, (0, n - out_size))
     block_b = _block_rows(n)
-    n_tiles = triton.cdiv(max(batch, 1), block_b)
+    n_tiles = -(-max(batch, 1) // block_b)  # ceil; triton.cdiv costs microseconds on the host
     wide = _wide(x.dtype)
     gx_slabs = torch.empty((1 if transpose else nstacks), batch, m, device=x.device, dtype=x.dtype)
     if batch == 0:
         return torch.zeros_like(twiddle), gx_slabs.sum(0)
     meta = _constexprs(twiddle, increasing_stride, transpose, block_b, x.dtype)
-    nprog = _programs(n_tiles, x.device, per_sm=2)
-    partial = torch.zeros(nprog, nstacks, *twiddle.shape[1:], device=x.device, dtype=wide)
+    nprog = _programs(n_tiles, x.device, per_sm=BACKWARD_PROGRAMS_PER_SM)
+    # every program writes its whole slice (it has at least one tile): no zero fill
+    partial = torch.empty(nprog, nstacks, *twiddle.shape[1:], device=x.device, dtype=wide)
     args = (xc, tw, g, gx_slabs, partial)
     sizes = (batch, m, g.shape[1], m, g.shape[1], batch * m, n_tiles)
     if variant == "unrolled":
-        acts = torch.empty(nstacks * nprog * max(F, 1) * block_b * n, device=x.device, dtype=wide)
-        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), meta)
+        slots = max(F // 2 - 1, 0)  # see _backward_kernel
+        acts = torch.empty(nstacks * nprog * max(slots, 1) * block_b * n, device=x.device, dtype=wide)
+        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "SLOTS": slots})
     else:
-        acts = torch.empty(nstacks * nprog * (F + 1) * block_b * n, device=x.device, dtype=wide)
+        acts = torch.empty(nstacks * nprog * ((F + 1) // 2 + 2) * block_b * n, device=x.device, dtype=wide)
         _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "CHUNK": _chunk(n, block_b)})
     # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
     gt = partial[0] if nprog == 1 else partial.sum(0)
@@ -556,4 +615,7 @@ def triton_butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing
         raise RuntimeError("Triton is not installed")
     if torch.compiler.is_compiling():
         return _triton_op(twiddle, x, bias, increasing_stride, transpose, out_size)
-    return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size)
+    if torch.is_grad_enabled() and (twiddle.requires_grad or x.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size)
+    return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias)  # nothing to differentiate
