@@ -10,14 +10,16 @@
   compilation per n and bounded registers at any n; slower than ``unrolled`` where both compile quickly.
 
 The twiddle is read in the user's layout; the transpose (reverse the factors, swap the off-diagonal entries) is
-index arithmetic. Backwards recompute each tile's activations into a per-program scratch and walk tiles with a fixed
-number of programs, each adding its twiddle gradients into its own slice (summed in a fixed order afterwards:
-deterministic). Real dtypes only: float64 is computed in float64, float32/float16/bfloat16 in float32; complex CUDA
-tensors use the reference multiply. No Triton specialization on the batch size: one compilation per shape.
+index arithmetic. Backwards recompute each tile's activations (keeping the inputs of every other factor in a
+per-program scratch, the others recomputed on the way down) and walk tiles with a fixed number of programs, each
+adding its twiddle gradients into its own slice (summed in a fixed order afterwards: deterministic). Real dtypes
+only: float64 is computed in float64, float32/float16/bfloat16 in float32; complex CUDA tensors use the reference
+multiply. No Triton specialization on the batch size: one compilation per shape.
 
-Host cost matters at small batches: eager calls go through a ``torch.autograd.Function`` (a custom op's dispatch
-costs several times more per call; under ``torch.compile`` the custom op ``twiddle::butterfly_multiply_triton`` is
-used so that graphs see one op), and compiled kernels are launched directly (:func:`_launch`).
+Host cost matters at small batches: calls that need no gradient launch the forward directly; other eager calls go
+through a ``torch.autograd.Function`` (a custom op's dispatch costs several times more per call; under
+``torch.compile`` the custom op ``twiddle::butterfly_multiply_triton`` is used so that graphs see one op), and
+compiled kernels are launched directly (:func:`_launch`).
 
 Without a GPU the same kernels run under Triton's interpreter (``TRITON_INTERPRET=1``) on CPU tensors: that is
 how CI checks their logic.
