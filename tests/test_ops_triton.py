@@ -72,6 +72,13 @@ INTERPRETER_CHECK = textwrap.dedent(
             (y * g).sum().backward()
             for a, b in ((y, ref_y), (tt.grad, ref_gt), (xx.grad, ref_gx), (bb.grad, ref_b.grad)):
                 worst[torch.float64] = max(worst[torch.float64], rel(a.detach(), b))
+        # nothing to differentiate (inference): the forward without the autograd wrapper
+        with torch.no_grad():
+            y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias)
+        assert y.grad_fn is None and not y.requires_grad
+        worst[torch.float64] = max(worst[torch.float64], rel(y, ref_y))
+        y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias)  # no input requires grad
+        worst[torch.float64] = max(worst[torch.float64], rel(y, ref_y))
     print(worst[torch.float64], worst[torch.float32])
     """
 )
