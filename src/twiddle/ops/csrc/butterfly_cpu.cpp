@@ -12,6 +12,8 @@
 //    vector twiddles shared by all rows of the group; strides below kW use in-register permutes.
 //  * lanes (everything else: float64, complex, small n, machines with neither): a tile of kLanes rows is
 //    transposed into buf[position][lane] so that every 2x2 block updates kLanes rows with four scalars.
+//    Its backward sums each block's twiddle gradient over the lanes; with AVX2 + FMA the float32 and complex64
+//    versions reduce a block's 4 or 8 sums together (a transposed hadd tree) instead of one by one.
 // Either way the data are read and written once for all factors. Work is spread over threads with
 // at::parallel_for (which honours torch.set_num_threads); small batches run on the calling thread.
 //
@@ -36,6 +38,10 @@
 #include <tuple>
 #include <type_traits>
 #include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace twiddle_cpu {
 
@@ -305,6 +311,108 @@ inline void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u
     dt[7] += sign * sdi;
   });
 }
+
+#if defined(__AVX2__) && defined(__FMA__)
+
+// float32 specializations of the lane backwards below and above: the per-block sums over the 16 lanes are reduced
+// together (add the two 8-lane halves, then a transposed hadd tree that leaves all the block's sums in one vector)
+// instead of as separate horizontal reductions, which were most of these functions' time. The order of the
+// additions is fixed (deterministic).
+template <>
+inline void lanes_factor_real_backward<float>(float* __restrict g, const float* __restrict u,
+                                              const float* __restrict tw, float* __restrict dtw, int64_t n,
+                                              int64_t s, int eb, int ec) {
+  static_assert(kLanes == 16, "two 8-float vectors per lane row");
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    float* __restrict gp = g + p * kLanes;
+    float* __restrict gq = gp + s * kLanes;
+    const float* __restrict up = u + p * kLanes;
+    const float* __restrict uq = up + s * kLanes;
+    const float* t = tw + 4 * i;
+    const __m256 A = _mm256_set1_ps(t[0]), B = _mm256_set1_ps(t[eb]), C = _mm256_set1_ps(t[ec]);
+    const __m256 D = _mm256_set1_ps(t[3]);
+    __m256 acc[4];
+    for (int h = 0; h < 2; ++h) {
+      const int o = 8 * h;
+      const __m256 x0 = _mm256_loadu_ps(up + o), x1 = _mm256_loadu_ps(uq + o);
+      const __m256 g0 = _mm256_loadu_ps(gp + o), g1 = _mm256_loadu_ps(gq + o);
+      const __m256 tt[4] = {_mm256_mul_ps(g0, x0), _mm256_mul_ps(g0, x1), _mm256_mul_ps(g1, x0),
+                            _mm256_mul_ps(g1, x1)};
+      for (int j = 0; j < 4; ++j) acc[j] = h == 0 ? tt[j] : _mm256_add_ps(acc[j], tt[j]);
+      _mm256_storeu_ps(gp + o, _mm256_fmadd_ps(A, g0, _mm256_mul_ps(C, g1)));
+      _mm256_storeu_ps(gq + o, _mm256_fmadd_ps(B, g0, _mm256_mul_ps(D, g1)));
+    }
+    // [a b a b | a b a b] partial pairs, then [a b c d | a b c d]; add the 128-bit halves
+    const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+    alignas(16) float sum[4];
+    _mm_store_ps(sum, sums);
+    float* dt = dtw + 4 * i;
+    dt[0] += sum[0];
+    dt[eb] += sum[1];
+    dt[ec] += sum[2];
+    dt[3] += sum[3];
+  });
+}
+
+// complex64 specialization of the above: the eight per-block sums over the 16 lanes are reduced together (add the
+// two 8-lane halves, then a transposed hadd tree that leaves the eight sums in one vector) instead of as eight
+// horizontal reductions, which were most of this function's time. The order of the additions is fixed.
+template <>
+inline void lanes_factor_complex_backward<float>(float* __restrict g, const float* __restrict u,
+                                                 const float* __restrict tw, float* __restrict dtw, int64_t n,
+                                                 int64_t s, int eb, int ec, float sign) {
+  static_assert(kLanes == 16, "two 8-float vectors per lane row");
+  for_each_block(n, s, [&](int64_t i, int64_t p) {
+    float* __restrict gp = g + p * 2 * kLanes;  // re [0, 16), im [16, 32)
+    float* __restrict gq = gp + s * 2 * kLanes;
+    const float* __restrict up = u + p * 2 * kLanes;
+    const float* __restrict uq = up + s * 2 * kLanes;
+    const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
+    const __m256 Ar = _mm256_set1_ps(ar), Ai = _mm256_set1_ps(ai), Br = _mm256_set1_ps(br), Bi = _mm256_set1_ps(bi);
+    const __m256 Cr = _mm256_set1_ps(cr), Ci = _mm256_set1_ps(ci), Dr = _mm256_set1_ps(dr), Di = _mm256_set1_ps(di);
+    __m256 acc[8];
+    for (int h = 0; h < 2; ++h) {  // the two halves of the 16 lanes
+      const int o = 8 * h;
+      const __m256 xr0 = _mm256_loadu_ps(up + o), xi0 = _mm256_loadu_ps(up + kLanes + o);
+      const __m256 xr1 = _mm256_loadu_ps(uq + o), xi1 = _mm256_loadu_ps(uq + kLanes + o);
+      const __m256 g0r = _mm256_loadu_ps(gp + o), g0i = _mm256_loadu_ps(gp + kLanes + o);
+      const __m256 g1r = _mm256_loadu_ps(gq + o), g1i = _mm256_loadu_ps(gq + kLanes + o);
+      const __m256 t[8] = {
+          _mm256_fmadd_ps(g0r, xr0, _mm256_mul_ps(g0i, xi0)), _mm256_fmsub_ps(g0i, xr0, _mm256_mul_ps(g0r, xi0)),
+          _mm256_fmadd_ps(g0r, xr1, _mm256_mul_ps(g0i, xi1)), _mm256_fmsub_ps(g0i, xr1, _mm256_mul_ps(g0r, xi1)),
+          _mm256_fmadd_ps(g1r, xr0, _mm256_mul_ps(g1i, xi0)), _mm256_fmsub_ps(g1i, xr0, _mm256_mul_ps(g1r, xi0)),
+          _mm256_fmadd_ps(g1r, xr1, _mm256_mul_ps(g1i, xi1)), _mm256_fmsub_ps(g1i, xr1, _mm256_mul_ps(g1r, xi1))};
+      for (int j = 0; j < 8; ++j) acc[j] = h == 0 ? t[j] : _mm256_add_ps(acc[j], t[j]);
+      // g_in = conj(T)^T g_out
+      _mm256_storeu_ps(gp + o, _mm256_fmadd_ps(Ar, g0r, _mm256_fmadd_ps(Ai, g0i, _mm256_fmadd_ps(Cr, g1r,
+                                                                                              _mm256_mul_ps(Ci, g1i)))));
+      _mm256_storeu_ps(gp + kLanes + o, _mm256_fmsub_ps(Ar, g0i, _mm256_fmsub_ps(Ai, g0r, _mm256_fmsub_ps(Cr, g1i,
+                                                                                              _mm256_mul_ps(Ci, g1r)))));
+      _mm256_storeu_ps(gq + o, _mm256_fmadd_ps(Br, g0r, _mm256_fmadd_ps(Bi, g0i, _mm256_fmadd_ps(Dr, g1r,
+                                                                                              _mm256_mul_ps(Di, g1i)))));
+      _mm256_storeu_ps(gq + kLanes + o, _mm256_fmsub_ps(Br, g0i, _mm256_fmsub_ps(Bi, g0r, _mm256_fmsub_ps(Dr, g1i,
+                                                                                              _mm256_mul_ps(Di, g1r)))));
+    }
+    // transposed reduction: hadd pairs, then pairs of pairs; each 128-bit half then holds four partial sums
+    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
+    const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
+    const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
+    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
+    alignas(32) float sum[8];
+    _mm256_store_ps(sum, sums);
+    float* dt = dtw + 8 * i;
+    dt[0] += sum[0];
+    dt[1] += sign * sum[1];
+    dt[2 * eb] += sum[2];
+    dt[2 * eb + 1] += sign * sum[3];
+    dt[2 * ec] += sum[4];
+    dt[2 * ec + 1] += sign * sum[5];
+    dt[6] += sum[6];
+    dt[7] += sign * sum[7];
+  });
+}
+#endif
 
 template <typename T>
 inline void lanes_factor(T* buf, const T* tw, const Plan& P, int64_t f) {
