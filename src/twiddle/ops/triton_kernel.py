@@ -191,7 +191,9 @@ if HAVE_TRITON:
             acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + tl.arange(0, BLOCK_B)
             x = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
-            for j in tl.static_range(F - 1):  # the output of the last factor is not needed
+            # the inputs of factors 1 .. F-1 (F odd: x ends as the last factor's input) or 1 .. F-2 (F even: factor
+            # F-1's input is recomputed by the last pair)
+            for j in tl.static_range(F - 2 + F % 2):
                 x = _forward_step(x, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
                 if j % 2 == 1 and j + 1 < F - F % 2:
                     tl.store(acts + (j // 2) * TILE + local, x)
