@@ -314,10 +314,10 @@ inline void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u
 
 #if defined(__AVX2__) && defined(__FMA__)
 
-// float32 specializations of the lane backwards below and above: the per-block sums over the 16 lanes are reduced
-// together (add the two 8-lane halves, then a transposed hadd tree that leaves all the block's sums in one vector)
-// instead of as separate horizontal reductions, which were most of these functions' time. The order of the
-// additions is fixed (deterministic).
+// float32 specializations of lanes_factor_real_backward and lanes_factor_complex_backward (above): the per-block
+// sums over the 16 lanes are reduced together (add the two 8-lane halves, then a transposed hadd tree that leaves
+// all the block's sums in one vector) instead of as separate horizontal reductions, which were most of these
+// functions' time. The order of the additions is fixed (deterministic).
 template <>
 inline void lanes_factor_real_backward<float>(float* __restrict g, const float* __restrict u,
                                               const float* __restrict tw, float* __restrict dtw, int64_t n,
@@ -355,9 +355,7 @@ inline void lanes_factor_real_backward<float>(float* __restrict g, const float* 
   });
 }
 
-// complex64 specialization of the above: the eight per-block sums over the 16 lanes are reduced together (add the
-// two 8-lane halves, then a transposed hadd tree that leaves the eight sums in one vector) instead of as eight
-// horizontal reductions, which were most of this function's time. The order of the additions is fixed.
+// complex64: eight sums per block (real and imaginary parts of a, b, c, d), one more hadd level.
 template <>
 inline void lanes_factor_complex_backward<float>(float* __restrict g, const float* __restrict u,
                                                  const float* __restrict tw, float* __restrict dtw, int64_t n,
@@ -565,7 +563,6 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
 
 // ================================================================================================ rows
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
-#include <immintrin.h>
 #define TWIDDLE_HAVE_ROWS 1
 
 #define TWIDDLE_INLINE inline __attribute__((always_inline))
@@ -644,14 +641,13 @@ inline const SoaPerm& soa_perm() {
 //   Single: one factor with stride >= kW.
 constexpr int64_t kRows = 8;
 
-
 struct Quad {
   VF a, b, c, d;
 };
 
 TWIDDLE_INLINE Quad zero_quad() { return {vzero(), vzero(), vzero(), vzero()}; }
 
-// blocks i..i+15 of a factor whose SoA twiddles start at fs (h blocks per entry)
+// blocks i .. i + kW - 1 of a factor whose SoA twiddles start at fs (h blocks per entry)
 TWIDDLE_INLINE Quad load_quad(const float* fs, int64_t h, int64_t i) {
   return {vload(fs + i), vload(fs + h + i), vload(fs + 2 * h + i),
           vload(fs + 3 * h + i)};
