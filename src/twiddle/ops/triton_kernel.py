@@ -552,6 +552,7 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
         acts = torch.empty(nstacks * nprog * max(slots, 1) * block_b * n, device=x.device, dtype=wide)
         _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "SLOTS": slots})
     else:
+        # the even factors' inputs, a spare tile and the gradient: see _loop_backward_kernel
         acts = torch.empty(nstacks * nprog * ((F + 1) // 2 + 2) * block_b * n, device=x.device, dtype=wide)
         _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "CHUNK": _chunk(n, block_b)})
     # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
