@@ -79,6 +79,15 @@ def test_factor_gradient_json(capsys):
     assert out["method"] == "gradient" and out["permutation"] == "learned" and out["rmse"] < 1e-4
 
 
+def test_factor_polish_start_option(capsys):
+    assert main(["factor", "convolution", "-n", "8", "--method", "gradient", "--model", "bpbp", "--polish-start",
+                 "alternating", "--time-budget", "60", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "gradient" and out["rmse"] < 1e-4
+    with pytest.raises(SystemExit, match="needs model='bpbp'"):  # a clear error, not a traceback
+        main(["factor", "dft", "-n", "8", "--method", "gradient", "--polish-start", "alternating"])
+
+
 def test_demo_main_job_with_factorization(capsys):
     assert main(["demo", "-n", "64", "--batch", "8"]) == 0
     out = capsys.readouterr().out

@@ -312,3 +312,117 @@ def test_levenberg_marquardt_never_returns_a_worse_fit_and_respects_the_deadline
     returned, late = levenberg_marquardt("bpbp", start, perms, target_t, False, max_steps=5,
                                          deadline=time.perf_counter() - 1)
     assert late == pytest.approx(start_mse) and all(torch.equal(a, b) for a, b in zip(returned, start, strict=True))
+
+
+def test_levenberg_marquardt_on_random_inputs_reaches_the_exact_fit():
+    import math
+
+    from twiddle.factorize._gauss_newton import levenberg_marquardt
+    from twiddle.factorize.gradient import _model_mse
+
+    n = 32
+    twiddles, perms, target_t, gen = _bpbp_problem(n, 3)
+    start = [t + 0.02 * torch.randn(t.shape, dtype=torch.complex128, generator=gen) for t in twiddles]
+    k = 24  # fewer inputs than n, more equations (k n) than unknowns (2 · 4 · 5 · 16 complex)
+    inputs = torch.complex(torch.randn(k, n, generator=gen, dtype=torch.float64),
+                           torch.randn(k, n, generator=gen, dtype=torch.float64)) / math.sqrt(2 * n)
+    polished, estimate = levenberg_marquardt("bpbp", start, perms, target_t, False, max_steps=60,
+                                             deadline=math.inf, target_mse=1e-26, inputs=inputs)
+    true = _model_mse("bpbp", polished, perms, target_t, False)
+    assert true < 1e-22 and estimate < 1e-22  # zero residual on the inputs is zero everywhere for an exact model
+    assert _model_mse("bpbp", start, perms, target_t, False) > 1e-6
+    with pytest.raises(ValueError, match="needs real inputs"):
+        levenberg_marquardt("bpbp", start, perms, target_t.real.contiguous(), True, max_steps=1,
+                            deadline=math.inf, inputs=inputs)
+
+
+def _unitary_bpbp_target(n: int, seed: int):
+    """``B₂ P₂ B₁ P₁`` with ``B₁`` unitary (Haar 2×2 blocks) and ``B₂`` a general complex butterfly: an exact
+    target of the alternating fit; returns (target, [B₁, B₂] twiddles, [p₁, p₂])."""
+    from twiddle.factorize.gradient import _haar_unitary, _model_trials
+
+    gen = torch.Generator().manual_seed(seed)
+    L = n.bit_length() - 1
+    b1 = _haar_unitary((L, n // 2, 2, 2), gen)
+    b2 = torch.complex(torch.randn(L, n // 2, 2, 2, generator=gen, dtype=torch.float64),
+                       torch.randn(L, n // 2, 2, 2, generator=gen, dtype=torch.float64))
+    perms = [torch.randperm(n, generator=gen), torch.randperm(n, generator=gen)]
+    eye = torch.eye(n, dtype=torch.float64).unsqueeze(0)
+    target = _model_trials("bpbp", [b1.unsqueeze(0), b2.unsqueeze(0)], [p.unsqueeze(0) for p in perms], eye)[0].T
+    return target.contiguous(), [b1, b2], perms
+
+
+def test_alternating_fit_has_the_exact_fit_as_a_fixed_point():
+    from twiddle.factorize._alternating import AlternatingFit
+    from twiddle.factorize.gradient import _model_mse
+
+    n = 16
+    target, twiddles, perms = _unitary_bpbp_target(n, 0)
+    fit = AlternatingFit(target, perms, torch.Generator().manual_seed(1))
+    fit.twiddle1 = twiddles[0].clone()
+    scale = float(target.abs().pow(2).mean())
+    for _ in range(3):
+        assert fit.step() < 1e-24 * scale
+    # the reported MSE is the model's, with the twiddles it reports, in the order they act
+    assert _model_mse("bpbp", fit.twiddles, perms, target.T.contiguous(), False) == pytest.approx(
+        fit.mse, abs=1e-24 * scale)
+    assert len(fit.history) == 3
+
+
+def test_alternating_fit_from_a_random_start_approaches_the_target_and_ranks_pairs():
+    from twiddle.factorize._alternating import AlternatingFit, alternating_fit
+    from twiddle.factorize.gradient import _model_mse
+    from twiddle.permutations import named_permutation
+
+    n = 32
+    target = target_matrix("convolution", n).to(torch.complex128)
+    bitrev = named_permutation("bitrev", n)
+    twiddles, mse = alternating_fit(target, [bitrev, bitrev], 30, torch.Generator().manual_seed(0))
+    assert mse < (1e-2) ** 2  # from ~1e-1 at the first step (measured: 2e-3 to 6e-3 after 30)
+    assert _model_mse("bpbp", twiddles, [bitrev, bitrev], target.T.contiguous(), False) == pytest.approx(mse)
+    assert all(torch.allclose(b @ b.mH, torch.eye(2, dtype=b.dtype).expand_as(b)) for b in twiddles[0].unbind(0))
+    # a pair that cannot be exact (the identity first) stays far: the error ranks pairs
+    bad = AlternatingFit(target, [named_permutation("identity", n), bitrev], torch.Generator().manual_seed(0))
+    good = AlternatingFit(target, [bitrev, bitrev], torch.Generator().manual_seed(0))
+    assert good.run(8) < 0.5 * bad.run(8)
+
+
+def test_alternating_polish_start_and_its_settings_are_checked():
+    from twiddle.factorize.gradient import GradientConfig
+
+    with pytest.raises(ValueError, match="needs model='bpbp'"):
+        GradientConfig(polish_start="alternating")
+    with pytest.raises(ValueError, match="alternating_screen"):
+        GradientConfig(model="bpbp", alternating_screen=-1)
+    with pytest.raises(ValueError, match="alternating_steps"):
+        GradientConfig(model="bpbp", alternating_steps=1.5)
+    with pytest.raises(ValueError, match="newton_inputs"):
+        GradientConfig(newton_inputs=0)
+    with pytest.raises(ValueError, match="polish_every"):
+        GradientConfig(polish_every=0)
+    GradientConfig(model="bpbp", polish_start="alternating", newton_inputs=8, polish_every=2)
+
+
+def test_bpbp_polishes_alternating_starts_of_the_learned_pairs(monkeypatch):
+    import importlib
+
+    gradient = importlib.import_module("twiddle.factorize.gradient")
+    seen = []
+    original = gradient.AlternatingFit.run
+
+    def run(self, steps, deadline=float("inf")):
+        mse = original(self, steps, deadline)
+        seen.append((tuple(self.p1.tolist()), tuple(self.p2.tolist()), steps, mse))
+        return mse
+    monkeypatch.setattr(gradient.AlternatingFit, "run", run)
+    n = 16
+    config = gradient.GradientConfig(model="bpbp", trials=6, steps_per_epoch=5, max_epochs=1, polish_top=1,
+                                     alternating_screen=2, alternating_steps=20, polish_steps=5, newton_steps=0,
+                                     target_rmse=1e-30)
+    fit = gradient.fit_bp(target_matrix("convolution", n), config)
+    screens = [s for s in seen if s[2] == 2]
+    assert len(screens) == len({s[:2] for s in screens}) >= 2  # each distinct learned pair screened once
+    continued = seen[len(screens):]
+    assert [s[2] for s in continued] == [18]  # the best one continued to 20 steps
+    assert continued[0][:2] == min(screens, key=lambda s: s[3])[:2]
+    assert fit["mse"] <= continued[0][3] and len(fit["twiddles"]) == 2  # then polished; the best fit comes back

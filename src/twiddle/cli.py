@@ -162,7 +162,7 @@ def _factor(args: argparse.Namespace) -> int:
         extra = {}
         if args.method == "gradient":
             extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json,
-                         model=args.model, polish=args.polish)
+                         model=args.model, polish=args.polish, polish_start=args.polish_start)
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order, **extra)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"twiddle factor: {exc}") from None
@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmark import METHODS as BENCH_METHODS
     from .factorize import METHODS as FACTOR_METHODS
     from .factorize.gradient import MODELS as GRADIENT_MODELS
-    from .factorize.gradient import POLISHES
+    from .factorize.gradient import POLISH_STARTS, POLISHES
     from .factorize.hierarchical import ORDERS
     from .permutations import PERMUTATION_NAMES
 
@@ -253,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--polish", default="hierarchical", choices=POLISHES,
                         help="gradient method: closed form then L-BFGS under the learned permutation, or the "
                         "paper's L-BFGS alone")
+    factor.add_argument("--polish-start", default="auto", choices=POLISH_STARTS,
+                        help="gradient method: where the L-BFGS polish starts (auto: alternating closed-form fits "
+                        "for bpbp, the trained twiddles otherwise)")
     factor.add_argument("--out", type=Path, default=None, help="save the learned module (safetensors)")
     factor.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     factor.set_defaults(func=_factor)

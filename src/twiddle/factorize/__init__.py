@@ -235,8 +235,8 @@ def factorize(
             permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
             :mod:`twiddle.factorize.gradient`.
         **gradient_options: further settings of the gradient method, the fields of
-            :class:`~twiddle.factorize.gradient.GradientConfig` (``compare``, ``screen_steps``, ``logit_std``,
-            ``probes``, ``steps_per_epoch``, ``lr_min``/``lr_max``, …).
+            :class:`~twiddle.factorize.gradient.GradientConfig` (``polish_start``, ``compare``, ``screen_steps``,
+            ``logit_std``, ``probes``, ``steps_per_epoch``, ``lr_min``/``lr_max``, …).
 
     Returns:
         A :class:`FactorizationResult` (``.module``, ``.rmse``, ``.relative_error``, ``.permutation``,

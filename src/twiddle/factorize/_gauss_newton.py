@@ -63,8 +63,8 @@ def _dot(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[torch.Tensor],
                         target_t: torch.Tensor, real_target: bool, *, max_steps: int, deadline: float,
-                        target_mse: float = 0.0, cg_steps: int = 50,
-                        stall_window: int = 20) -> tuple[list[torch.Tensor], float]:
+                        target_mse: float = 0.0, cg_steps: int = 50, stall_window: int = 20,
+                        inputs: torch.Tensor | None = None) -> tuple[list[torch.Tensor], float]:
     """Polish one trial's complex128 twiddles ``[(L, n/2, 2, 2)]`` under hard permutations ``[(n,)]`` (gather
     convention) so that ``model(I)`` matches ``target_t`` (``(n, n)``, the target's transpose: row ``j`` is
     ``M e_j``); ``real_target`` compares the real part only. Stops after ``max_steps`` Gauss–Newton steps, at the
@@ -72,12 +72,25 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
     ``stall_window`` steps did not halve it (a fit heading for a local minimum, not along a valley: measured on
     BPBP at n = 64, 20 steps cut the RMSE from 3.0e-4 to 1.2e-5 in a valley, from 4.1e-4 to 3.3e-4 toward a
     local minimum).
+    ``inputs`` (optional, ``(k, n)``, rows of unit expected norm) fits ``model`` on ``k`` input vectors instead of
+    the ``n`` columns of the identity (``k / n`` of the work; the fit is the same where the target is exactly a
+    model, since a zero residual on every input is zero on these): the residual is then ``inputs @ target_t``
+    against ``model(inputs)``, and the MSE (the stopping rules' and the returned one) its mean square per input
+    and output, an estimate of the MSE over the identity.
     Returns ``(twiddles, mse)``; the MSE never increases."""
     from .gradient import _model_trials  # gradient imports this module
 
     n = perms[0].numel()
-    eye_real = torch.eye(n, dtype=torch.float64).unsqueeze(0)
-    eye = torch.eye(n, dtype=torch.complex128)
+    if inputs is None:
+        x_model = torch.eye(n, dtype=torch.float64).unsqueeze(0)
+        x_jvp = torch.eye(n, dtype=torch.complex128)
+    else:
+        if real_target and inputs.is_complex():
+            raise ValueError("a real target compared on the real part needs real inputs")
+        x_model = inputs.to(torch.complex128 if inputs.is_complex() else torch.float64).unsqueeze(0)
+        target_t = x_model[0].to(target_t.dtype) @ target_t
+        x_jvp = x_model[0].to(torch.complex128)
+    k = x_model.shape[1]
     hard = [p.unsqueeze(0) for p in perms]
     theta = [tw.detach().to(torch.complex128).clone() for tw in twiddles]
 
@@ -89,13 +102,13 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
         """The residual at ``th`` with its graph (kept: every CG step back-propagates through it)."""
         params = [torch.view_as_real(t).clone().requires_grad_(True) for t in th]
         with torch.enable_grad():
-            out = _model_trials(model, [torch.view_as_complex(p).unsqueeze(0) for p in params], hard, eye_real)[0]
+            out = _model_trials(model, [torch.view_as_complex(p).unsqueeze(0) for p in params], hard, x_model)[0]
             residual = residual_of(out)
         return params, residual
 
     def jvp(th: list[torch.Tensor], v: list[torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
-            d = _jvp(model, th, perms, v, eye)
+            d = _jvp(model, th, perms, v, x_jvp)
             return d.real if real_target else torch.view_as_real(d)
 
     params, residual = evaluate(theta)
@@ -110,7 +123,7 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
     history = [cost]
     g = None  # Jᵀ r at theta: kept across rejected steps (theta unchanged)
     for _ in range(max_steps):
-        if cost / n**2 <= target_mse or time.perf_counter() > deadline:
+        if cost / (k * n) <= target_mse or time.perf_counter() > deadline:
             break
         if len(history) > stall_window and cost > 0.5 * history[-1 - stall_window]:
             break
@@ -157,4 +170,4 @@ def levenberg_marquardt(model: str, twiddles: list[torch.Tensor], perms: list[to
             if nu > 2.0**30:
                 break
         history.append(cost)
-    return theta, cost / n**2
+    return theta, cost / (k * n)

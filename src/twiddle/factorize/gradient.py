@@ -22,7 +22,7 @@ targets) — every epoch, as it costs little — and runs the same L-BFGS from t
 is still learned by gradient descent; what changes is that a learned permutation is recognized as soon as the
 logits have the right signs, instead of once Adam has also converged on the twiddles (a few hundred steps at
 n = 128, a few thousand at n = 1024).
-``bpbp`` has no closed form and always uses ``lbfgs``.
+``bpbp`` has no closed form of its own and always uses ``lbfgs``, from the alternating start described below.
 
 The L-BFGS polish does not trust the Adam loss to rank permutations: every distinct learned permutation (its
 lowest-loss trial) first gets ``screen_steps`` L-BFGS iterations, and the ``polish_top`` best go on. For BPBP on a
@@ -48,6 +48,19 @@ real local minimum). Convolution n = 64, seed 2, 100 s budget on a slower 2-core
 without, 8.6e-5 with (89 s). The other 2 of those 6 random starts end in true local minima (~7.5e-2), and at
 n = 128 and 256 both random starts tried under the bit-reversal pair did (5.4e-2, 3.0e-2): at larger n the
 polish's random starts, not the valleys, are what stands between the search and convolution.
+
+Hence the BPBP default start since: ``polish_start="alternating"`` (:mod:`twiddle.factorize._alternating`). Under
+each learned pair the two butterflies are fitted in turn in closed form (``B₂`` the hierarchical projection of
+``M U*`` for the unitary ``U = P₂ B₁ P₁``; ``B₁`` the unitary butterfly nearest the Procrustes solution), which uses
+the target and the learned permutations only. Its error ranks the pairs after a few steps (every distinct pair gets
+``alternating_screen`` = 5; convolution n = 1024: the pairs that can be exact at 8.9e-3–1.4e-2, the others 3.0e-2),
+and the ``polish_top`` best go on to ``alternating_steps`` = 30 steps (RMSE ~1e-3), then L-BFGS and the
+Levenberg–Marquardt steps, which from there reach 1e-10 at n = 128 and 256 (every start tried). The
+Levenberg–Marquardt steps fit on ``newton_inputs`` (16 log2 n) random inputs instead of the identity's n columns
+past n = 64, and a polish follows every epoch (``polish_every`` = 1: an epoch of Adam costs more than a polish).
+Measured (2 cores, one process, seed 0, 600 s budget, ``twiddle factor convolution -n N --method gradient --model
+bpbp``): n = 256 7.8e-5 in 60 s, n = 1024 7.1e-6 in 568 s, of which the first Adam epoch (400 steps, two relaxed
+permutations on 64 probes of 16 trials: 0.6 s a step) took 250 s and the screen of 15 learned pairs 150 s.
 """
 
 from __future__ import annotations
@@ -58,18 +71,19 @@ from dataclasses import dataclass
 
 import torch
 
-from .._validate import nonnegative_int
+from .._validate import nonnegative_int, positive_int
 from ..ops import butterfly_multiply
+from ._alternating import AlternatingFit
 from ._gauss_newton import levenberg_marquardt
 
-__all__ = ["MODELS", "POLISHES", "GradientConfig", "relaxed_permute", "hard_permutation", "fit_bp"]
+__all__ = ["MODELS", "POLISHES", "POLISH_STARTS", "GradientConfig", "relaxed_permute", "hard_permutation", "fit_bp"]
 
 MODELS = ("bp", "bpp", "bpbp")
 POLISHES = ("hierarchical", "lbfgs")
 COMPARES = ("real", "complex")
-POLISH_STARTS = ("auto", "trained", "random")
+POLISH_STARTS = ("auto", "trained", "random", "alternating")
 RANDOM_START_STEPS = 5  # a random polish start gets this many times the L-BFGS iterations
-RANDOM_START_NEWTON_STEPS = 100  # and then this many Levenberg–Marquardt steps (GradientConfig.newton_steps)
+BPBP_NEWTON_STEPS = 100  # a random or alternating start then gets this many Levenberg–Marquardt steps
 
 
 @dataclass
@@ -81,7 +95,9 @@ class GradientConfig:
     trials: int = 16
     steps_per_epoch: int = 400
     max_epochs: int = 200
-    polish_every: int = 5
+    # epochs between polishes; None: 1 for bpbp (its alternating start ranks the learned pairs itself, and an epoch
+    # of Adam costs more than a polish: convolution n = 64, 13 s against 5 s), 5 otherwise
+    polish_every: int | None = None
     polish_top: int = 2
     polish_steps: int = 100  # L-BFGS iterations per polish
     # L-BFGS polish: every distinct learned permutation (its lowest-loss trial) first gets this many L-BFGS
@@ -104,8 +120,14 @@ class GradientConfig:
     logit_std: float | None = None
     # where the L-BFGS polish starts: "trained" (the trial's Adam twiddles, as in the paper), "random" (fresh random
     # unitary twiddles under the trial's learned permutations, the whole complex output fitted — a real target's
-    # imaginary part to zero — with 5x the iterations), or "auto" (random for bpbp, trained otherwise)
+    # imaginary part to zero — with 5x the iterations), "alternating" (bpbp only: alternating closed-form fits of
+    # the two butterflies under the learned permutations, twiddle.factorize._alternating; the whole complex output
+    # fitted), or "auto" (alternating for bpbp, trained otherwise)
     polish_start: str = "auto"
+    # alternating start: every distinct learned permutation pair gets `alternating_screen` alternating steps (their
+    # error ranks the pairs), and the `polish_top` best go on to `alternating_steps` steps before L-BFGS
+    alternating_screen: int = 5
+    alternating_steps: int = 30
     # precision of the Adam phase (float32: about twice as fast; the polish and the result are float64)
     adam_dtype: torch.dtype = torch.float32
     # what of the complex model a real target is compared with: "real" (the paper's: its real part) or "complex"
@@ -116,9 +138,13 @@ class GradientConfig:
     # Levenberg–Marquardt (matrix-free Gauss–Newton) steps after a start's L-BFGS polish, for starts whose RMSE
     # is then below `newton_below`: L-BFGS crawls along the badly conditioned valleys of a two-butterfly fit
     # (BPBP on a circulant, n = 64: 3e-4 after 500 iterations, 2.9e-4 after 3000) where Gauss–Newton goes down
-    # them (1e-10 in ~70 steps). None: 100 for a random polish start (bpbp), 0 (off) otherwise.
+    # them (1e-10 in ~70 steps). None: 100 for a random or alternating polish start (bpbp), 0 (off) otherwise.
     newton_steps: int | None = None
     newton_below: float = 1e-2
+    # the Levenberg–Marquardt steps fit the model on this many random input vectors instead of the identity's n
+    # columns, when fewer (None: 16 log2 n): k / n of the work, and the same fit where the target is exactly a
+    # model (convolution n = 1024 from one start: 20 steps with 64 inputs took 40 s, with the identity > 300 s)
+    newton_inputs: int | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -126,6 +152,8 @@ class GradientConfig:
         if self.polish not in POLISHES:
             raise ValueError(f"polish must be one of {POLISHES}, got {self.polish!r}")
         self.screen_steps = nonnegative_int(self.screen_steps, "screen_steps")
+        if self.polish_every is not None:
+            self.polish_every = positive_int(self.polish_every, "polish_every")
         if self.logit_std is not None and not self.logit_std >= 0:
             raise ValueError(f"logit_std must be >= 0 or None, got {self.logit_std!r}")
         if self.polish_start not in POLISH_STARTS:
@@ -133,6 +161,13 @@ class GradientConfig:
         if self.polish_start == "random" and self.polish == "hierarchical" and self.model != "bpbp":
             raise ValueError("polish_start='random' applies to the L-BFGS polish: pass polish='lbfgs' (bp and bpp "
                              "start from the closed-form fit by default)")
+        if self.polish_start == "alternating" and self.model != "bpbp":
+            raise ValueError(f"polish_start='alternating' fits two butterflies: it needs model='bpbp', got "
+                             f"{self.model!r}")
+        self.alternating_screen = nonnegative_int(self.alternating_screen, "alternating_screen")
+        self.alternating_steps = nonnegative_int(self.alternating_steps, "alternating_steps")
+        if self.newton_inputs is not None:
+            self.newton_inputs = positive_int(self.newton_inputs, "newton_inputs")
         if self.compare not in COMPARES:
             raise ValueError(f"compare must be one of {COMPARES}, got {self.compare!r}")
         if self.newton_steps is not None:  # None: the default per polish start
@@ -206,6 +241,16 @@ def _model_trials(model: str, twiddles: list[torch.Tensor], perms: list, x: torc
 def _per_trial_mse(out: torch.Tensor, target_t: torch.Tensor, real_target: bool) -> torch.Tensor:
     diff = (out.real - target_t) if real_target else (out - target_t)
     return diff.abs().pow(2).mean(dim=(1, 2))
+
+
+def _model_mse(model: str, twiddles: list[torch.Tensor], perms: list[torch.Tensor], target_t: torch.Tensor,
+               real_target: bool) -> float:
+    """The MSE of one trial's model (twiddles ``[(L, n/2, 2, 2)]``, hard permutations ``[(n,)]``) against
+    ``target_t`` (the target's transpose; its real part only when ``real_target``)."""
+    eye = torch.eye(target_t.shape[0], dtype=torch.float64).unsqueeze(0)
+    with torch.no_grad():
+        out = _model_trials(model, [tw.unsqueeze(0) for tw in twiddles], [p.unsqueeze(0) for p in perms], eye)
+        return float(_per_trial_mse(out, target_t.unsqueeze(0), real_target)[0])
 
 
 def _haar_unitary(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -303,13 +348,25 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         target = target.to(torch.complex128)  # the imaginary part of the model is fitted to zero
     real_target = not target.is_complex()
     target_t = target.T.to(torch.float64 if real_target else torch.complex128)  # model(I) = rows M e_j = M^T
-    random_start = config.polish_start == "random" or (config.polish_start == "auto" and config.model == "bpbp")
-    # a random start is fitted on the whole complex output: on the real part alone L-BFGS stalls
-    polish_t, polish_real = (target_t.to(torch.complex128), False) if random_start else (target_t, real_target)
+    start = config.polish_start
+    if start == "auto":
+        start = "alternating" if model == "bpbp" else "trained"
+    random_start = start == "random"
+    # a random or alternating start is fitted on the whole complex output: on the real part alone L-BFGS stalls
+    fresh_start = start in ("random", "alternating")
+    polish_t, polish_real = (target_t.to(torch.complex128), False) if fresh_start else (target_t, real_target)
     steps_factor = RANDOM_START_STEPS if random_start else 1
     newton_steps = config.newton_steps if config.newton_steps is not None else (
-        RANDOM_START_NEWTON_STEPS if random_start else 0)
+        BPBP_NEWTON_STEPS if fresh_start else 0)
     restart_gen = torch.Generator().manual_seed(config.seed + 1)
+    newton_count = config.newton_inputs if config.newton_inputs is not None else 16 * L
+    newton_x = None  # the Levenberg–Marquardt steps' inputs: None is the identity
+    if newton_count < n:
+        shape = (newton_count, n)
+        newton_x = (torch.randn(shape, generator=restart_gen, dtype=torch.float64) / math.sqrt(n) if polish_real
+                    else torch.complex(torch.randn(shape, generator=restart_gen, dtype=torch.float64),
+                                       torch.randn(shape, generator=restart_gen, dtype=torch.float64))
+                    / math.sqrt(2 * n))
 
     def random_twiddles(twiddles: list[torch.Tensor]) -> list[torch.Tensor]:
         return [_haar_unitary(tuple(tw.shape), restart_gen) for tw in twiddles]
@@ -345,6 +402,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     step = 0
     epoch = 0
     target_mse = config.target_rmse**2
+    polish_every = config.polish_every if config.polish_every is not None else (1 if model == "bpbp" else 5)
 
     def twiddles_now() -> list[torch.Tensor]:
         return [torch.view_as_complex(p) for p in tw_params]
@@ -359,6 +417,38 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         nonlocal best
         if mse < best["mse"]:
             best = {"mse": mse, "twiddles": [t.clone() for t in twiddles], "perms": [p.clone() for p in perms]}
+
+    alternating_fits: dict[tuple, AlternatingFit] = {}  # per learned permutation pair
+    alternating_polished: set[tuple] = set()  # pairs whose alternating start went on to the polish
+
+    def alternating_starts(perms: list[torch.Tensor], loss: torch.Tensor) -> list:
+        """The polish's starts for ``polish_start="alternating"``: every distinct learned pair (in the order of
+        its best trial's Adam loss) gets ``alternating_screen`` alternating steps from a random unitary ``B₁``
+        (kept across epochs; a pair whose start was polished gets a fresh one), and the ``polish_top`` lowest
+        errors go on to ``alternating_steps`` steps, as ``(mse, twiddles, perms)``."""
+        pairs: dict[tuple, list[torch.Tensor]] = {}
+        for t in torch.argsort(loss).tolist():
+            pairs.setdefault(tuple(tuple(p[t].tolist()) for p in perms), [p[t] for p in perms])
+        for key, pair in pairs.items():
+            if key in alternating_polished:
+                alternating_fits.pop(key)
+                alternating_polished.discard(key)
+            if key not in alternating_fits:
+                if time.perf_counter() > deadline and alternating_fits:
+                    break
+                fit = AlternatingFit(polish_t.T, pair, restart_gen)
+                fit.run(max(config.alternating_screen, 1), deadline)
+                alternating_fits[key] = fit
+                consider(fit.twiddles, pair, fit.mse)
+        ranked = sorted((key for key in pairs if key in alternating_fits), key=lambda key: alternating_fits[key].mse)
+        starts = []
+        for key in ranked[: config.polish_top]:
+            fit = alternating_fits[key]
+            fit.run(config.alternating_steps - len(fit.history), deadline)
+            consider(fit.twiddles, pairs[key], fit.mse)
+            alternating_polished.add(key)
+            starts.append((fit.mse, fit.twiddles, pairs[key]))
+        return starts
 
     for epoch in range(1, config.max_epochs + 1):
         for _ in range(config.steps_per_epoch):
@@ -390,7 +480,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
             if time.perf_counter() > deadline:
                 break
         final = time.perf_counter() > deadline
-        polish_now = epoch % config.polish_every == 0 or final
+        polish_now = epoch % polish_every == 0 or final
         if closed_form:
             # every epoch (cheap): each distinct learned permutation projected in closed form; the best go on to
             # L-BFGS at the polish epochs
@@ -402,6 +492,8 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                 if mse <= target_mse or time.perf_counter() > deadline:
                     break
             starts = sorted(fits, key=lambda fit: fit[0])[: config.polish_top]
+        elif polish_now and start == "alternating":
+            starts = alternating_starts(hard_perms(), loss.detach())
         elif polish_now:
             perms = hard_perms()
             starts = _screen(hard_model, twiddles_now(), perms, loss.detach(), polish_t, polish_real, config,
@@ -416,7 +508,10 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
             if newton_steps and target_mse < mse < config.newton_below**2:
                 polished, mse = levenberg_marquardt(hard_model, polished, trial_perms, polish_t, polish_real,
                                                     max_steps=newton_steps, deadline=deadline,
-                                                    target_mse=target_mse)
+                                                    target_mse=target_mse / 4 if newton_x is not None else
+                                                    target_mse, inputs=newton_x)  # margin for the estimate
+                if newton_x is not None:  # the MSE on the inputs estimates it; the result reports the real one
+                    mse = _model_mse(hard_model, polished, trial_perms, polish_t, polish_real)
                 consider(polished, trial_perms, mse)
         if progress is not None:
             progress(epoch, math.sqrt(best["mse"]) if best["mse"] < math.inf else float("nan"))
