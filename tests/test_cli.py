@@ -80,7 +80,7 @@ def test_factor_gradient_json(capsys):
 
 
 def test_factor_polish_start_option(capsys):
-    assert main(["factor", "convolution", "-n", "8", "--method", "gradient", "--model", "bpbp", "--polish-start",
+    assert main(["factor", "convolution", "-n", "16", "--method", "gradient", "--model", "bpbp", "--polish-start",
                  "alternating", "--time-budget", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "gradient" and out["rmse"] < 1e-4
