@@ -53,14 +53,18 @@ Hence the BPBP default start since: ``polish_start="alternating"`` (:mod:`twiddl
 each learned pair the two butterflies are fitted in turn in closed form (``B₂`` the hierarchical projection of
 ``M U*`` for the unitary ``U = P₂ B₁ P₁``; ``B₁`` the unitary butterfly nearest the Procrustes solution), which uses
 the target and the learned permutations only. Its error ranks the pairs after a few steps (every distinct pair gets
-``alternating_screen`` = 5; convolution n = 1024: the pairs that can be exact at 8.9e-3–1.4e-2, the others 3.0e-2),
-and the ``polish_top`` best go on to ``alternating_steps`` = 30 steps (RMSE ~1e-3), then L-BFGS and the
+``alternating_screen`` = 3; convolution n = 1024, seed 1: the pairs that can be exact at 2.3e-2–2.8e-2, the others
+3.1e-2; after 5 steps, seed 0: 8.9e-3–1.4e-2 against 3.0e-2), and the ``polish_top`` best go on, one at a time until
+the target is reached, to ``alternating_steps`` = 30 steps (RMSE ~1e-3), then L-BFGS and the
 Levenberg–Marquardt steps, which from there reach 1e-10 at n = 128 and 256 (every start tried). The
 Levenberg–Marquardt steps fit on ``newton_inputs`` (16 log2 n) random inputs instead of the identity's n columns
 past n = 64, and a polish follows every epoch (``polish_every`` = 1: an epoch of Adam costs more than a polish).
 Measured (2 cores, one process, seed 0, 600 s budget, ``twiddle factor convolution -n N --method gradient --model
-bpbp``): n = 256 7.8e-5 in 60 s, n = 1024 7.1e-6 in 568 s, of which the first Adam epoch (400 steps, two relaxed
-permutations on 64 probes of 16 trials: 0.6 s a step) took 250 s and the screen of 15 learned pairs 150 s.
+bpbp``), with 5 screen steps and both best pairs continued before the polish: n = 256 7.8e-5 in 60 s, n = 1024
+7.1e-6 in 568 s, of which the first Adam epoch (400 steps, two relaxed permutations on 64 probes of 16 trials: 0.6 s
+a step) took 250 s, the screen of 15 learned pairs 150 s and continuing two pairs 90 s; n = 1024 seed 1: 7.7e-5 in
+600 s (the whole budget), with 3 screen steps 3.9e-5 in 548 s (of which 72 s continued the second pair, which the
+lazy continuation now skips when the first reaches the target).
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class GradientConfig:
     polish_start: str = "auto"
     # alternating start: every distinct learned permutation pair gets `alternating_screen` alternating steps (their
     # error ranks the pairs), and the `polish_top` best go on to `alternating_steps` steps before L-BFGS
-    alternating_screen: int = 5
+    alternating_screen: int = 3
     alternating_steps: int = 30
     # precision of the Adam phase (float32: about twice as fast; the polish and the result are float64)
     adam_dtype: torch.dtype = torch.float32
@@ -422,11 +426,13 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     alternating_fits: dict[tuple, AlternatingFit] = {}  # per learned permutation pair
     alternating_polished: set[tuple] = set()  # pairs whose alternating start went on to the polish
 
-    def alternating_starts(perms: list[torch.Tensor], loss: torch.Tensor) -> list:
+    def alternating_starts(perms: list[torch.Tensor], loss: torch.Tensor):
         """The polish's starts for ``polish_start="alternating"``: every distinct learned pair (in the order of
         its best trial's Adam loss) gets ``alternating_screen`` alternating steps from a random unitary ``B₁``
         (kept across epochs; a pair whose start was polished gets a fresh one), and the ``polish_top`` lowest
-        errors go on to ``alternating_steps`` steps, as ``(mse, twiddles, perms)``."""
+        errors go on to ``alternating_steps`` steps, lazily: an iterator of ``(mse, twiddles, perms)`` that
+        continues the next pair only when asked for it and the target is not yet reached (at n = 1024 continuing a
+        pair costs ~70 s)."""
         pairs: dict[tuple, list[torch.Tensor]] = {}
         for t in torch.argsort(loss).tolist():
             pairs.setdefault(tuple(tuple(p[t].tolist()) for p in perms), [p[t] for p in perms])
@@ -442,14 +448,17 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                 alternating_fits[key] = fit
                 consider(fit.twiddles, pair, fit.mse)
         ranked = sorted((key for key in pairs if key in alternating_fits), key=lambda key: alternating_fits[key].mse)
-        starts = []
-        for key in ranked[: config.polish_top]:
-            fit = alternating_fits[key]
-            fit.run(config.alternating_steps - len(fit.history), deadline)
-            consider(fit.twiddles, pairs[key], fit.mse)
-            alternating_polished.add(key)
-            starts.append((fit.mse, fit.twiddles, pairs[key]))
-        return starts
+
+        def continued():
+            for key in ranked[: config.polish_top]:
+                if best["mse"] <= target_mse:
+                    return
+                fit = alternating_fits[key]
+                fit.run(config.alternating_steps - len(fit.history), deadline)
+                consider(fit.twiddles, pairs[key], fit.mse)
+                alternating_polished.add(key)
+                yield fit.mse, fit.twiddles, pairs[key]
+        return continued()
 
     for epoch in range(1, config.max_epochs + 1):
         for _ in range(config.steps_per_epoch):
