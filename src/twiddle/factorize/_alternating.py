@@ -30,7 +30,7 @@ import torch
 from ..ops import butterfly_multiply
 from .hierarchical import hierarchical_twiddle
 
-__all__ = ["AlternatingFit", "alternating_fit"]
+__all__ = ["AlternatingFit"]
 
 
 def _dense(twiddle: torch.Tensor) -> torch.Tensor:
@@ -96,11 +96,3 @@ class AlternatingFit:
                 break
             self.step()
         return self.mse
-
-
-def alternating_fit(target: torch.Tensor, perms: list[torch.Tensor], steps: int, generator: torch.Generator,
-                    deadline: float = math.inf) -> tuple[list[torch.Tensor], float]:
-    """``steps`` alternating steps from a random unitary ``B₁``: ``([B₁, B₂] twiddles, mse)``."""
-    fit = AlternatingFit(target, perms, generator)
-    fit.run(steps, deadline)
-    return fit.twiddles, fit.mse

@@ -423,8 +423,9 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         if mse < best["mse"]:
             best = {"mse": mse, "twiddles": [t.clone() for t in twiddles], "perms": [p.clone() for p in perms]}
 
-    alternating_fits: dict[tuple, AlternatingFit] = {}  # per learned permutation pair
-    alternating_polished: set[tuple] = set()  # pairs whose alternating start went on to the polish
+    # per learned permutation pair, screened and not yet polished (a polished pair's fit is dropped, so the pair
+    # gets a fresh start when it is learned again)
+    alternating_fits: dict[tuple, AlternatingFit] = {}
 
     def alternating_starts(perms: list[torch.Tensor], loss: torch.Tensor):
         """The polish's starts for ``polish_start="alternating"``: every distinct learned pair (in the order of
@@ -437,9 +438,6 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         for t in torch.argsort(loss).tolist():
             pairs.setdefault(tuple(tuple(p[t].tolist()) for p in perms), [p[t] for p in perms])
         for key, pair in pairs.items():
-            if key in alternating_polished:
-                alternating_fits.pop(key)
-                alternating_polished.discard(key)
             if key not in alternating_fits:
                 if time.perf_counter() > deadline and alternating_fits:
                     break
@@ -453,10 +451,9 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
             for key in ranked[: config.polish_top]:
                 if best["mse"] <= target_mse:
                     return
-                fit = alternating_fits[key]
+                fit = alternating_fits.pop(key)
                 fit.run(config.alternating_steps - len(fit.history), deadline)
                 consider(fit.twiddles, pairs[key], fit.mse)
-                alternating_polished.add(key)
                 yield fit.mse, fit.twiddles, pairs[key]
         return continued()
 
