@@ -43,6 +43,8 @@
 #include <immintrin.h>
 #endif
 
+#define TWIDDLE_INLINE inline __attribute__((always_inline))
+
 namespace twiddle_cpu {
 
 constexpr int64_t kLanes = 16;
@@ -431,6 +433,26 @@ inline void lanes_factor_backward(T* g, const T* u, const T* tw, T* dtw, const P
     lanes_factor_real_backward<T>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec);
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+#define TWIDDLE_LANES_AVX2 1
+// The 8 x 8 block src[l * lds + j] (l, j < 8) as 8 vectors, vector j holding column j (l = 0..7).
+TWIDDLE_INLINE void transpose8(const float* src, int64_t lds, __m256 col[8]) {
+  const auto half = [&](int64_t r, int64_t c) {  // rows r and r + 4, columns c .. c + 3
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(src + r * lds + c)),
+                                _mm_loadu_ps(src + (r + 4) * lds + c), 1);
+  };
+  for (int64_t c = 0; c < 8; c += 4) {
+    const __m256 t0 = half(0, c), t1 = half(1, c), t2 = half(2, c), t3 = half(3, c);
+    const __m256 u0 = _mm256_unpacklo_ps(t0, t1), u1 = _mm256_unpackhi_ps(t0, t1);
+    const __m256 u2 = _mm256_unpacklo_ps(t2, t3), u3 = _mm256_unpackhi_ps(t2, t3);
+    col[c] = _mm256_shuffle_ps(u0, u2, 0x44);
+    col[c + 1] = _mm256_shuffle_ps(u0, u2, 0xEE);
+    col[c + 2] = _mm256_shuffle_ps(u1, u3, 0x44);
+    col[c + 3] = _mm256_shuffle_ps(u1, u3, 0xEE);
+  }
+}
+#endif
+
 // Load columns [col0, col0 + count) of rows [row0, row0 + rows) of `src` (row stride ld entries) into tile
 // positions [0, count); every other position and lane is zero. Transposed in kLanes x kLanes blocks so that
 // source and destination lines stay in L1.
@@ -443,6 +465,24 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
     for (int64_t p = 0; p < count; ++p)
       for (int64_t c = 0; c < P.comps; ++c) std::memset(buf + p * width + c * kLanes + rows, 0, sizeof(T) * (kLanes - rows));
   }
+#if defined(TWIDDLE_LANES_AVX2)
+  if constexpr (std::is_same_v<T, float>) {
+    if (P.comps == 1 && rows == kLanes) {  // a full real tile: 8 x 8 transposes in registers
+      // 8 rows at a time along the whole row: rows ld apart often share L1 sets (ld = 1024 floats: 4 KB apart),
+      // so each source line is used up before the next lines of the same set come in
+      const int64_t whole = count & ~int64_t(7);
+      for (int64_t l0 = 0; l0 < kLanes; l0 += 8)
+        for (int64_t p0 = 0; p0 < whole; p0 += 8) {
+          __m256 col[8];
+          transpose8(src + (row0 + l0) * ld + col0 + p0, ld, col);
+          for (int j = 0; j < 8; ++j) _mm256_store_ps(buf + (p0 + j) * kLanes + l0, col[j]);
+        }
+      for (int64_t p = whole; p < count; ++p)
+        for (int64_t l = 0; l < kLanes; ++l) buf[p * kLanes + l] = src[(row0 + l) * ld + col0 + p];
+      return;
+    }
+  }
+#endif
   for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
     const int64_t pc = std::min(kLanes, count - p0);
     T* __restrict blk = buf + p0 * width;
@@ -469,7 +509,27 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
   const auto store = [&](auto comps_tag, auto op) {
     constexpr int64_t C = decltype(comps_tag)::value;
     constexpr int64_t width = C * kLanes;
-    for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
+    int64_t done = 0;  // positions already written
+#if defined(TWIDDLE_LANES_AVX2)
+    if constexpr (std::is_same_v<T, float> && C == 1) {
+      if (rows == kLanes) {  // a full real tile: 8 x 8 transposes in registers, then the op on whole vectors
+        done = count & ~int64_t(7);
+        for (int64_t l0 = 0; l0 < kLanes; l0 += 8)  // 8 rows at a time, as in lanes_load
+          for (int64_t p0 = 0; p0 < done; p0 += 8) {
+            __m256 col[8];
+            transpose8(buf + p0 * kLanes + l0, kLanes, col);
+            for (int j = 0; j < 8; ++j) {
+              float* row = dst + (row0 + l0 + j) * ld + col0 + p0;
+              __m256 v = col[j];
+              if (add) v = _mm256_add_ps(_mm256_loadu_ps(row), v);
+              else if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + col0 + p0));
+              _mm256_storeu_ps(row, v);
+            }
+          }
+      }
+    }
+#endif
+    for (int64_t p0 = done; p0 < count; p0 += kLanes) {
       const int64_t pc = std::min(kLanes, count - p0);
       const T* __restrict blk = buf + p0 * width;
       for (int64_t l = 0; l < rows; ++l) {
@@ -564,8 +624,6 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
 // ================================================================================================ rows
 #if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #define TWIDDLE_HAVE_ROWS 1
-
-#define TWIDDLE_INLINE inline __attribute__((always_inline))
 
 // The vector the row layout works with: kW floats (16 on AVX-512, 8 on AVX2 + FMA), and the two-source
 // permute vperm2(a, idx, b) = (a | b)[idx] (idx entries in [0, 2 kW)), native on AVX-512 and a pair of one-source
