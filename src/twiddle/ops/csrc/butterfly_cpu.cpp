@@ -465,25 +465,23 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
     for (int64_t p = 0; p < count; ++p)
       for (int64_t c = 0; c < P.comps; ++c) std::memset(buf + p * width + c * kLanes + rows, 0, sizeof(T) * (kLanes - rows));
   }
+  int64_t done = 0;  // positions already loaded
 #if defined(TWIDDLE_LANES_AVX2)
   if constexpr (std::is_same_v<T, float>) {
     if (P.comps == 1 && rows == kLanes) {  // a full real tile: 8 x 8 transposes in registers
       // 8 rows at a time along the whole row: rows ld apart often share L1 sets (ld = 1024 floats: 4 KB apart),
       // so each source line is used up before the next lines of the same set come in
-      const int64_t whole = count & ~int64_t(7);
+      done = count & ~int64_t(7);
       for (int64_t l0 = 0; l0 < kLanes; l0 += 8)
-        for (int64_t p0 = 0; p0 < whole; p0 += 8) {
+        for (int64_t p0 = 0; p0 < done; p0 += 8) {
           __m256 col[8];
           transpose8(src + (row0 + l0) * ld + col0 + p0, ld, col);
           for (int j = 0; j < 8; ++j) _mm256_store_ps(buf + (p0 + j) * kLanes + l0, col[j]);
         }
-      for (int64_t p = whole; p < count; ++p)
-        for (int64_t l = 0; l < kLanes; ++l) buf[p * kLanes + l] = src[(row0 + l) * ld + col0 + p];
-      return;
     }
   }
 #endif
-  for (int64_t p0 = 0; p0 < count; p0 += kLanes) {
+  for (int64_t p0 = done; p0 < count; p0 += kLanes) {  // the rest (all of it without the fast path)
     const int64_t pc = std::min(kLanes, count - p0);
     T* __restrict blk = buf + p0 * width;
     for (int64_t l = 0; l < rows; ++l) {
