@@ -163,6 +163,64 @@ def test_dao2019_transforms_sizes_and_targets_from_the_cli(tmp_path, capsys):
     assert all(r["hierarchical_rmse"] < 1e-12 for r in rows)
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _counting_factorize(monkeypatch, stop_after: int | None = None) -> list:
+    """Replace the experiment's factorize by a recorder (of (n, method)) that raises _Stopped once ``stop_after``
+    calls are done (a run killed part way)."""
+    from twiddle.experiments import dao2019_transforms
+    from twiddle.factorize import factorize as real
+
+    calls = []
+
+    def counting(m, **kwargs):
+        if stop_after is not None and len(calls) >= stop_after:
+            raise _Stopped
+        calls.append((m.shape[0], kwargs["method"]))
+        return real(m, **kwargs)
+
+    monkeypatch.setattr(dao2019_transforms, "factorize", counting)
+    return calls
+
+
+def test_dao2019_transforms_writes_after_every_cell_and_resumes(tmp_path, monkeypatch):
+    path = tmp_path / "dao2019-transforms" / "results.json"
+    options = dict(quick=True, out=tmp_path, targets=("hadamard",), methods=("hierarchical",))
+    calls = _counting_factorize(monkeypatch, stop_after=2)
+    with pytest.raises(_Stopped):  # stopped during the third cell
+        experiments.run("dao2019-transforms", sizes=(4, 8, 16), **options)
+    earlier = json.loads(path.read_text())
+    assert earlier["complete"] is False and [r["n"] for r in earlier["rows"]] == [4, 8]
+    assert "| hadamard | 8 |" in (path.parent / "table.md").read_text()
+
+    calls = _counting_factorize(monkeypatch)
+    results = experiments.run("dao2019-transforms", sizes=(4, 8, 16), resume=True, **options)
+    assert calls == [(16, "hierarchical")]  # only the missing cell ran
+    assert results["complete"] is True and [r["n"] for r in results["rows"]] == [4, 8, 16]
+    assert results["rows"][:2] == earlier["rows"]
+    assert json.loads(path.read_text()) == results and (path.parent / "rmse.png").exists()
+
+    calls = _counting_factorize(monkeypatch)
+    experiments.run("dao2019-transforms", sizes=(4, 8, 16), **options)  # without resume: everything again
+    assert [n for n, _ in calls] == [4, 8, 16]
+
+
+def test_dao2019_transforms_refuses_to_resume_a_run_with_other_settings(tmp_path, capsys):
+    experiments.run("dao2019-transforms", quick=True, out=tmp_path, sizes=(4,), targets=("hadamard",),
+                    methods=("hierarchical",), seed=0)
+    with pytest.raises(ValueError, match=r"other settings \(seed 0 there, 1 now\)"):
+        experiments.run("dao2019-transforms", quick=True, out=tmp_path, sizes=(4, 8), targets=("hadamard",),
+                        methods=("hierarchical",), seed=1, resume=True)
+    (tmp_path / "dao2019-transforms" / "results.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="not a dao2019-transforms results file"):
+        main(["reproduce", "dao2019-transforms", "--quick", "--sizes", "4", "--method", "hierarchical", "--out",
+              str(tmp_path), "--resume"])
+    with pytest.raises(ValueError, match="do not apply to ailon2021-sketch"):
+        experiments.run("ailon2021-sketch", quick=True, out=tmp_path, resume=True)
+
+
 @pytest.mark.parametrize("option, message", [({"sizes": (8, 12)}, "powers of two"), ({"sizes": (1,)}, "powers"),
                                              ({"targets": ("dft", "fft")}, "unknown targets")])
 def test_dao2019_transforms_rejects_bad_sizes_and_targets(tmp_path, option, message):

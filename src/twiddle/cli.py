@@ -194,6 +194,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         options["sizes"] = tuple(args.sizes)
     if args.targets:
         options["targets"] = tuple(args.targets)
+    if args.resume:
+        options["resume"] = True
     options["seed"] = args.seed
     if args.data is not None:
         options["data"] = args.data
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="dao2019-transforms: the sizes n to run (default 8…1024; --quick 8 16)")
     reproduce.add_argument("--targets", nargs="+", default=None,
                            help="dao2019-transforms: the targets to run (default: every target of the table)")
+    reproduce.add_argument("--resume", action="store_true",
+                           help="dao2019-transforms: keep the cells already in OUT/NAME/results.json (same methods, "
+                                "seed and budget) and run only the rest; results are written after every cell")
     reproduce.add_argument("--seed", type=int, default=0)
     reproduce.add_argument("--json", action="store_true", help="print the results as one JSON object")
     reproduce.set_defaults(func=_reproduce)

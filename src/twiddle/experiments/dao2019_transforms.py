@@ -17,6 +17,7 @@ so convolution (a product of two) is not exact for it.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -68,7 +69,10 @@ def lowrank_baseline_rmse(m: torch.Tensor, rank: int) -> float:
 @register("dao2019-transforms", "Dao et al. 2019 Table 1: RMSE of butterfly x permutation fits, n = 8..1024")
 def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", "gradient"),
          sizes: tuple[int, ...] | None = None, targets: tuple[str, ...] = TARGETS, time_budget: float | None = None,
-         seed: int = 0, **options) -> dict:
+         seed: int = 0, resume: bool = False, **options) -> dict:
+    """Run the table's cells (target-major) and write ``out/results.json`` and ``out/table.md`` after every cell
+    (``"complete": false`` until the last), then the heatmap. ``resume=True`` keeps the cells an earlier run with
+    the same methods, seed and budget left in ``out/results.json`` and runs only the others."""
     from tqdm import tqdm
 
     if options:
@@ -83,8 +87,14 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
     targets = tuple(targets)
     budget = time_budget if time_budget is not None else (5.0 if quick else 600.0)
     cells = [(t, n) for t in targets for n in sizes]
+    settings = {"experiment": "dao2019-transforms", "quick": quick, "methods": list(methods), "seed": seed,
+                "time_budget_per_cell": budget}
+    done = _finished_cells(out / "results.json", settings) if resume else {}
     rows = []
     for target, n in tqdm(cells, desc="dao2019-transforms", file=sys.stderr):
+        if (target, n) in done:
+            rows.append(done[(target, n)])
+            continue
         m = target_matrix(target, n, seed=seed)
         params = 2 * n * int(math.log2(n))
         row = {
@@ -104,11 +114,30 @@ def main(*, quick: bool, out: Path, methods: tuple[str, ...] = ("hierarchical", 
             row[f"{method}_seconds"] = result.seconds
             row[f"{method}_permutation"] = result.permutation_name
         rows.append(row)
-    results = {"experiment": "dao2019-transforms", "quick": quick, "methods": list(methods), "seed": seed,
-               "time_budget_per_cell": budget, "rows": rows}
+        # a long run that stops early keeps what it finished (and --resume picks up from there)
+        write_results(out, {**settings, "complete": False, "rows": rows}, _table(rows, methods))
+    results = {**settings, "complete": True, "rows": rows}
     write_results(out, results, _table(rows, methods))
     _heatmap(rows, methods, sizes, targets, out / "rmse.png")
     return results
+
+
+def _finished_cells(path: Path, settings: dict) -> dict[tuple[str, int], dict]:
+    """The rows of an earlier run at ``path`` by (target, n); none if there is no file. A run with other settings
+    is an error: its cells would not be comparable."""
+    if not path.exists():
+        return {}
+    try:
+        earlier = json.loads(path.read_text())
+        rows = earlier["rows"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot resume from {path}: not a dao2019-transforms results file ({exc})") from None
+    differ = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {old!r} there, {new!r} now" for k, (old, new) in differ.items())
+        raise ValueError(f"cannot resume from {path}: it was made with other settings ({detail}); "
+                         "run with the same settings, another --out, or without --resume")
+    return {(r["target"], r["n"]): r for r in rows}
 
 
 def _table(rows: list[dict], methods: tuple[str, ...]) -> str:
