@@ -133,6 +133,25 @@ def test_gradient_config_checks_the_new_settings():
         GradientConfig(newton_steps=True)
     with pytest.raises(ValueError, match="newton_below"):
         GradientConfig(newton_below=0.0)
+    with pytest.raises(ValueError, match="restart_epochs"):
+        GradientConfig(restart_epochs=0)
+
+
+def test_trials_whose_learned_permutation_fails_are_drawn_afresh():
+    """No permutation makes a butterfly of a random matrix: every trial's learned permutation fails, so after
+    restart_epochs epochs each is drawn afresh; with restart_epochs=None none is, and the fit is still returned."""
+    from twiddle.factorize import gradient
+
+    target = target_matrix("randn", 16, seed=0)
+    fits = {}
+    for every in (1, 2, None):
+        config = gradient.GradientConfig(model="bpp", steps_per_epoch=50, max_epochs=4, time_budget=120,
+                                         restart_epochs=every, polish_every=100)
+        fits[every] = gradient.fit_bp(target, config)
+    # every trial after epochs 1, 2, 3 (not after the last), or after epoch 2 only
+    assert fits[1]["restarts"] == 3 * 16 and fits[2]["restarts"] == 16 and fits[None]["restarts"] == 0
+    for fit in fits.values():
+        assert fit["epochs"] == 4 and 1e-3 < fit["mse"] ** 0.5 < 1  # a closed-form fit of some learned permutation
 
 
 def test_screen_keeps_one_trial_per_distinct_permutation_ranked_by_loss():

@@ -98,6 +98,12 @@ class GradientConfig:
     polish: str = "hierarchical"
     trials: int = 16
     steps_per_epoch: int = 400
+    # closed-form polish (bp/bpp): a trial whose learned (thresholded) permutation's closed-form fit still misses
+    # the target after this many epochs since its start is drawn afresh (twiddles, logits, Adam state), as
+    # HyperBand, which the paper searched with, drops its worst runs early; a trial stuck on a wrong permutation
+    # otherwise holds its slot for the whole budget (DCT-1024, seed 0: 13 distinct learned permutations after the
+    # first epoch, 2 after the second, none of them one of the exact ones; 4.3e-2 after 600 s). None: never
+    restart_epochs: int | None = 1
     max_epochs: int = 200
     # epochs between polishes; None: 1 for bpbp (its alternating start ranks the learned pairs itself, and an epoch
     # of Adam costs more than a polish: convolution n = 64, 13 s against 5 s), 5 otherwise
@@ -157,6 +163,8 @@ class GradientConfig:
         if self.polish not in POLISHES:
             raise ValueError(f"polish must be one of {POLISHES}, got {self.polish!r}")
         self.screen_steps = nonnegative_int(self.screen_steps, "screen_steps")
+        if self.restart_epochs is not None:
+            self.restart_epochs = positive_int(self.restart_epochs, "restart_epochs")
         if self.polish_every is not None:
             self.polish_every = positive_int(self.polish_every, "polish_every")
         if self.logit_std is not None and not self.logit_std >= 0:
@@ -398,6 +406,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     params = tw_params + logit_params
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
+    trial_steps = torch.zeros(T, dtype=torch.float64)  # Adam's bias correction per trial (restarts reset it)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     use_probes = config.probes is not None and config.probes < n
     target_ct = target.T.to(complex_dtype)  # probes X (rows): X M^T
@@ -425,6 +434,34 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         nonlocal best
         if mse < best["mse"]:
             best = {"mse": mse, "twiddles": [t.clone() for t in twiddles], "perms": [p.clone() for p in perms]}
+
+    closed_fits: dict[bytes, tuple[torch.Tensor, float]] = {}  # learned permutation -> its closed-form fit
+
+    trial_epochs = torch.zeros(T, dtype=torch.long)  # epochs since each trial's (re)start
+
+    def restart_stuck(perms_now: torch.Tensor) -> None:
+        """Draw afresh the trials that have had ``restart_epochs`` epochs and whose learned permutation's
+        closed-form fit misses the target."""
+        stuck = [t for t in range(T) if trial_epochs[t] >= config.restart_epochs
+                 and closed_fits.get(perms_now[t].numpy().tobytes(), (None, 0.0))[1] > target_mse]
+        if not stuck:
+            return
+        idx = torch.tensor(stuck)
+        with torch.no_grad():
+            for p in tw_params:
+                fresh = _haar_unitary((len(stuck),) + tuple(p.shape[1:-1]), gen).to(complex_dtype)
+                p[idx] = torch.view_as_real(fresh)
+            for lg in logit_params:
+                lg[idx] = (logit_std * torch.randn((len(stuck),) + tuple(lg.shape[1:]), generator=gen,
+                                                   dtype=torch.float64)).to(real_dtype)
+            for a, b in zip(m1, m2, strict=True):
+                a[idx] = 0
+                b[idx] = 0
+            trial_steps[idx] = 0
+            trial_epochs[idx] = 0
+        restarts.append(len(stuck))
+
+    restarts: list[int] = []  # trials drawn afresh at each restart
 
     # per learned permutation pair, screened and not yet polished (a polished pair's fit is dropped, so the pair
     # gets a fresh start when it is learned again)
@@ -481,27 +518,38 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                 loss = _per_trial_mse(out, target_adam, real_target)
             grads = torch.autograd.grad(loss.sum(), params)
             with torch.no_grad():
+                trial_steps += 1
+                fix1 = (1 - beta1**trial_steps).to(real_dtype)
+                fix2 = (1 - beta2**trial_steps).to(real_dtype)
                 for p, g, a, b in zip(params, grads, m1, m2, strict=True):
                     a.mul_(beta1).add_(g, alpha=1 - beta1)
                     b.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                     shape = (T,) + (1,) * (p.dim() - 1)
-                    update = (a / (1 - beta1**step)) / ((b / (1 - beta2**step)).sqrt() + eps)
+                    update = (a / fix1.reshape(shape)) / ((b / fix2.reshape(shape)).sqrt() + eps)
                     p.sub_(lr.reshape(shape) * update)
             if time.perf_counter() > deadline:
                 break
         final = time.perf_counter() > deadline
         polish_now = epoch % polish_every == 0 or final
         if closed_form:
-            # every epoch (cheap): each distinct learned permutation projected in closed form; the best go on to
-            # L-BFGS at the polish epochs
+            # every epoch (cheap): each distinct learned permutation projected in closed form (once: the fits are
+            # kept); the best go on to L-BFGS at the polish epochs
             fits = []
-            for row in torch.unique(hard_perms()[0], dim=0):
-                tw, mse = _closed_form(target, row, lifts)
+            perms_now = hard_perms()[0]
+            for row in torch.unique(perms_now, dim=0):
+                key = row.numpy().tobytes()
+                if key not in closed_fits:
+                    closed_fits[key] = _closed_form(target, row, lifts)
+                    consider([closed_fits[key][0]], [row], closed_fits[key][1])
+                tw, mse = closed_fits[key]
                 fits.append((mse, [tw], [row]))
-                consider([tw], [row], mse)
                 if mse <= target_mse or time.perf_counter() > deadline:
                     break
             starts = sorted(fits, key=lambda fit: fit[0])[: config.polish_top]
+            trial_epochs += 1
+            if (config.restart_epochs is not None and best["mse"] > target_mse and not final
+                    and epoch < config.max_epochs):
+                restart_stuck(perms_now)
         elif polish_now and start == "alternating":
             starts = alternating_starts(hard_perms(), loss.detach())
         elif polish_now:
@@ -532,5 +580,5 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         t = int(torch.argmin(loss.detach()))
         best = {"mse": math.nan, "twiddles": [tw.detach()[t].clone() for tw in twiddles_now()],
                 "perms": [p[t] for p in perms]}
-    best.update(epochs=epoch, trials=T, model=model, learning_rates=lr.tolist())
+    best.update(epochs=epoch, trials=T, model=model, learning_rates=lr.tolist(), restarts=sum(restarts))
     return best
