@@ -27,7 +27,7 @@ n = 128, a few thousand at n = 1024).
 Restarts (closed-form polish). At n = 1024 an epoch (400 Adam steps) takes ~140 s on 2 cores, and the relaxation
 pulls the logits only weakly: after the first epoch of DCT-1024 (seed 0) the 16 trials held 13 distinct hard
 permutations, none of them one of the exact ones among the 44 distinct BPP permutations, and by the second epoch all
-had settled on two wrong ones (4.3e-2 after 600 s). So a trial whose learned permutation's closed-form fit still
+sat on one wrong one (4.3e-2 after 600 s). So a trial whose learned permutation's closed-form fit still
 misses the target ``restart_epochs`` (1) epochs after its start is drawn afresh — twiddles, logits, its Adam
 moments and bias correction — as HyperBand, which the paper's search ran under, drops its worst runs early; the
 same seed then reached 5.4e-17 in the second epoch (277 s). Each learned permutation is fitted in closed form once
@@ -111,7 +111,7 @@ class GradientConfig:
     # the target after this many epochs since its start is drawn afresh (twiddles, logits, Adam state), as
     # HyperBand, which the paper searched with, drops its worst runs early; a trial stuck on a wrong permutation
     # otherwise holds its slot for the whole budget (DCT-1024, seed 0: 13 distinct learned permutations after the
-    # first epoch, 2 after the second, none of them one of the exact ones; 4.3e-2 after 600 s). None: never
+    # first epoch, 1 after the second, none of them one of the exact ones; 4.3e-2 after 600 s). None: never
     restart_epochs: int | None = 1
     max_epochs: int = 200
     # epochs between polishes; None: 1 for bpbp (its alternating start ranks the learned pairs itself, and an epoch
