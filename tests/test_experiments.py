@@ -188,7 +188,7 @@ def _counting_factorize(monkeypatch, stop_after: int | None = None) -> list:
 def test_dao2019_transforms_writes_after_every_cell_and_resumes(tmp_path, monkeypatch):
     path = tmp_path / "dao2019-transforms" / "results.json"
     options = dict(quick=True, out=tmp_path, targets=("hadamard",), methods=("hierarchical",))
-    calls = _counting_factorize(monkeypatch, stop_after=2)
+    _counting_factorize(monkeypatch, stop_after=2)
     with pytest.raises(_Stopped):  # stopped during the third cell
         experiments.run("dao2019-transforms", sizes=(4, 8, 16), **options)
     earlier = json.loads(path.read_text())
@@ -207,7 +207,7 @@ def test_dao2019_transforms_writes_after_every_cell_and_resumes(tmp_path, monkey
     assert [n for n, _ in calls] == [4, 8, 16]
 
 
-def test_dao2019_transforms_refuses_to_resume_a_run_with_other_settings(tmp_path, capsys):
+def test_dao2019_transforms_refuses_to_resume_a_run_with_other_settings(tmp_path):
     experiments.run("dao2019-transforms", quick=True, out=tmp_path, sizes=(4,), targets=("hadamard",),
                     methods=("hierarchical",), seed=0)
     with pytest.raises(ValueError, match=r"other settings \(seed 0 there, 1 now\)"):

@@ -425,7 +425,6 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     lifts: dict = {}  # the target's complex lifts, computed once for every closed-form fit
     hard_model = "bp" if model == "bpp" else model  # bpp's two hard permutations are composed into one
     best = {"mse": math.inf, "twiddles": None, "perms": None}
-    step = 0
     epoch = 0
     target_mse = config.target_rmse**2
     polish_every = config.polish_every if config.polish_every is not None else (1 if model == "bpbp" else 5)
@@ -451,6 +450,7 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
     def restart_stuck(perms_now: torch.Tensor) -> None:
         """Draw afresh the trials that have had ``restart_epochs`` epochs and whose learned permutation's
         closed-form fit misses the target."""
+        nonlocal restarts
         stuck = [t for t in range(T) if trial_epochs[t] >= config.restart_epochs
                  and closed_fits.get(perms_now[t].numpy().tobytes(), (None, 0.0))[1] > target_mse]
         if not stuck:
@@ -468,9 +468,9 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
                 b[idx] = 0
             trial_steps[idx] = 0
             trial_epochs[idx] = 0
-        restarts.append(len(stuck))
+        restarts += len(stuck)
 
-    restarts: list[int] = []  # trials drawn afresh at each restart
+    restarts = 0  # trials drawn afresh so far
 
     # per learned permutation pair, screened and not yet polished (a polished pair's fit is dropped, so the pair
     # gets a fresh start when it is learned again)
@@ -508,7 +508,6 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
 
     for epoch in range(1, config.max_epochs + 1):
         for _ in range(config.steps_per_epoch):
-            step += 1
             probs = [torch.sigmoid(level_logits(lg)) for lg in logit_params]
             if use_probes:
                 # rows x of X: model(x) vs M x; E|(model - M) x|^2 / n^2 over x ~ N(0, I) is the MSE
@@ -589,5 +588,5 @@ def fit_bp(target: torch.Tensor, config: GradientConfig, progress=None) -> dict:
         t = int(torch.argmin(loss.detach()))
         best = {"mse": math.nan, "twiddles": [tw.detach()[t].clone() for tw in twiddles_now()],
                 "perms": [p[t] for p in perms]}
-    best.update(epochs=epoch, trials=T, model=model, learning_rates=lr.tolist(), restarts=sum(restarts))
+    best.update(epochs=epoch, trials=T, model=model, learning_rates=lr.tolist(), restarts=restarts)
     return best
