@@ -95,6 +95,43 @@ def test_kernel_is_dispatched_for_cpu_tensors():
     assert kernel_for(t.double(), torch.randn(3, 64, dtype=torch.complex128)) == "fused-cpu"
 
 
+def test_kernel_env_switch_is_read_on_every_call(monkeypatch):
+    t = torch.randn(twiddle_shape(1, 1, 64))
+    x = torch.randn(3, 64)
+    monkeypatch.setenv("TWIDDLE_KERNEL", "reference")
+    assert kernel_for(t, x) == "reference"
+    monkeypatch.setenv("TWIDDLE_KERNEL", "fused")
+    assert kernel_for(t, x) == "fused-cpu"
+    monkeypatch.setenv("TWIDDLE_KERNEL", "fast")
+    with pytest.raises(ValueError, match="TWIDDLE_KERNEL must be auto, reference or fused, got 'fast'"):
+        kernel_for(t, x)
+    monkeypatch.delenv("TWIDDLE_KERNEL")
+    assert kernel_for(t, x) == "fused-cpu"
+
+
+@pytest.mark.parametrize("requires", ["none", "twiddle", "x", "bias"])
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_autograd_node_only_where_a_gradient_is_needed(requires, no_grad):
+    """Calls with nothing to differentiate skip the autograd node (a batch-1 speed-up): same values, no grad_fn;
+    any one input that requires grad gets its gradient."""
+    n = 64
+    t = torch.randn(twiddle_shape(1, 1, n), dtype=torch.float64)
+    x = torch.randn(3, n, dtype=torch.float64)
+    b = torch.randn(n, dtype=torch.float64)
+    inputs = {"twiddle": t, "x": x, "bias": b}
+    if requires != "none":
+        inputs[requires].requires_grad_(True)
+    with torch.set_grad_enabled(not no_grad):
+        y = torch.ops.twiddle.butterfly_multiply(t, x, b, True, False, False, n)
+    expected = butterfly_multiply_reference(t.detach(), x.detach()) + b.detach()
+    assert torch.allclose(y, expected, rtol=1e-12, atol=1e-12)
+    assert (y.grad_fn is None) == (no_grad or requires == "none")
+    if y.grad_fn is not None:
+        y.sum().backward()
+        for name, v in inputs.items():
+            assert (v.grad is not None) == (name == requires)
+
+
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
 def test_low_precision_computed_in_float32(low):
     from twiddle.ops import butterfly_multiply

@@ -41,9 +41,33 @@ def prepare_kernel(device: torch.device | str = "cpu") -> None:
         fused_cpu.available()
 
 
+# TWIDDLE_KERNEL is read on every call (so that it can change at run time). os.environ.get encodes the key and
+# decodes the value (about a microsecond, a visible share of a batch-1 call); where os.environ keeps its values in
+# a plain dict of encoded keys (CPython), read that dict and decode only values that are not one of the modes.
+_ENVIRON_DATA = getattr(os.environ, "_data", None)
+_ENCODED_MODES: dict[object, str] = {}
+try:
+    _KERNEL_KEY = os.environ.encodekey("TWIDDLE_KERNEL")  # type: ignore[attr-defined]
+    _ENCODED_MODES = {os.environ.encodevalue(m): m for m in ("auto", "reference", "fused")}  # type: ignore[attr-defined]
+except AttributeError:  # not CPython's os._Environ
+    _ENVIRON_DATA = None
+
+
+def _kernel_mode() -> str:
+    """The value of ``TWIDDLE_KERNEL`` (default ``auto``), unvalidated."""
+    if type(_ENVIRON_DATA) is dict:
+        raw = _ENVIRON_DATA.get(_KERNEL_KEY)
+        if raw is None:
+            return "auto"
+        mode = _ENCODED_MODES.get(raw)
+        if mode is not None:
+            return mode
+    return os.environ.get("TWIDDLE_KERNEL", "auto")
+
+
 def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     """Name of the kernel :func:`butterfly_multiply` would use for these tensors."""
-    mode = os.environ.get("TWIDDLE_KERNEL", "auto")
+    mode = _kernel_mode()
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
     # ONNX export traces the model (torch.jit tracing, or torch.export under the dynamo exporter); the export
@@ -103,29 +127,40 @@ def butterfly_multiply(
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
     ``x`` (first derivatives; the reference kernel also supports higher ones).
     """
-    lead, m, out = check_multiply_args(twiddle, x, transpose, out_size)
+    _, m, out = check_multiply_args(twiddle, x, transpose, out_size)
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
-    return _multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate, bias)
+    return _multiply_checked(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias)
 
 
 def _multiply_checked(
     twiddle: torch.Tensor,
     x: torch.Tensor,
     increasing_stride: bool,
-    lead: torch.Size,
     m: int,
     out: int,
     transpose: bool,
     conjugate: bool,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Dispatch with arguments already validated (modules that own their twiddles call this directly)."""
+    """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
+    ``(..., m)``, the result ``(..., out)``."""
     kernel = kernel_for(twiddle, x)
-    if kernel == "reference":
-        y = reference_multiply_checked(twiddle, x, increasing_stride, lead, m, out, transpose, conjugate)
+    if kernel == "fused-cpu":
+        # the common case, checked first with cheap identity tests: one real dtype the kernel runs natively, a 2-D
+        # input; everything else (promotion, low precision, complex views, reshapes) takes the general path below
+        dtype = x.dtype
+        if (
+            twiddle.dtype is dtype
+            and (dtype is torch.float32 or dtype is torch.float64)
+            and (bias is None or bias.dtype is dtype)
+            and x.ndim == 2
+        ):
+            return fused_cpu.butterfly_multiply_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out)
+    elif kernel == "reference":
+        y = reference_multiply_checked(twiddle, x, increasing_stride, x.shape[:-1], m, out, transpose, conjugate)
         return y if bias is None else y + bias
     # one dtype throughout (the common case) needs no promotion; a 2-D input no reshape
     if x.dtype == twiddle.dtype and (bias is None or bias.dtype == x.dtype):
@@ -148,4 +183,4 @@ def _multiply_checked(
             tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b
         )
     y = y if y.dtype == dtype else y.to(dtype)
-    return y if x.ndim == 2 else y.reshape(*lead, out)
+    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out)

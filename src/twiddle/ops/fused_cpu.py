@@ -36,6 +36,26 @@ def _register() -> None:
     _registered = True
 
 
+def butterfly_multiply_op(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    bias: torch.Tensor | None,
+    increasing_stride: bool,
+    transpose: bool,
+    conjugate: bool,
+    out_size: int,
+) -> torch.Tensor:
+    """``torch.ops.twiddle.butterfly_multiply`` (real twiddle and ``x``, one dtype, ``x`` 2-D), through its
+    overload resolved once: the op namespace lookups cost a little on every call otherwise."""
+    global _op
+    if _op is None:
+        _op = torch.ops.twiddle.butterfly_multiply.default
+    return _op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size)
+
+
+_op = None
+
+
 def is_loaded() -> bool:
     """True when the kernel is already loaded (never builds; safe while torch.compile traces)."""
     return _registered

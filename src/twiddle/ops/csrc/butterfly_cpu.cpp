@@ -837,7 +837,9 @@ inline std::vector<Pass> make_passes(const Plan& P) {
 // the divisions.
 inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
 
-// kW consecutive blocks straight from the user's layout (a b c d a b c d ...): four loads, eight permutes.
+// kW consecutive blocks straight from the user's layout (a b c d a b c d ...).
+#if defined(__AVX512F__)
+// AVX-512: four loads, eight two-source permutes (one instruction each).
 TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap, const SoaPerm& sp) {
   const VIdx ab = sp.ab, cd = sp.cd, lo = sp.lo, hi = sp.hi;
   const VF v0 = vload(t), v1 = vload(t + kW);
@@ -849,6 +851,26 @@ TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap, const SoaPerm& sp) 
   if (swap) std::swap(q.b, q.c);
   return q;
 }
+#else
+// AVX2: the two-source permute costs three instructions here, so use the layout instead: 128-bit half loads put
+// block j in the low lane and block j + 4 in the high lane of row r_j (j = 0..3), and a 4 x 4 transpose within
+// each lane (four unpacks, four shuffles) turns the rows (a, b, c, d) into the columns a, b, c, d of blocks
+// 0..7 in order. Eight single-lane shuffles and four half inserts instead of sixteen cross-lane permutes and
+// eight blends.
+TWIDDLE_INLINE Quad load_quad_raw(const float* t, bool swap, const SoaPerm&) {
+  const VF r0 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(t)), _mm_loadu_ps(t + 16), 1);
+  const VF r1 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(t + 4)), _mm_loadu_ps(t + 20), 1);
+  const VF r2 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(t + 8)), _mm_loadu_ps(t + 24), 1);
+  const VF r3 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(t + 12)), _mm_loadu_ps(t + 28), 1);
+  const VF ab01 = _mm256_unpacklo_ps(r0, r1), cd01 = _mm256_unpackhi_ps(r0, r1);  // a0 a1 b0 b1 | c0 c1 d0 d1
+  const VF ab23 = _mm256_unpacklo_ps(r2, r3), cd23 = _mm256_unpackhi_ps(r2, r3);
+  constexpr int kLow = _MM_SHUFFLE(1, 0, 1, 0), kHigh = _MM_SHUFFLE(3, 2, 3, 2);
+  Quad q{_mm256_shuffle_ps(ab01, ab23, kLow), _mm256_shuffle_ps(ab01, ab23, kHigh),
+         _mm256_shuffle_ps(cd01, cd23, kLow), _mm256_shuffle_ps(cd01, cd23, kHigh)};
+  if (swap) std::swap(q.b, q.c);
+  return q;
+}
+#endif
 
 // raw user-layout twiddles -> SoA in application order (one stack after another). kW blocks at a time: four
 // loads of (a b c d) x 4 blocks, eight two-source permutes.
@@ -1177,7 +1199,7 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   const float* const soa = raw ? nullptr : rows_soa(tw, P, soa_scratch.data());
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
-  const PermTable perms;
+  static const PermTable perms;  // built once (constant tables)
   at::parallel_for(0, ngroups, grain_for(P, kRows), [&](int64_t begin, int64_t end) {
     ThreadScratch<float, 0> scratch(kRows * ld);  // written before it is read
     float* const buf = scratch.data();
@@ -1233,7 +1255,7 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
   ThreadScratch<float, 2> soa_scratch(soa_size);
   const float* const soa = rows_soa(tw, P, soa_scratch.data());
-  const PermTable perms;
+  static const PermTable perms;  // built once (constant tables)
   const auto partial = chunked_partials<float>(
       ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size,
       [&](int64_t begin, int64_t end, float* acc) {
@@ -1461,6 +1483,18 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
 at::Tensor butterfly_multiply_autograd(const at::Tensor& twiddle, const at::Tensor& x,
                                        const std::optional<at::Tensor>& bias, bool increasing_stride,
                                        bool transpose, bool conjugate, int64_t out_size) {
+  // Nothing to differentiate (inference, torch.no_grad, or no input that requires grad): skip the autograd
+  // node and its saved state, which cost a few microseconds, a visible share of a batch-1 call.
+  const bool needs_grad = at::GradMode::is_enabled() &&
+                          (twiddle.requires_grad() || x.requires_grad() ||
+                           (bias.has_value() && bias->defined() && bias->requires_grad()));
+  if (!needs_grad) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("twiddle::butterfly_multiply", "")
+                         .typed<decltype(butterfly_multiply)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size);
+  }
   return ButterflyFunction::apply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size);
 }
 
