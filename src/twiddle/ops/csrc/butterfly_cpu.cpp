@@ -200,36 +200,43 @@ inline ComplexBlock<T> complex_block(const T* tw, int64_t i, int eb, int ec, T s
   return {t[0], sign * t[1], t[2 * eb], sign * t[2 * eb + 1], t[2 * ec], sign * t[2 * ec + 1], t[6], sign * t[7]};
 }
 
-// Real factor on a lane tile: position p holds kLanes values.
+// Real factor on a lane tile (position p holds kLanes values): dst = factor(src). dst == src (in place) or the two
+// do not overlap; each lane is read before it is written, so in place is safe under the simd loop.
 template <typename T>
-inline void lanes_factor_real(T* __restrict buf, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec) {
+inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    T* __restrict xp = buf + p * kLanes;
-    T* __restrict xq = xp + s * kLanes;
+    const T* xp = src + p * kLanes;
+    const T* xq = xp + s * kLanes;
+    T* yp = dst + p * kLanes;
+    T* yq = yp + s * kLanes;
     const T* t = tw + 4 * i;
     const T a = t[0], b = t[eb], c = t[ec], d = t[3];
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
       const T u = xp[l], v = xq[l];
-      xp[l] = a * u + b * v;
-      xq[l] = c * u + d * v;
+      yp[l] = a * u + b * v;
+      yq[l] = c * u + d * v;
     }
   });
 }
 
 // Complex factor on a lane tile: position p holds kLanes real parts, then kLanes imaginary parts.
 template <typename T>
-inline void lanes_factor_complex(T* __restrict buf, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec,
-                                 T sign) {
+inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb,
+                                 int ec, T sign) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    T* __restrict pr = buf + p * 2 * kLanes;
-    T* __restrict pi = pr + kLanes;
-    T* __restrict qr = pr + s * 2 * kLanes;
-    T* __restrict qi = qr + kLanes;
+    const T* xr = src + p * 2 * kLanes;
+    const T* xi = xr + kLanes;
+    const T* yr = xr + s * 2 * kLanes;
+    const T* yi = yr + kLanes;
+    T* pr = dst + p * 2 * kLanes;
+    T* pi = pr + kLanes;
+    T* qr = pr + s * 2 * kLanes;
+    T* qi = qr + kLanes;
     const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
 #pragma omp simd
     for (int64_t l = 0; l < kLanes; ++l) {
-      const T ur = pr[l], ui = pi[l], vr = qr[l], vi = qi[l];
+      const T ur = xr[l], ui = xi[l], vr = yr[l], vi = yi[l];
       pr[l] = ar * ur - ai * ui + br * vr - bi * vi;
       pi[l] = ar * ui + ai * ur + br * vi + bi * vr;
       qr[l] = cr * ur - ci * ui + dr * vr - di * vi;
@@ -346,14 +353,10 @@ inline void lanes_factor_real_backward<float>(float* __restrict g, const float* 
     }
     // [a b a b | a b a b] partial pairs, then [a b c d | a b c d]; add the 128-bit halves
     const __m256 q = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    const __m128 sums = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
-    alignas(16) float sum[4];
-    _mm_store_ps(sum, sums);
+    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
+    if (eb != 1) sums = _mm_shuffle_ps(sums, sums, _MM_SHUFFLE(3, 1, 2, 0));  // transposed: b, c trade places
     float* dt = dtw + 4 * i;
-    dt[0] += sum[0];
-    dt[eb] += sum[1];
-    dt[ec] += sum[2];
-    dt[3] += sum[3];
+    _mm_storeu_ps(dt, _mm_add_ps(_mm_loadu_ps(dt), sums));
   });
 }
 
@@ -363,6 +366,7 @@ inline void lanes_factor_complex_backward<float>(float* __restrict g, const floa
                                                  const float* __restrict tw, float* __restrict dtw, int64_t n,
                                                  int64_t s, int eb, int ec, float sign) {
   static_assert(kLanes == 16, "two 8-float vectors per lane row");
+  const __m256 signs = _mm256_setr_ps(1.0f, sign, 1.0f, sign, 1.0f, sign, 1.0f, sign);
   for_each_block(n, s, [&](int64_t i, int64_t p) {
     float* __restrict gp = g + p * 2 * kLanes;  // re [0, 16), im [16, 32)
     float* __restrict gq = gp + s * 2 * kLanes;
@@ -398,29 +402,24 @@ inline void lanes_factor_complex_backward<float>(float* __restrict g, const floa
     const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
     const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
     const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-    const __m256 sums = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
-    alignas(32) float sum[8];
-    _mm256_store_ps(sum, sums);
+    // (re, im) of a, b, c, d; the imaginary parts times sign; transposed: b and c trade places
+    __m256 sums = _mm256_mul_ps(
+        _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31)), signs);
+    if (eb != 1)
+      sums = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(sums), _MM_SHUFFLE(3, 1, 2, 0)));
     float* dt = dtw + 8 * i;
-    dt[0] += sum[0];
-    dt[1] += sign * sum[1];
-    dt[2 * eb] += sum[2];
-    dt[2 * eb + 1] += sign * sum[3];
-    dt[2 * ec] += sum[4];
-    dt[2 * ec + 1] += sign * sum[5];
-    dt[6] += sum[6];
-    dt[7] += sign * sum[7];
+    _mm256_storeu_ps(dt, _mm256_add_ps(_mm256_loadu_ps(dt), sums));
   });
 }
 #endif
 
 template <typename T>
-inline void lanes_factor(T* buf, const T* tw, const Plan& P, int64_t f) {
+inline void lanes_factor(T* dst, const T* src, const T* tw, const Plan& P, int64_t f) {
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   if (P.complex)
-    lanes_factor_complex<T>(buf, tw + P.offsets[f], P.n, P.strides[f], eb, ec, P.conjugate ? T(-1) : T(1));
+    lanes_factor_complex<T>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec, P.conjugate ? T(-1) : T(1));
   else
-    lanes_factor_real<T>(buf, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
+    lanes_factor_real<T>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
 }
 
 template <typename T>
@@ -579,7 +578,7 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         if (ocount == 0) continue;
         const T* twk = tw + k * P.stack_size();
         lanes_load<T>(buf, x, P.in_size, row0, rows, ic0, icount, P);
-        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf, twk, P, f);
+        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf, buf, twk, P, f);
         lanes_store<T>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
     }
@@ -591,7 +590,7 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
   chunked_reduce<T>(ntiles, 8, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
-    // the input of every factor, then the gradient (lanes_load and the copies write all of each tile used)
+    // the input of every factor, then the gradient (lanes_load and the factors write all of each tile used)
     ThreadScratch<T, 1> scratch((std::max<int64_t>(P.F, 1) + 1) * tile);
     T* const acts = scratch.data();
     T* const g = acts + std::max<int64_t>(P.F, 1) * tile;
@@ -603,11 +602,8 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
         const T* twk = tw + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
         lanes_load<T>(acts, x, P.in_size, row0, rows, ic0, icount, P);
-        for (int64_t f = 0; f + 1 < P.F; ++f) {
-          T* next = acts + (f + 1) * tile;
-          std::memcpy(next, acts + f * tile, sizeof(T) * tile);
-          lanes_factor<T>(next, twk, P, f);
-        }
+        // factor f reads its input tile and writes the next one (out of place: no copy)
+        for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
         if (P.g_contiguous)
           lanes_load<T>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
