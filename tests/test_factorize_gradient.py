@@ -56,6 +56,70 @@ def test_gradient_method_refuses_a_given_permutation_and_bad_settings():
         factorize(torch.eye(8), method="gradient", time_budget=0)
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("n,trials,rows", [(4, 2, 3), (8, 1, 1), (32, 3, 5), (1024, 2, 4)])
+def test_fused_relaxed_permutation_matches_the_pytorch_composition(dtype, tol, n, trials, rows):
+    """The fused kernel (real CPU tensors) against the PyTorch reference: values and both gradients, with expanded
+    (shared-logit) probabilities and a non-contiguous input."""
+    from twiddle.factorize.gradient import _levels, _relaxed_permute_reference
+    from twiddle.ops import fused_cpu
+
+    assert fused_cpu.available()
+    levels = len(_levels(n))
+    base = torch.randn(trials, n, rows, dtype=torch.float64)
+    logits = torch.randn(trials, 1, 3, dtype=torch.float64)
+    g = torch.randn(trials, rows, n, dtype=torch.float64)
+    results = []
+    for fn in (relaxed_permute, _relaxed_permute_reference):
+        x = base.to(dtype).requires_grad_(True)
+        lg = logits.to(dtype).requires_grad_(True)
+        y = fn(x.transpose(1, 2), torch.sigmoid(lg.expand(trials, levels, 3)))  # (T, rows, n), not contiguous
+        gx, gl = torch.autograd.grad(y, [x, lg], g.to(dtype))
+        results.append([v.double() for v in (y, gx, gl)])
+    assert results[0][0].shape == (trials, rows, n)
+    for fused, reference in zip(*results, strict=True):
+        assert (fused - reference).abs().max() <= tol * max(1.0, reference.abs().max().item())
+
+
+def test_fused_relaxed_permutation_gradcheck_and_threads():
+    n, levels = 16, 3
+    x = torch.randn(2, 3, n, dtype=torch.float64, requires_grad=True)
+    probs = torch.rand(2, levels, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(relaxed_permute, (x, probs))
+    big = torch.randn(4, 64, 256, dtype=torch.float32)
+    p = torch.rand(4, 7, 3, dtype=torch.float32, requires_grad=True)  # n = 256: levels 256, 128, ..., 4
+    grads = []
+    for threads in (1, 2):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            grads.append(torch.autograd.grad(relaxed_permute(big, p).pow(2).sum(), p)[0])
+        finally:
+            torch.set_num_threads(before)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_relaxed_permutation_op_checks_its_arguments():
+    from twiddle.ops import fused_cpu
+
+    assert fused_cpu.available()
+    x = torch.randn(2, 3, 16)
+    with pytest.raises(RuntimeError, match=r"probs: expected \(2, 3, 3\)"):
+        torch.ops.twiddle.relaxed_permute(x, torch.rand(2, 4, 3))
+    with pytest.raises(RuntimeError, match="power of two"):
+        torch.ops.twiddle.relaxed_permute(torch.randn(2, 3, 12), torch.rand(2, 2, 3))
+    with pytest.raises(RuntimeError, match="dtype of x"):
+        torch.ops.twiddle.relaxed_permute(x, torch.rand(2, 3, 3, dtype=torch.float64))
+
+
+def test_relaxed_permutation_reference_switch(monkeypatch):
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
+    probs = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert type(relaxed_permute(x, probs).grad_fn).__name__ == "_RelaxedPermuteBackward"
+    monkeypatch.setenv("TWIDDLE_KERNEL", "reference")
+    assert type(relaxed_permute(x, probs).grad_fn).__name__ != "_RelaxedPermuteBackward"
+
+
 def test_relaxed_permutation_of_a_complex_input_permutes_real_and_imaginary_parts():
     n = 16
     probs = torch.sigmoid(torch.randn(2, 3, 3, dtype=torch.float64))

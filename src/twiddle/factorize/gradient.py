@@ -85,7 +85,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import nonnegative_int, positive_int
-from ..ops import butterfly_multiply, prepare_kernel
+from ..ops import _kernel_mode, butterfly_multiply, fused_cpu, prepare_kernel
 from ._alternating import AlternatingFit
 from ._gauss_newton import levenberg_marquardt
 
@@ -210,12 +210,31 @@ def _levels(n: int) -> list[int]:
 
 def relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """Apply the relaxed permutation. ``x``: ``(T, B, n)`` real or complex; ``probs``: ``(T, levels, 3)`` in
-    ``[0, 1]``. The weights are real, so a complex ``x`` is permuted as its real and imaginary parts."""
+    ``[0, 1]``. The weights are real, so a complex ``x`` is permuted as its real and imaginary parts.
+
+    Level by level (block sizes n, n/2, ..., 4): blend the block with its even/odd separation by ``p₀``, then each
+    half with its reversal by ``p₁`` and ``p₂``. Real float32/float64 CPU tensors use the fused kernel
+    (``csrc/relaxed_permute_cpu.cpp``, a row at a time in cache), everything else the PyTorch composition
+    (:func:`_relaxed_permute_reference`; also under ``TWIDDLE_KERNEL=reference``)."""
     if x.is_complex():
         T, B, n = x.shape
         parts = torch.view_as_real(x).permute(0, 1, 3, 2).reshape(T, 2 * B, n)
         out = relaxed_permute(parts, probs).reshape(T, B, 2, n).permute(0, 1, 3, 2)
         return torch.view_as_complex(out.contiguous())
+    if (
+        x.is_cpu
+        and probs.is_cpu
+        and x.dtype in (torch.float32, torch.float64)
+        and x.shape[-1] >= 4
+        and _kernel_mode() != "reference"
+        and fused_cpu.available()
+    ):
+        return fused_cpu.fused_relaxed_permute(x, probs)
+    return _relaxed_permute_reference(x, probs)
+
+
+def _relaxed_permute_reference(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """:func:`relaxed_permute` of a real ``x`` as PyTorch operations (any device and dtype; higher derivatives)."""
     T, B, n = x.shape
     for level, size in enumerate(_levels(n)):
         half = size // 2
@@ -239,7 +258,9 @@ def hard_permutation(logits: torch.Tensor, n: int) -> torch.Tensor:
 def _butterfly_trials(tw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x (T, B, n)`` through per-trial butterflies ``tw (T, L, n/2, 2, 2)`` (increasing stride): one fused
     kernel call per trial (twiddle's layout is the library's, one stack and one block)."""
-    return torch.stack([butterfly_multiply(tw[t].unsqueeze(0).unsqueeze(0), x[t]) for t in range(tw.shape[0])])
+    # unbind, not x[t]: the backward of T selects would write T zero-filled copies of the whole (T, B, n) gradient
+    return torch.stack([butterfly_multiply(t.unsqueeze(0).unsqueeze(0), xt) for t, xt in zip(tw.unbind(0),
+                                                                                            x.unbind(0), strict=True)])
 
 
 def _model_trials(model: str, twiddles: list[torch.Tensor], perms: list, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Build-on-first-use of the fused CPU kernel (``csrc/butterfly_cpu.cpp``).
+"""Build-on-first-use of the fused CPU kernels (``csrc/butterfly_cpu.cpp``: the butterfly multiply;
+``csrc/relaxed_permute_cpu.cpp``: the gradient method's relaxed permutation).
 
 The extension is compiled once per machine with ``-O3 -march=native -fopenmp`` and cached by
 ``torch.utils.cpp_extension`` (under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); a changed
@@ -17,13 +18,15 @@ from pathlib import Path
 
 import torch
 
-_SOURCE = Path(__file__).with_name("csrc") / "butterfly_cpu.cpp"
+_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("butterfly_cpu.cpp", "relaxed_permute_cpu.cpp")]
 _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ok": False, "error": None}
 
 
 def _already_registered() -> bool:
-    return hasattr(torch.ops, "twiddle") and hasattr(torch.ops.twiddle, "butterfly_multiply")
+    return hasattr(torch.ops, "twiddle") and all(
+        hasattr(torch.ops.twiddle, op) for op in ("butterfly_multiply", "relaxed_permute")
+    )
 
 
 def load() -> bool:
@@ -43,7 +46,7 @@ def load() -> bool:
                 _put_ninja_on_path()
                 cpp_extension.load(
                     name="twiddle_butterfly_cpu",
-                    sources=[str(_SOURCE)],
+                    sources=[str(source) for source in _SOURCES],
                     extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
                     extra_ldflags=["-fopenmp"],
                     is_python_module=False,

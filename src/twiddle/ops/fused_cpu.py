@@ -13,7 +13,7 @@ import torch
 
 from . import _cpu_build
 
-__all__ = ["available", "fused_butterfly_multiply", "SUPPORTED_DTYPES"]
+__all__ = ["available", "fused_butterfly_multiply", "fused_relaxed_permute", "SUPPORTED_DTYPES"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 _registered = False
@@ -54,6 +54,28 @@ def butterfly_multiply_op(
 
 
 _op = None
+
+
+class _RelaxedPermute(torch.autograd.Function):
+    """``torch.ops.twiddle.relaxed_permute`` with its fused backward (first derivatives only)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, probs)
+        return torch.ops.twiddle.relaxed_permute(x, probs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, probs = ctx.saved_tensors
+        return torch.ops.twiddle.relaxed_permute_backward(x, probs, grad)
+
+
+def fused_relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """The relaxed permutation (:func:`twiddle.factorize.gradient.relaxed_permute`) by the fused kernel: ``x``
+    ``(T, B, n)`` real float32/float64 on the CPU, ``n`` a power of two >= 4, ``probs`` ``(T, levels, 3)`` (cast to
+    ``x``'s dtype). Differentiable in both (first derivatives)."""
+    return _RelaxedPermute.apply(x, probs.to(x.dtype))
 
 
 def is_loaded() -> bool:
