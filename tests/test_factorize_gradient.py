@@ -112,6 +112,18 @@ def test_relaxed_permutation_op_checks_its_arguments():
         torch.ops.twiddle.relaxed_permute(x, torch.rand(2, 3, 3, dtype=torch.float64))
 
 
+def test_fused_relaxed_permutation_under_torch_compile():
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
+    probs = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(lambda x, p: relaxed_permute(x, p).pow(2).sum(), fullgraph=True)
+    y = compiled(x, probs)
+    (g,) = torch.autograd.grad(y, probs)
+    y_eager = relaxed_permute(x, probs).pow(2).sum()
+    (g_eager,) = torch.autograd.grad(y_eager, probs)
+    torch.testing.assert_close(y, y_eager, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g, g_eager, rtol=1e-12, atol=1e-12)
+
+
 def test_relaxed_permutation_reference_switch(monkeypatch):
     x = torch.randn(2, 3, 16, dtype=torch.float64)
     probs = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)

@@ -17,13 +17,15 @@ __all__ = ["available", "fused_butterfly_multiply", "fused_relaxed_permute", "SU
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 _registered = False
+_op = None  # torch.ops.twiddle.butterfly_multiply.default, once the kernel is loaded
 
 
 def _register() -> None:
-    """Fake (meta) implementations for torch.compile; the autograd kernel is registered in C++."""
-    global _registered
+    """Fake (meta) implementations for torch.compile (the butterfly's autograd kernel is registered in C++)."""
+    global _registered, _op
     if _registered:
         return
+    _op = torch.ops.twiddle.butterfly_multiply.default
 
     @torch.library.register_fake("twiddle::butterfly_multiply")
     def _(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size):
@@ -32,6 +34,15 @@ def _register() -> None:
     @torch.library.register_fake("twiddle::butterfly_multiply_backward")
     def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size):
         return torch.empty_like(twiddle), torch.empty_like(x)
+
+    @torch.library.register_fake("twiddle::relaxed_permute")
+    def _(x, probs):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("twiddle::relaxed_permute_backward")
+    def _(x, probs, grad):
+        return (torch.empty_like(x, memory_format=torch.contiguous_format),
+                torch.empty_like(probs, memory_format=torch.contiguous_format))
 
     _registered = True
 
@@ -45,15 +56,10 @@ def butterfly_multiply_op(
     conjugate: bool,
     out_size: int,
 ) -> torch.Tensor:
-    """``torch.ops.twiddle.butterfly_multiply`` (real twiddle and ``x``, one dtype, ``x`` 2-D), through its
-    overload resolved once: the op namespace lookups cost a little on every call otherwise."""
-    global _op
-    if _op is None:
-        _op = torch.ops.twiddle.butterfly_multiply.default
+    """``torch.ops.twiddle.butterfly_multiply`` (real twiddle and ``x``, one dtype, ``x`` 2-D; the kernel loaded),
+    through its overload resolved when the kernel was loaded: the op namespace lookups cost a little on every call
+    otherwise."""
     return _op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size)
-
-
-_op = None
 
 
 class _RelaxedPermute(torch.autograd.Function):
