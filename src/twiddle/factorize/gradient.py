@@ -27,7 +27,8 @@ n = 128, a few thousand at n = 1024).
 Speed. The relaxed permutations are applied by a fused kernel (``csrc/relaxed_permute_cpu.cpp``: forward and
 backward a row at a time in cache) instead of a dozen full-size temporaries per level, and the per-trial butterflies
 split the batch with ``unbind`` (indexing made autograd write a zero-filled copy of the whole gradient per trial). An
-Adam step of BPP at n = 1024 (16 trials, 64 probes, 2 cores) went from 0.32 s to 0.09-0.11 s, and the 600 s
+Adam step of BPP at n = 1024 (16 trials, 64 probes, 2 cores) went from 0.32 s to 0.09-0.11 s (the unbind: 20-30 ms
+of that; ``benchmarks/relaxed_permute.py``), and the 600 s
 five-transform table at n = 1024 from 93-349 s a cell to 35-94 s (29 min for n = 8...1024 to 9; README).
 
 Restarts (closed-form polish). At n = 1024 an epoch (400 Adam steps) took ~140 s on 2 cores, and the relaxation
