@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import twiddle
+from twiddle._timing import run_seconds
 from twiddle.ops import fused_cpu
 
 
 def _times_us(fn, calls: int) -> tuple[float, float]:
     """(best, median) of ``calls`` timed calls after a warm-up, in microseconds."""
-    for _ in range(max(5, calls // 20)):
-        fn()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = run_seconds(fn, warmup=max(5, calls // 20), repeats=calls, max_seconds=math.inf)
     return 1e6 * min(times), 1e6 * statistics.median(times)
 
 

@@ -16,15 +16,16 @@ def synchronizer(device: torch.device | str) -> Callable[[], None]:
     return lambda: None
 
 
-def median_seconds(
+def run_seconds(
     fn: Callable[[], object],
     *,
     warmup: int = 3,
     repeats: int = 20,
     max_seconds: float = 5.0,
     device: torch.device | str = "cpu",
-) -> float:
-    """Median wall-clock time of ``fn()`` over up to ``repeats`` runs (stops early after ``max_seconds``).
+) -> list[float]:
+    """Wall-clock seconds of each of up to ``repeats`` runs of ``fn()`` after ``warmup`` untimed ones (stops early
+    once ``max_seconds`` have passed and at least 3 runs are in).
 
     On a CUDA ``device`` every run ends with ``torch.cuda.synchronize`` so that the time covers the kernels it
     launched, not only their launch."""
@@ -41,4 +42,18 @@ def median_seconds(
         times.append(time.perf_counter() - t0)
         if time.perf_counter() - start > max_seconds and len(times) >= 3:
             break
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 5.0,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Median of :func:`run_seconds` (same arguments)."""
+    return statistics.median(
+        run_seconds(fn, warmup=warmup, repeats=repeats, max_seconds=max_seconds, device=device)
+    )

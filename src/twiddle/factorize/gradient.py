@@ -266,8 +266,8 @@ def _butterfly_trials(tw: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x (T, B, n)`` through per-trial butterflies ``tw (T, L, n/2, 2, 2)`` (increasing stride): one fused
     kernel call per trial (twiddle's layout is the library's, one stack and one block)."""
     # unbind, not x[t]: the backward of T selects would write T zero-filled copies of the whole (T, B, n) gradient
-    return torch.stack([butterfly_multiply(t.unsqueeze(0).unsqueeze(0), xt) for t, xt in zip(tw.unbind(0),
-                                                                                            x.unbind(0), strict=True)])
+    pairs = zip(tw.unbind(0), x.unbind(0), strict=True)
+    return torch.stack([butterfly_multiply(tw_t.unsqueeze(0).unsqueeze(0), x_t) for tw_t, x_t in pairs])
 
 
 def _model_trials(model: str, twiddles: list[torch.Tensor], perms: list, x: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,14 @@ inline void reverse_halves(const T* y, T* z, int64_t n, int64_t m, T p1, T p2) {
   }
 }
 
+// One level on one row: out = reverse(separate(in)) (in and out may be the same row), y the row-sized scratch for
+// the blend between
+template <typename T>
+inline void apply_level(const T* in, T* y, T* out, int64_t n, int64_t m, const T* p) {
+  separate(in, y, n, m, p[0]);
+  reverse_halves(y, out, n, m, p[1], p[2]);
+}
+
 template <typename T>
 void forward_rows(const T* x, const T* probs, T* out, int64_t R, int64_t B, int64_t n) {
   const std::vector<int64_t> sizes = level_sizes(n);
@@ -65,10 +73,7 @@ void forward_rows(const T* x, const T* probs, T* out, int64_t R, int64_t B, int6
       const T* p = probs + (r / B) * levels * 3;
       T* z = out + r * n;
       std::copy(x + r * n, x + (r + 1) * n, z);
-      for (int64_t l = 0; l < levels; ++l) {
-        separate(z, y.data(), n, sizes[l], p[3 * l]);
-        reverse_halves(y.data(), z, n, sizes[l], p[3 * l + 1], p[3 * l + 2]);
-      }
+      for (int64_t l = 0; l < levels; ++l) apply_level(z, y.data(), z, n, sizes[l], p + 3 * l);
     }
   });
 }
@@ -85,10 +90,8 @@ void backward_rows(const T* x, const T* probs, const T* grad, T* gx, T* gprobs, 
       double* gp = row_gp.data() + r * levels * 3;
       // forward, keeping every level's input
       std::copy(x + r * n, x + (r + 1) * n, inputs.begin());
-      for (int64_t l = 0; l + 1 < levels; ++l) {
-        separate(inputs.data() + l * n, y.data(), n, sizes[l], p[3 * l]);
-        reverse_halves(y.data(), inputs.data() + (l + 1) * n, n, sizes[l], p[3 * l + 1], p[3 * l + 2]);
-      }
+      for (int64_t l = 0; l + 1 < levels; ++l)
+        apply_level(inputs.data() + l * n, y.data(), inputs.data() + (l + 1) * n, n, sizes[l], p + 3 * l);
       T* g = gx + r * n;  // the running gradient: w.r.t. the current level's output, then its input
       std::copy(grad + r * n, grad + (r + 1) * n, g);
       for (int64_t l = levels - 1; l >= 0; --l) {
@@ -149,8 +152,7 @@ void check(const at::Tensor& x, const at::Tensor& probs) {
   TORCH_CHECK(n >= 4 && (n & (n - 1)) == 0, "x: n must be a power of two >= 4, got ", n);
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "x: expected float32 or float64");
   TORCH_CHECK(probs.scalar_type() == x.scalar_type(), "probs must have the dtype of x");
-  int64_t levels = 0;
-  for (int64_t m = n; m >= 4; m /= 2) ++levels;
+  const int64_t levels = static_cast<int64_t>(level_sizes(n).size());
   TORCH_CHECK(probs.dim() == 3 && probs.size(0) == x.size(0) && probs.size(1) == levels && probs.size(2) == 3,
               "probs: expected (", x.size(0), ", ", levels, ", 3)");
   TORCH_CHECK(x.device().is_cpu() && probs.device().is_cpu(), "relaxed_permute: CPU tensors expected");
