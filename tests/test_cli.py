@@ -45,6 +45,16 @@ def test_bench_table(capsys):
     assert "| 16 | 1 | butterfly |" in table and "speed-up vs Linear" in table
 
 
+def test_bench_butterfly_fft_method(capsys):
+    """The DFT as a complex butterfly, on the FFT's complex64 input: its row names the kernel that ran and its
+    time against torch.fft from the same run."""
+    assert main(["bench", "--sizes", "16", "--batches", "3", "--methods", "fft", "butterfly-fft", "--memory-batch",
+                 "64", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["butterfly-fft"]["kernel"] in ("fused-cpu", "reference")
+    assert rows["butterfly-fft"]["forward_ms"] > 0 and rows["butterfly-fft"]["peak_extra_memory_x_input"] is not None
+
+
 def test_bench_rejects_bad_sizes():
     with pytest.raises(SystemExit):
         main(["bench", "--sizes", "0"])

@@ -32,10 +32,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def _reference_with_grads(t, x, g, inc, tr, out):
+def _reference_with_grads(t, x, g, inc, tr, out, conj=False):
     tt, xx = t.clone().requires_grad_(), x.clone().requires_grad_()
-    y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr)
-    (y * g).sum().backward()
+    y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr, conjugate=conj)
+    y.backward(g)
     return y.detach(), tt.grad, xx.grad
 
 
@@ -47,20 +47,23 @@ CASES = list(itertools.product([2, 16, 256], [1, 2], [1, 2], [True, False], [Fal
 
 
 @needs_triton
+@pytest.mark.parametrize("kind", ["real", "complex"])
 @pytest.mark.parametrize("n,nblocks,nstacks,inc,tr", CASES)
-def test_triton_matches_reference_forward_and_backward(n, nblocks, nstacks, inc, tr):
+def test_triton_matches_reference_forward_and_backward(n, nblocks, nstacks, inc, tr, kind):
     gen = torch.Generator(device="cpu").manual_seed(n + 10 * nblocks + 100 * nstacks)
     log_n = n.bit_length() - 1
-    t = torch.randn(nstacks, nblocks, log_n, n // 2, 2, 2, dtype=torch.float64, generator=gen) / 2**0.5
+    wide, narrow = (torch.float64, torch.float32) if kind == "real" else (torch.complex128, torch.complex64)
+    conj = kind == "complex" and inc != tr  # conjugated twiddles in half of the complex cases
+    t = torch.randn(nstacks, nblocks, log_n, n // 2, 2, 2, dtype=wide, generator=gen) / 2**0.5
     m = max(1, nstacks * n - 3) if tr else max(1, n - 1)
     out = max(1, n - 1) if tr else max(1, nstacks * n - 2)
-    x = torch.randn(37, m, dtype=torch.float64, generator=gen)
-    g = torch.randn(37, out, dtype=torch.float64, generator=gen)
+    x = torch.randn(37, m, dtype=wide, generator=gen)
+    g = torch.randn(37, out, dtype=wide, generator=gen)
     t, x, g = t.to(CUDA), x.to(CUDA), g.to(CUDA)
-    ref_y, ref_gt, ref_gx = _reference_with_grads(t, x, g, inc, tr, out)
-    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
-        y = triton_kernel.triton_forward(t.to(dtype), x.to(dtype), inc, tr, out)
-        gt, gx = triton_kernel.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out)
+    ref_y, ref_gt, ref_gx = _reference_with_grads(t, x, g, inc, tr, out, conj)
+    for dtype, tol in ((wide, 1e-12), (narrow, 2e-5)):
+        y = triton_kernel.triton_forward(t.to(dtype), x.to(dtype), inc, tr, out, conjugate=conj)
+        gt, gx = triton_kernel.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out, conjugate=conj)
         assert y.dtype == gt.dtype == gx.dtype == dtype
         assert _rel(y, ref_y) < tol
         assert _rel(gx, ref_gx) < tol
@@ -93,18 +96,22 @@ def test_both_variants_match_reference_with_bias(n, variant):
 
 
 @needs_triton
-def test_dispatch_uses_triton_for_real_and_reference_for_complex():
+def test_dispatch_uses_triton_for_real_and_complex():
     t = torch.randn(1, 1, 4, 8, 2, 2, device=CUDA)
     x = torch.randn(3, 16, device=CUDA)
     assert kernel_for(t, x) == "triton"
-    assert kernel_for(t.to(torch.complex64), x) == "reference"
+    assert kernel_for(t.to(torch.complex64), x) == "triton"
 
 
 @needs_triton
-def test_gradcheck_on_cuda():
-    t = torch.randn(2, 2, 3, 4, 2, 2, dtype=torch.float64, device=CUDA, requires_grad=True)
-    x = torch.randn(5, 7, dtype=torch.float64, device=CUDA, requires_grad=True)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_gradcheck_on_cuda(dtype):
+    t = torch.randn(2, 2, 3, 4, 2, 2, dtype=dtype, device=CUDA, requires_grad=True)
+    x = torch.randn(5, 7, dtype=dtype, device=CUDA, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t, x: butterfly_multiply(t, x, out_size=13), (t, x))
+    if dtype.is_complex:  # the Hermitian adjoint: conjugated twiddles, transposed
+        assert torch.autograd.gradcheck(
+            lambda t, x: butterfly_multiply(t, x, out_size=7, transpose=True, conjugate=True), (t, x[:, :6]))
 
 
 @needs_triton

@@ -17,38 +17,58 @@ INTERPRETER_CHECK = textwrap.dedent(
     import itertools, sys, torch
     from twiddle.ops import triton_kernel as tk
     from twiddle.ops import butterfly_multiply_reference
-    variant = sys.argv[1]
+    variant, kind, grid = sys.argv[1:]
     torch.manual_seed(0)
     # every buffer the kernels get starts as NaN, so that reading an element before writing it shows
     _empty = torch.empty
     torch.empty = lambda *a, **k: _empty(*a, **k).fill_(float("nan"))
-    worst = {torch.float64: 0.0, torch.float32: 0.0}
+    if kind == "real":
+        wide, narrow = torch.float64, torch.float32
+    else:
+        wide, narrow = torch.complex128, torch.complex64
+    worst = {wide: 0.0, narrow: 0.0}
 
     def rel(a, b):  # NaN counts as the worst error (max() would skip it)
-        err = ((a.double() - b).norm() / b.norm().clamp_min(1e-30)).item()
+        err = ((a.to(wide) - b).norm() / b.norm().clamp_min(1e-30)).item()
         return float("inf") if err != err else err
 
-    def reference(t, x, g, inc, tr, out, bias=None):
+    def reference(t, x, g, inc, tr, out, conj, bias=None):
         tt, xx = t.clone().requires_grad_(), x.clone().requires_grad_()
         bb = None if bias is None else bias.clone().requires_grad_()
-        y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr)
+        y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr, conjugate=conj)
         y = y if bb is None else y + bb
-        (y * g).sum().backward()
+        y.backward(g)
         return y.detach(), tt.grad if tt.grad is not None else torch.zeros_like(t), xx.grad, bb
 
-    # every option at small n; 300 rows at n = 128 are 5 tiles of 64 rows for 4 programs: tile walking
-    cases = list(itertools.product([1, 2, 8, 32], [1, 2, 3], [1, 2], [True, False], [False, True], [7]))
-    cases += [(128, 2, 2, True, False, 300), (128, 1, 1, False, True, 300)]
-    for n, nblocks, nstacks, inc, tr, batch in cases:
-        t = torch.randn(nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2, dtype=torch.float64) / 2 ** 0.5
+    if kind == "real":
+        # every combination of nblocks, nstacks, stride order and transpose, at every n (grid "full") or with n
+        # rotating over them (grid "quick"); 260 rows at n = 64 are 5 tiles of 64 rows (the last of 4) for 4
+        # programs: tile walking, and 2 chunks of 16 pairs per factor in the loop variant
+        options = list(itertools.product([1, 2, 3], [1, 2], [True, False], [False, True]))
+        sizes = [1, 2, 8, 32]
+        if grid == "full":
+            cases = [(n, *o, 7, False) for n in sizes for o in options]
+        else:
+            cases = [(sizes[i % 4], *o, 7, False) for i, o in enumerate(options)]
+        cases += [(64, 2, 2, True, False, 260, False), (64, 1, 1, False, True, 260, False)]
+    else:
+        # every combination of stride order, transpose and conjugate, the geometry rotating among small shapes;
+        # 260 rows at n = 64: 5 tiles of 64 complex rows, 2 chunks per factor, as above
+        shapes = [(2, 1, 1), (8, 2, 2), (8, 3, 1), (4, 1, 2)]
+        cases = [(*shapes[i % 4], inc, tr, 5, conj)
+                 for i, (inc, tr, conj) in enumerate(itertools.product([True, False], repeat=3))]
+        cases += [(64, 2, 2, True, False, 260, True), (64, 1, 1, False, True, 260, False)]
+    for n, nblocks, nstacks, inc, tr, batch, conj in cases:
+        t = torch.randn(nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2, dtype=wide) / 2 ** 0.5
         m = max(1, nstacks * n - 3) if tr else max(1, n - 1)
         out = max(1, n - 1) if tr else max(1, nstacks * n - 2)
-        x = torch.randn(batch, m, dtype=torch.float64)
-        g = torch.randn(batch, out, dtype=torch.float64)
-        ref_y, ref_gt, ref_gx, _ = reference(t, x, g, inc, tr, out)
+        x = torch.randn(batch, m, dtype=wide)
+        g = torch.randn(batch, out, dtype=wide)
+        ref_y, ref_gt, ref_gx, _ = reference(t, x, g, inc, tr, out, conj)
         for dtype in worst:
-            y = tk.triton_forward(t.to(dtype), x.to(dtype), inc, tr, out, variant)
-            gt, gx = tk.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out, variant)
+            y = tk.triton_forward(t.to(dtype), x.to(dtype), inc, tr, out, variant, conjugate=conj)
+            gt, gx = tk.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), inc, tr, out, variant,
+                                        conjugate=conj)
             assert y.dtype == gx.dtype == gt.dtype == dtype
             for a, b in ((y, ref_y), (gx, ref_gx), (gt, ref_gt)):
                 worst[dtype] = max(worst[dtype], rel(a, b))
@@ -56,43 +76,59 @@ INTERPRETER_CHECK = textwrap.dedent(
     # the differentiable entry points (eager autograd.Function and the custom op), with a bias fused or not
     import os
     os.environ["TWIDDLE_TRITON_VARIANT"] = variant
+    conj = kind == "complex"
     for tr in (False, True):
         n, out = 16, 13
-        t = torch.randn(2, 1, 4, 8, 2, 2, dtype=torch.float64)
-        x = torch.randn(5, 30 if tr else 16, dtype=torch.float64)
-        g = torch.randn(5, out, dtype=torch.float64)
-        bias = torch.randn(out, dtype=torch.float64)
-        ref_y, ref_gt, ref_gx, ref_b = reference(t, x, g, True, tr, out, bias)
+        t = torch.randn(2, 1, 4, 8, 2, 2, dtype=wide)
+        x = torch.randn(5, 30 if tr else 16, dtype=wide)
+        g = torch.randn(5, out, dtype=wide)
+        bias = torch.randn(out, dtype=wide)
+        ref_y, ref_gt, ref_gx, ref_b = reference(t, x, g, True, tr, out, conj, bias)
         for call in ("eager", "op"):
             tt, xx, bb = (v.clone().requires_grad_() for v in (t, x, bias))
             if call == "eager":
-                y = tk.triton_butterfly_multiply(tt, xx, True, out_size=out, transpose=tr, bias=bb)
+                y = tk.triton_butterfly_multiply(tt, xx, True, out_size=out, transpose=tr, bias=bb, conjugate=conj)
             else:
-                y = tk._triton_op(tt, xx, bb, True, tr, out)
-            (y * g).sum().backward()
+                y = tk._triton_op(tt, xx, bb, True, tr, out, conj)
+            y.backward(g)
             for a, b in ((y, ref_y), (tt.grad, ref_gt), (xx.grad, ref_gx), (bb.grad, ref_b.grad)):
-                worst[torch.float64] = max(worst[torch.float64], rel(a.detach(), b))
+                worst[wide] = max(worst[wide], rel(a.detach(), b))
         # nothing to differentiate (inference): the forward without the autograd wrapper
         with torch.no_grad():
-            y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias)
+            y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj)
         assert y.grad_fn is None and not y.requires_grad
-        worst[torch.float64] = max(worst[torch.float64], rel(y, ref_y))
-        y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias)  # no input requires grad
-        worst[torch.float64] = max(worst[torch.float64], rel(y, ref_y))
-    print(worst[torch.float64], worst[torch.float32])
+        worst[wide] = max(worst[wide], rel(y, ref_y))
+        # no input requires grad
+        y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj)
+        worst[wide] = max(worst[wide], rel(y, ref_y))
+    print(worst[wide], worst[narrow])
     """
 )
 
 
-@pytest.mark.parametrize("variant", ["unrolled", "loop"])
-def test_triton_kernel_logic_in_the_interpreter(variant):
+def _run_interpreter_check(variant: str, kind: str, grid: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK, variant], capture_output=True, text=True,
-                         env=env, timeout=600)
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK, variant, kind, grid], capture_output=True,
+                         text=True, env=env, timeout=1200)
     assert out.returncode == 0, out.stderr[-4000:]
-    err64, err32 = map(float, out.stdout.split())
-    assert err64 < 1e-12
-    assert err32 < 2e-5
+    err_wide, err_narrow = map(float, out.stdout.split())
+    assert err_wide < 1e-12
+    assert err_narrow < 2e-5
+
+
+@pytest.mark.parametrize("kind", ["real", "complex"])
+@pytest.mark.parametrize("variant", ["unrolled", "loop"])
+def test_triton_kernel_logic_in_the_interpreter(variant, kind):
+    """Forward, backward and the differentiable entry points against the reference multiply (complex: also with
+    conjugated twiddles), float64/complex128 within 1e-12 and float32/complex64 within 2e-5. Real: every
+    combination of the options, n rotating over 1, 2, 8, 32 (every n for each: the slow test below)."""
+    _run_interpreter_check(variant, kind, "quick")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["unrolled", "loop"])
+def test_triton_kernel_logic_in_the_interpreter_every_size(variant):
+    _run_interpreter_check(variant, "real", "full")
 
 
 def test_variant_choice():
@@ -125,11 +161,13 @@ COMPILE_CHECK = textwrap.dedent(
         (tk._loop_forward_kernel, loop_fwd, {"HAS_BIAS": 1, "CHUNK": 8}),
         (tk._loop_backward_kernel, bwd, {"CHUNK": 8}),
     )
+    # real, and complex with conjugated twiddles (the conjugate only flips signs)
     for kernel, sig, extra in kernels:
-        consts = {**geometry, **extra}
-        signature = {**sig, **dict.fromkeys(consts, "constexpr")}
-        compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 80, 32))
-        assert ".entry" in compiled.asm["ptx"]
+        for cplx, conj in ((0, 0), (1, 1)):
+            consts = {**geometry, **extra, "CPLX": cplx, "CONJ": conj}
+            signature = {**sig, **dict.fromkeys(consts, "constexpr")}
+            compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 80, 32))
+            assert ".entry" in compiled.asm["ptx"]
     print("ok")
     """
 )

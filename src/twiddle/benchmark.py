@@ -2,7 +2,9 @@
 
 Used by ``benchmarks/multiply.py`` and ``twiddle bench``. Every method maps ``(batch, n) -> (batch, n)`` in
 float32 (the FFT in complex64) and is timed in the same process, forward and forward+backward (gradients for
-the input and the weights), median wall-clock over repeats. Ratios come from one run.
+the input and the weights), median wall-clock over repeats. Ratios come from one run. The default methods are
+:data:`DEFAULT_METHODS`; ``butterfly-fft`` (the DFT as a fixed complex butterfly, ``twiddle.transforms.fft``, on
+complex64 input: the complex kernels against torch.fft on the same data) is asked for by name.
 
 On CPU, peak memory of forward+backward is measured in a fresh subprocess per method as the peak resident set
 during one forward+backward at a large batch (Linux: ``VmHWM`` after resetting it through
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import transforms
 from ._timing import median_seconds, synchronizer
 from .butterfly import Butterfly
 from .ops import butterfly_multiply_reference, kernel_for
@@ -33,6 +36,7 @@ from .ops import butterfly_multiply_reference, kernel_for
 __all__ = [
     "MonarchLinear",
     "METHODS",
+    "DEFAULT_METHODS",
     "BenchRow",
     "run",
     "format_table",
@@ -84,10 +88,15 @@ def _make(
             list(layer.parameters()),
             torch.float32,
         )
+    if method == "butterfly-fft":
+        return transforms.fft(n, device=device), [], torch.complex64
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-METHODS = ("linear", "monarch", "fft", "butterfly", "reference")
+#: every method the benchmark knows
+METHODS = ("linear", "monarch", "fft", "butterfly", "reference", "butterfly-fft")
+#: what a plain run times
+DEFAULT_METHODS = ("linear", "monarch", "fft", "butterfly", "reference")
 
 
 @dataclass
@@ -134,6 +143,8 @@ def _time_method(method: str, n: int, batch: int, max_seconds: float, device: st
     kernel = ""
     if method == "butterfly":
         kernel = kernel_for(params[0], x)
+    elif method == "butterfly-fft":
+        kernel = kernel_for(next(m.twiddle for m in fn.modules() if isinstance(m, Butterfly)), x)
     return BenchRow(method, n, batch, fwd * 1e3, fb * 1e3, None, kernel, first)
 
 
@@ -196,7 +207,7 @@ def peak_extra_memory(method: str, n: int, batch: int, device: str = "cpu") -> f
 def run(
     sizes: Iterable[int] = (256, 1024, 4096, 16384),
     batches: Iterable[int] = (1, 16, 256),
-    methods: Iterable[str] = METHODS,
+    methods: Iterable[str] = DEFAULT_METHODS,
     *,
     memory_batch: int | None = 4096,
     max_seconds: float = 2.0,

@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--skip-factorize", action="store_true", help="only the layer comparison")
     demo.set_defaults(func=_demo)
 
+    from .benchmark import DEFAULT_METHODS as BENCH_DEFAULT_METHODS
     from .benchmark import METHODS as BENCH_METHODS
     from .factorize import METHODS as FACTOR_METHODS
     from .factorize.gradient import MODELS as GRADIENT_MODELS
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="butterfly multiply against nn.Linear, Monarch, torch.fft: ms and ratios")
     bench.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096, 16384])
     bench.add_argument("--batches", type=int, nargs="+", default=[1, 16, 256])
-    bench.add_argument("--methods", nargs="+", default=list(BENCH_METHODS), choices=BENCH_METHODS)
+    bench.add_argument("--methods", nargs="+", default=list(BENCH_DEFAULT_METHODS), choices=BENCH_METHODS)
     bench.add_argument("--memory-batch", type=int, default=4096, help="rows for the peak-memory measurement")
     bench.add_argument("--out", type=Path, default=None, help="also write multiply.json and multiply.png here")
     bench.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (default cpu)")

@@ -7,8 +7,8 @@ Kernels:
   dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32, complex32 in
   complex64, and cast back).
 * ``triton`` — the Triton GPU kernels (:mod:`twiddle.ops.triton_kernel`; unrolled up to n = 2048, a factor loop
-  above, ``TWIDDLE_TRITON_VARIANT`` forces one) for real CUDA tensors when Triton is installed (complex CUDA
-  tensors use the reference).
+  above, ``TWIDDLE_TRITON_VARIANT`` forces one) for CUDA tensors when Triton is installed: real dtypes as for
+  ``fused-cpu``, complex64/complex128 (complex32 in complex64) through their real views.
 
 Choose with the environment variable ``TWIDDLE_KERNEL`` = ``auto`` (default: fused where it applies),
 ``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run).
@@ -89,7 +89,7 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
         # (modules load it when they are constructed, see Butterfly).
         if fits and (fused_cpu.is_loaded() if torch.compiler.is_compiling() else fused_cpu.available()):
             return "fused-cpu"
-    elif x.is_cuda and twiddle.is_cuda and not (x.is_complex() or twiddle.is_complex()) and _have_triton():
+    elif x.is_cuda and twiddle.is_cuda and _have_triton():
         return "triton"
     if mode == "fused":
         raise RuntimeError(
@@ -177,7 +177,8 @@ def _multiply_checked(
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
-        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b)
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b,
+                                      conjugate=conjugate)
     else:
         y = fused_cpu.fused_butterfly_multiply(
             tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b

@@ -12,9 +12,11 @@
 The twiddle is read in the user's layout; the transpose (reverse the factors, swap the off-diagonal entries) is
 index arithmetic. Backwards recompute each tile's activations (keeping the inputs of every other factor in a
 per-program scratch, the others recomputed on the way down) and walk tiles with a fixed number of programs, each
-adding its twiddle gradients into its own slice (summed in a fixed order afterwards: deterministic). Real dtypes
-only: float64 is computed in float64, float32/float16/bfloat16 in float32; complex CUDA tensors use the reference
-multiply. No Triton specialization on the batch size: one compilation per shape.
+adding its twiddle gradients into its own slice (summed in a fixed order afterwards: deterministic). float64 and
+complex128 are computed in float64, float32/float16/bfloat16 and complex64 in float32. Complex tensors are read
+through their real views, every value carried as a (real part, imaginary part) pair of tiles; the kernels take
+``CPLX`` (and ``CONJ``, conjugated twiddles) as compile-time flags, so a real call compiles to the same program as
+without complex support. No Triton specialization on the batch size: one compilation per shape.
 
 Host cost matters at small batches: calls that need no gradient launch the forward directly; other eager calls go
 through a ``torch.autograd.Function`` (a custom op's dispatch costs several times more per call; under
@@ -56,27 +58,258 @@ if HAVE_TRITON:
     def _merge_pairs(u, v, BLOCK_B: tl.constexpr, N: tl.constexpr, S: tl.constexpr):
         return tl.reshape(tl.permute(tl.join(u, v), (0, 1, 3, 2)), (BLOCK_B, N))
 
+    # Complex values are carried as (real part, imaginary part) tensors of the compute dtype and read from / written
+    # to the real view of complex storage (element e at 2e and 2e + 1). Real values use the same helpers with
+    # CPLX = 0: the "imaginary part" is the real part again and is never used, so the compiler drops it, and the real
+    # kernels are the same programs as without complex support. Offsets are in elements; pointers to the start of a
+    # block of elements (a stack's twiddle, a scratch tile) are advanced by W = 1 + CPLX values per element.
+
+    @triton.jit
+    def _split_pairs2(xr, xi, BLOCK_B: tl.constexpr, N: tl.constexpr, S: tl.constexpr, CPLX: tl.constexpr):
+        """:func:`_split_pairs` of a real or complex tile: (u_re, u_im, v_re, v_im)."""
+        ur, vr = _split_pairs(xr, BLOCK_B, N, S)
+        if CPLX:
+            ui, vi = _split_pairs(xi, BLOCK_B, N, S)
+        else:
+            ui = ur
+            vi = vr
+        return ur, ui, vr, vi
+
+    @triton.jit
+    def _merge_pairs2(ur, ui, vr, vi, BLOCK_B: tl.constexpr, N: tl.constexpr, S: tl.constexpr,
+                      CPLX: tl.constexpr):
+        xr = _merge_pairs(ur, vr, BLOCK_B, N, S)
+        if CPLX:
+            xi = _merge_pairs(ui, vi, BLOCK_B, N, S)
+        else:
+            xi = xr
+        return xr, xi
+
+    @triton.jit
+    def _mul_add(ar, ai, ur, ui, br, bi, vr, vi, CPLX: tl.constexpr):
+        """``a u + b v`` (complex products when CPLX) as (re, im)."""
+        if CPLX:
+            yr = ar * ur - ai * ui + br * vr - bi * vi
+            yi = ar * ui + ai * ur + br * vi + bi * vr
+        else:
+            yr = ar * ur + br * vr
+            yi = yr
+        return yr, yi
+
+    @triton.jit
+    def _row_sum_conj(gr, gi, ur, ui, CPLX: tl.constexpr):
+        """``Σ_rows g · conj(u)`` over axis 0 (the gradient of a twiddle entry that multiplies ``u``)."""
+        if CPLX:
+            sr = tl.sum(gr * ur + gi * ui, axis=0)
+            si = tl.sum(gi * ur - gr * ui, axis=0)
+        else:
+            sr = tl.sum(gr * ur, axis=0)
+            si = sr
+        return sr, si
+
+    @triton.jit
+    def _load_entry(t, off, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
+        """Twiddle entries at element offsets ``off``, conjugated when CONJ."""
+        if CPLX:
+            re = tl.load(t + 2 * off).to(COMPUTE)
+            im = tl.load(t + 2 * off + 1).to(COMPUTE)
+            if CONJ:
+                im = -im
+        else:
+            re = tl.load(t + off).to(COMPUTE)
+            im = re
+        return re, im
+
+    @triton.jit
+    def _add_to_entry(dt, off, keep, sr, si, CPLX: tl.constexpr, CONJ: tl.constexpr):
+        """The new values of twiddle-gradient entries at ``off``: the stored value where ``keep`` (else 0) plus
+        (sr, si), conjugated back when the applied twiddle was conjugated. Stored by :func:`_store_entry`."""
+        if CPLX:
+            nr = tl.load(dt + 2 * off, mask=keep, other=0.0) + sr
+            if CONJ:
+                ni = tl.load(dt + 2 * off + 1, mask=keep, other=0.0) - si
+            else:
+                ni = tl.load(dt + 2 * off + 1, mask=keep, other=0.0) + si
+        else:
+            nr = tl.load(dt + off, mask=keep, other=0.0) + sr
+            ni = nr
+        return nr, ni
+
+    @triton.jit
+    def _store_entry(dt, off, nr, ni, CPLX: tl.constexpr):
+        if CPLX:
+            tl.store(dt + 2 * off, nr)
+            tl.store(dt + 2 * off + 1, ni)
+        else:
+            tl.store(dt + off, nr)
+
+    @triton.jit
+    def _load_values(ptr, off, CPLX: tl.constexpr):
+        """Scratch values (already in the compute dtype) at 2-D element offsets ``off``: (re, im)."""
+        if CPLX:
+            re, im = tl.split(tl.load(ptr + (2 * off)[:, :, None] + tl.arange(0, 2)[None, None, :]))
+        else:
+            re = tl.load(ptr + off)
+            im = re
+        return re, im
+
+    @triton.jit
+    def _store_values(ptr, off, re, im, CPLX: tl.constexpr):
+        if CPLX:
+            tl.store(ptr + (2 * off)[:, :, None] + tl.arange(0, 2)[None, None, :], tl.join(re, im))
+        else:
+            tl.store(ptr + off, re)
+
+    @triton.jit
+    def _load_tile(ptr, rows, cols, batch, ncols, ld, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
+        """Rows ``rows``, columns ``cols`` of a (batch, ncols) matrix with leading dimension ``ld``, zero outside,
+        in the compute dtype: (re, im)."""
+        mask = (rows[:, None] < batch) & (cols[None, :] < ncols)
+        off = rows[:, None] * ld + cols[None, :]
+        if CPLX:
+            pair = tl.load(ptr + (2 * off)[:, :, None] + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None],
+                           other=0.0)
+            re, im = tl.split(pair.to(COMPUTE))
+        else:
+            re = tl.load(ptr + off, mask=mask, other=0.0).to(COMPUTE)
+            im = re
+        return re, im
+
+    @triton.jit
+    def _store_tile(ptr, off, mask, re, im, CPLX: tl.constexpr):
+        """Store (re, im) at 2-D element offsets ``off`` where ``mask``, converted to the pointer's dtype."""
+        if CPLX:
+            tl.store(ptr + (2 * off)[:, :, None] + tl.arange(0, 2)[None, None, :],
+                     tl.join(re, im).to(ptr.dtype.element_ty), mask=mask[:, :, None])
+        else:
+            tl.store(ptr + off, re.to(ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _add_bias(yr, yi, bias_ptr, o_cols, out_cols, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
+        keep = o_cols < out_cols
+        if CPLX:
+            yr += tl.load(bias_ptr + 2 * o_cols, mask=keep, other=0.0).to(COMPUTE)[None, :]
+            yi += tl.load(bias_ptr + 2 * o_cols + 1, mask=keep, other=0.0).to(COMPUTE)[None, :]
+        else:
+            yr += tl.load(bias_ptr + o_cols, mask=keep, other=0.0).to(COMPUTE)[None, :]
+            yi = yr
+        return yr, yi
+
+    @triton.jit
+    def _add_entry_gradient(dt, off, acc, gr, gi, ur, ui):
+        """Add ``Σ_rows g u`` to the (real) twiddle-gradient entries at ``off`` (``acc``: see
+        :func:`_backward_step`)."""
+        tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + tl.sum(gr * ur, axis=0))
+
     @triton.jit
     def _block_entries(N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
-        """Raw offsets of the applied entries t00, t01, t10, t11 of every block, each (N/2S, S)."""
+        """Element offsets of the applied entries t00, t01, t10, t11 of every block, each (N/2S, S)."""
         i = tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
         eb: tl.constexpr = 1 + TRANSPOSE
         ec: tl.constexpr = 2 - TRANSPOSE
         return 4 * i, 4 * i + eb, 4 * i + ec, 4 * i + 3
 
-    @triton.jit
-    def _load_entries(t, oa, ob, oc, od, COMPUTE: tl.constexpr):
-        """The four applied entries of every block at offsets from :func:`_block_entries`, each (1, N/2S, S)."""
-        a = tl.load(t + oa).to(COMPUTE)[None, :, :]
-        b = tl.load(t + ob).to(COMPUTE)[None, :, :]
-        c = tl.load(t + oc).to(COMPUTE)[None, :, :]
-        d = tl.load(t + od).to(COMPUTE)[None, :, :]
-        return a, b, c, d
+    # Complex twiddles in the unrolled kernels: a block's 8 values (4 entries, real and imaginary parts) are read,
+    # and its gradient read and written, by one memory operation each. Compiling the unrolled backward costs
+    # superlinearly in its memory operations (Triton's coalescing pass): per-entry accesses made the complex kernel 4-8
+    # times slower to compile than the real one.
 
     @triton.jit
-    def _forward_step(x, tw_k, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
+    def _block_values(N: tl.constexpr, S: tl.constexpr):
+        """Value offsets of every complex block's 8 values, (N/2S, S, 8)."""
+        i = tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
+        return (8 * i)[:, :, None] + tl.arange(0, 8)[None, None, :]
+
+    @triton.jit
+    def _split_block_values(v, N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
+        """(N/2S, S, 8) block values -> the applied entries' (re, im) pairs a, b, c, d, each (1, N/2S, S)."""
+        re, im = tl.split(tl.reshape(v, (N // (2 * S), S, 2, 2, 2)))  # (block, row i, column j, re/im)
+        r0, r1 = tl.split(re)  # column 0: (t00, t10) along the last axis; column 1: (t01, t11)
+        i0, i1 = tl.split(im)
+        t00r, t10r = tl.split(r0)
+        t01r, t11r = tl.split(r1)
+        t00i, t10i = tl.split(i0)
+        t01i, t11i = tl.split(i1)
+        if TRANSPOSE:
+            br = t10r
+            bi = t10i
+            cr = t01r
+            ci = t01i
+        else:
+            br = t01r
+            bi = t01i
+            cr = t10r
+            ci = t10i
+        return (t00r[None, :, :], t00i[None, :, :], br[None, :, :], bi[None, :, :], cr[None, :, :], ci[None, :, :],
+                t11r[None, :, :], t11i[None, :, :])
+
+    @triton.jit
+    def _join_block_values(ar, ai, br, bi, cr, ci, dr, di, N: tl.constexpr, S: tl.constexpr,
+                           TRANSPOSE: tl.constexpr):
+        """The inverse of :func:`_split_block_values` for (N/2S, S) parts: (N/2S, S, 8) values in memory order."""
+        if TRANSPOSE:
+            re = tl.join(tl.join(ar, br), tl.join(cr, dr))
+            im = tl.join(tl.join(ai, bi), tl.join(ci, di))
+        else:
+            re = tl.join(tl.join(ar, cr), tl.join(br, dr))
+            im = tl.join(tl.join(ai, ci), tl.join(bi, di))
+        return tl.reshape(tl.join(re, im), (N // (2 * S), S, 8))
+
+    @triton.jit
+    def _load_block_entries(t, N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr,
+                            CPLX: tl.constexpr, CONJ: tl.constexpr):
+        """The applied entries a, b, c, d of every block of a factor of stride S (twiddle slice ``t``), each
+        (re, im) of shape (1, N/2S, S); conjugated when CONJ."""
+        if CPLX:
+            ar, ai, br, bi, cr, ci, dr, di = _split_block_values(tl.load(t + _block_values(N, S)).to(COMPUTE), N, S,
+                                                                 TRANSPOSE)
+            if CONJ:
+                ai = -ai
+                bi = -bi
+                ci = -ci
+                di = -di
+        else:
+            oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
+            ar = tl.load(t + oa).to(COMPUTE)[None, :, :]
+            br = tl.load(t + ob).to(COMPUTE)[None, :, :]
+            cr = tl.load(t + oc).to(COMPUTE)[None, :, :]
+            dr = tl.load(t + od).to(COMPUTE)[None, :, :]
+            ai = ar
+            bi = br
+            ci = cr
+            di = dr
+        return ar, ai, br, bi, cr, ci, dr, di
+
+    @triton.jit
+    def _add_block_gradients(dt, acc, g0r, g0i, g1r, g1i, u0r, u0i, u1r, u1i, N: tl.constexpr, S: tl.constexpr,
+                             TRANSPOSE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
+        """Add the tile's gradient of every block of a factor of stride S to ``dt``: ``Σ_rows g_p · conj(u_q)``
+        for the applied entry (p, q), conjugated back when the applied twiddles were conjugated (``acc``: see
+        :func:`_backward_step`)."""
+        if CPLX:
+            ar, ai = _row_sum_conj(g0r, g0i, u0r, u0i, CPLX)
+            br, bi = _row_sum_conj(g0r, g0i, u1r, u1i, CPLX)
+            cr, ci = _row_sum_conj(g1r, g1i, u0r, u0i, CPLX)
+            dr, di = _row_sum_conj(g1r, g1i, u1r, u1i, CPLX)
+            if CONJ:
+                ai = -ai
+                bi = -bi
+                ci = -ci
+                di = -di
+            off = _block_values(N, S)
+            new = _join_block_values(ar, ai, br, bi, cr, ci, dr, di, N, S, TRANSPOSE)
+            tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + new)
+        else:
+            oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
+            _add_entry_gradient(dt, oa, acc, g0r, g0i, u0r, u0i)
+            _add_entry_gradient(dt, ob, acc, g0r, g0i, u1r, u1i)
+            _add_entry_gradient(dt, oc, acc, g1r, g1i, u0r, u0i)
+            _add_entry_gradient(dt, od, acc, g1r, g1i, u1r, u1i)
+
+    @triton.jit
+    def _forward_step(xr, xi, tw_k, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                       INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr,
-                      COMPUTE: tl.constexpr):
+                      COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Apply the j-th factor (all geometry compile-time; a helper so that every j gets its own scope).
 
         The geometry lines are repeated in :func:`_backward_step`: a Triton helper cannot return constexprs, and
@@ -88,19 +321,22 @@ if HAVE_TRITON:
         inc: tl.constexpr = (INCREASING + b) % 2
         S: tl.constexpr = 1 << (f * inc + (LOG_N - 1 - f) * (1 - inc))
         raw: tl.constexpr = b * LOG_N + f
-        u, v = _split_pairs(x, BLOCK_B, N, S)
-        oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
-        a, bb, c, d = _load_entries(tw_k + raw * (N * 2), oa, ob, oc, od, COMPUTE)
-        return _merge_pairs(a * u + bb * v, c * u + d * v, BLOCK_B, N, S)
+        ur, ui, vr, vi = _split_pairs2(xr, xi, BLOCK_B, N, S, CPLX)
+        ar, ai, br, bi, cr, ci, dr, di = _load_block_entries(tw_k + raw * (N * 2) * (1 + CPLX), N, S, TRANSPOSE,
+                                                             COMPUTE, CPLX, CONJ)
+        y0r, y0i = _mul_add(ar, ai, ur, ui, br, bi, vr, vi, CPLX)
+        y1r, y1i = _mul_add(cr, ci, ur, ui, dr, di, vr, vi, CPLX)
+        return _merge_pairs2(y0r, y0i, y1r, y1i, BLOCK_B, N, S, CPLX)
 
     @triton.jit
-    def _backward_step(g, u, tw_k, dtw, acc, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
+    def _backward_step(gr, gi, ur, ui, tw_k, dtw, acc, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                        INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr,
-                       COMPUTE: tl.constexpr):
+                       COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Backward through the j-th factor: add its twiddle gradient (summed over the tile's rows) to ``dtw`` and
         return the gradient w.r.t. its input. ``u`` is the factor's input; ``acc`` (a scalar, 0 or
         2^30): add to the entries of ``dtw`` whose offsets are below it (all or none), overwrite the others (on a
-        program's first tile, so that ``dtw`` needs no zero fill)."""
+        program's first tile, so that ``dtw`` needs no zero fill). Complex: the input gradient is ``Fᴴ g`` and the
+        twiddle gradient ``Σ g · conj(u)`` (torch's convention for complex autograd)."""
         jb: tl.constexpr = j // LOG_N
         jf: tl.constexpr = j % LOG_N
         b: tl.constexpr = (NBLOCKS - 1 - jb) * TRANSPOSE + jb * (1 - TRANSPOSE)
@@ -108,63 +344,62 @@ if HAVE_TRITON:
         inc: tl.constexpr = (INCREASING + b) % 2
         S: tl.constexpr = 1 << (f * inc + (LOG_N - 1 - f) * (1 - inc))
         raw: tl.constexpr = b * LOG_N + f
-        dt = dtw + raw * (N * 2)
-        u0, u1 = _split_pairs(u, BLOCK_B, N, S)
-        g0, g1 = _split_pairs(g, BLOCK_B, N, S)
-        oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
-        a, bb, c, d = _load_entries(tw_k + raw * (N * 2), oa, ob, oc, od, COMPUTE)
-        tl.store(dt + oa, tl.load(dt + oa, mask=oa < acc, other=0.0) + tl.sum(g0 * u0, axis=0))
-        tl.store(dt + ob, tl.load(dt + ob, mask=ob < acc, other=0.0) + tl.sum(g0 * u1, axis=0))
-        tl.store(dt + oc, tl.load(dt + oc, mask=oc < acc, other=0.0) + tl.sum(g1 * u0, axis=0))
-        tl.store(dt + od, tl.load(dt + od, mask=od < acc, other=0.0) + tl.sum(g1 * u1, axis=0))
-        return _merge_pairs(a * g0 + c * g1, bb * g0 + d * g1, BLOCK_B, N, S)
-
-    @triton.jit
-    def _load_tile(ptr, rows, cols, batch, ncols, ld, COMPUTE: tl.constexpr):
-        mask = (rows[:, None] < batch) & (cols[None, :] < ncols)
-        return tl.load(ptr + rows[:, None] * ld + cols[None, :], mask=mask, other=0.0).to(COMPUTE)
+        u0r, u0i, u1r, u1i = _split_pairs2(ur, ui, BLOCK_B, N, S, CPLX)
+        g0r, g0i, g1r, g1i = _split_pairs2(gr, gi, BLOCK_B, N, S, CPLX)
+        ar, ai, br, bi, cr, ci, dr, di = _load_block_entries(tw_k + raw * (N * 2) * (1 + CPLX), N, S, TRANSPOSE,
+                                                             COMPUTE, CPLX, CONJ)
+        _add_block_gradients(dtw + raw * (N * 2) * (1 + CPLX), acc, g0r, g0i, g1r, g1i, u0r, u0i, u1r, u1i, N, S,
+                             TRANSPOSE, CPLX, CONJ)
+        h0r, h0i = _mul_add(ar, -ai, g0r, g0i, cr, -ci, g1r, g1i, CPLX)  # conj(a) g0 + conj(c) g1
+        h1r, h1i = _mul_add(br, -bi, g0r, g0i, dr, -di, g1r, g1i, CPLX)
+        return _merge_pairs2(h0r, h0i, h1r, h1i, BLOCK_B, N, S, CPLX)
 
     @triton.jit(do_not_specialize=["batch", "stack_out_stride"])  # one compilation for every batch size
     def _forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, batch, in_size, out_cols, ld_x, ld_out,
                         stack_out_stride, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                         INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
         pid = tl.program_id(0)
         k = tl.program_id(1)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, N)
         in_cols = cols + k * N * TRANSPOSE
-        x = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
-        tw_k = tw_ptr + k * (NBLOCKS * LOG_N * N * 2)
+        xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+        tw_k = tw_ptr + k * (NBLOCKS * LOG_N * N * 2) * (1 + CPLX)
         for j in tl.static_range(NBLOCKS * LOG_N):
-            x = _forward_step(x, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+            xr, xi = _forward_step(xr, xi, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE,
+                                   CPLX, CONJ)
         # concat mode: stack k owns columns [k N, (k+1) N); sum mode: stack k writes its own slab (summed later)
         o_cols = cols + k * N * (1 - TRANSPOSE)
         if HAS_BIAS:
-            x += tl.load(bias_ptr + o_cols, mask=o_cols < out_cols, other=0.0).to(COMPUTE)[None, :]
+            xr, xi = _add_bias(xr, xi, bias_ptr, o_cols, out_cols, COMPUTE, CPLX)
         mask = (rows[:, None] < batch) & (o_cols[None, :] < out_cols)
-        tl.store(out_ptr + k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :],
-                 x.to(out_ptr.dtype.element_ty), mask=mask)
+        _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :], mask, xr, xi,
+                    CPLX)
 
     @triton.jit
-    def _backward_pair(g, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc, j0: tl.constexpr,
-                       LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
-                       TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr, COMPUTE: tl.constexpr):
+    def _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc,
+                       j0: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
+                       TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr, COMPUTE: tl.constexpr,
+                       CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Backward through factors j0 + 1 and j0 (j0 even; see :func:`_backward_kernel`): factor j0's input is
         read (from ``acts``, or the input tile when j0 = 0) and factor j0 + 1's recomputed from it."""
         if j0 == 0:
-            u0 = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
+            u0r, u0i = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
         else:
-            u0 = tl.load(acts + (j0 // 2 - 1) * (BLOCK_B * N) + local)
-        u1 = _forward_step(u0, tw_k, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
-        g = _backward_step(g, u1, tw_k, dtw, acc, j0 + 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
-        return _backward_step(g, u0, tw_k, dtw, acc, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+            u0r, u0i = _load_values(acts + (j0 // 2 - 1) * (BLOCK_B * N) * (1 + CPLX), local, CPLX)
+        u1r, u1i = _forward_step(u0r, u0i, tw_k, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE,
+                                 CPLX, CONJ)
+        gr, gi = _backward_step(gr, gi, u1r, u1i, tw_k, dtw, acc, j0 + 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE,
+                                BLOCK_B, N, COMPUTE, CPLX, CONJ)
+        return _backward_step(gr, gi, u0r, u0i, tw_k, dtw, acc, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B,
+                              N, COMPUTE, CPLX, CONJ)
 
     @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
     def _backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x, ld_g,
                          stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                          INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                         COMPUTE: tl.constexpr, SLOTS: tl.constexpr):
+                         COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr, SLOTS: tl.constexpr):
         """Backward of the unrolled forward. The program walks tiles ``pid, pid + nprog, ...``: it recomputes a
         tile's activations and adds the tile's twiddle gradient to its own slice of ``dtw`` (summed over programs
         afterwards: deterministic).
@@ -180,34 +415,37 @@ if HAVE_TRITON:
         nprog = tl.num_programs(0)
         F: tl.constexpr = NBLOCKS * LOG_N
         TILE: tl.constexpr = BLOCK_B * N
+        W: tl.constexpr = 1 + CPLX  # stored values per element
         cols = tl.arange(0, N)
         local = tl.arange(0, BLOCK_B)[:, None] * N + cols[None, :]
-        acts = acts_ptr + (k * nprog + pid) * (SLOTS * TILE)  # slot i: the input of factor 2 (i + 1)
+        acts = acts_ptr + (k * nprog + pid) * (SLOTS * TILE * W)  # slot i: the input of factor 2 (i + 1)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
-        tw_k = tw_ptr + k * (F * N * 2)
-        dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2)
+        tw_k = tw_ptr + k * (F * N * 2 * W)
+        dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2 * W)
         for tile_id in range(pid, n_tiles, nprog):
             acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + tl.arange(0, BLOCK_B)
-            x = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE)
+            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
             # the inputs of factors 1 .. F-1 (F odd: x ends as the last factor's input) or 1 .. F-2 (F even: factor
             # F-1's input is recomputed by the last pair)
             for j in tl.static_range(F - 2 + F % 2):
-                x = _forward_step(x, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+                xr, xi = _forward_step(xr, xi, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE,
+                                       CPLX, CONJ)
                 if j % 2 == 1 and j + 1 < F - F % 2:
-                    tl.store(acts + (j // 2) * TILE + local, x)
-            g = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE)
+                    _store_values(acts + (j // 2) * TILE * W, local, xr, xi, CPLX)
+            gr, gi = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE, CPLX)
             if F % 2 == 1:  # the last factor has an even index: its input is x, still in registers
-                g = _backward_step(g, x, tw_k, dtw, acc, F - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N,
-                                   COMPUTE)
+                gr, gi = _backward_step(gr, gi, xr, xi, tw_k, dtw, acc, F - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE,
+                                        BLOCK_B, N, COMPUTE, CPLX, CONJ)
             for p in tl.static_range(F // 2):  # factors (j0 + 1, j0) from the top, j0 even
-                g = _backward_pair(g, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc,
-                                   2 * (F // 2 - 1 - p), LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE)
+                gr, gi = _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw,
+                                        acc, 2 * (F // 2 - 1 - p), LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N,
+                                        COMPUTE, CPLX, CONJ)
             # shared input (plain multiply): stack k writes its own slab (summed later); split input: own columns
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
-            tl.store(gx_ptr + k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :],
-                     g.to(gx_ptr.dtype.element_ty), mask=mask)
+            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :], mask,
+                        gr, gi, CPLX)
 
     @triton.jit
     def _factor_geometry(j, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
@@ -227,61 +465,76 @@ if HAVE_TRITON:
 
     @triton.jit
     def _loop_chunk(tw_f, start, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr,
-                    TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
+                    TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Pairs ``start .. start + CHUNK`` of one factor (twiddle slice ``tw_f``, stride 2^log_s): their indices,
         the tile offsets of their first members in every row ``(BLOCK_B, CHUNK)``, and the applied entries
-        a, b, c, d of their blocks, each ``(1, CHUNK)``."""
+        a, b, c, d of their blocks, each (re, im) of shape ``(1, CHUNK)``."""
         pairs = start + tl.arange(0, CHUNK)
         off = tl.arange(0, BLOCK_B)[:, None] * N + _pair_offsets(pairs, log_s)[None, :]
-        t = tw_f + 4 * pairs
-        a = tl.load(t).to(COMPUTE)[None, :]
-        b = tl.load(t + 1 + TRANSPOSE).to(COMPUTE)[None, :]
-        c = tl.load(t + 2 - TRANSPOSE).to(COMPUTE)[None, :]
-        d = tl.load(t + 3).to(COMPUTE)[None, :]
-        return pairs, off, a, b, c, d
+        ar, ai = _load_entry(tw_f, 4 * pairs, COMPUTE, CPLX, CONJ)
+        br, bi = _load_entry(tw_f, 4 * pairs + 1 + TRANSPOSE, COMPUTE, CPLX, CONJ)
+        cr, ci = _load_entry(tw_f, 4 * pairs + 2 - TRANSPOSE, COMPUTE, CPLX, CONJ)
+        dr, di = _load_entry(tw_f, 4 * pairs + 3, COMPUTE, CPLX, CONJ)
+        return (pairs, off, ar[None, :], ai[None, :], br[None, :], bi[None, :], cr[None, :], ci[None, :],
+                dr[None, :], di[None, :])
 
     @triton.jit
     def _loop_apply(src, dst, tw_f, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr,
-                    TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
+                    TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Apply one factor (stride 2^log_s) to the (BLOCK_B, N) tile at ``src``, writing it at ``dst`` (may be
         ``src``: each element is read and written by the same thread), ``CHUNK`` pairs of every row at a time."""
         for start in range(0, N // 2, CHUNK):
-            pairs, off, a, b, c, d = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
-            u = tl.load(src + off)
-            v = tl.load(src + off + (1 << log_s))
-            tl.store(dst + off, a * u + b * v)
-            tl.store(dst + off + (1 << log_s), c * u + d * v)
+            pairs, off, ar, ai, br, bi, cr, ci, dr, di = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE,
+                                                                     COMPUTE, CPLX, CONJ)
+            ur, ui = _load_values(src, off, CPLX)
+            vr, vi = _load_values(src, off + (1 << log_s), CPLX)
+            yr, yi = _mul_add(ar, ai, ur, ui, br, bi, vr, vi, CPLX)
+            _store_values(dst, off, yr, yi, CPLX)
+            yr, yi = _mul_add(cr, ci, ur, ui, dr, di, vr, vi, CPLX)
+            _store_values(dst, off + (1 << log_s), yr, yi, CPLX)
 
     @triton.jit
     def _loop_apply_backward(acts_j, grad, tw_f, dtw_f, acc, log_s, N: tl.constexpr, BLOCK_B: tl.constexpr,
-                             CHUNK: tl.constexpr, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr):
+                             CHUNK: tl.constexpr, TRANSPOSE: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr,
+                             CONJ: tl.constexpr):
         """Backward through one factor: add the tile's twiddle gradient to ``dtw_f`` and replace the gradient
         tile at ``grad`` by the gradient w.r.t. the factor's input (whose values are at ``acts_j``)."""
         for start in range(0, N // 2, CHUNK):
-            pairs, off, a, b, c, d = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
-            u0 = tl.load(acts_j + off)
-            u1 = tl.load(acts_j + off + (1 << log_s))
-            g0 = tl.load(grad + off)
-            g1 = tl.load(grad + off + (1 << log_s))
-            dt = dtw_f + 4 * pairs
+            pairs, off, ar, ai, br, bi, cr, ci, dr, di = _loop_chunk(tw_f, start, log_s, N, BLOCK_B, CHUNK, TRANSPOSE,
+                                                                     COMPUTE, CPLX, CONJ)
+            u0r, u0i = _load_values(acts_j, off, CPLX)
+            u1r, u1i = _load_values(acts_j, off + (1 << log_s), CPLX)
+            g0r, g0i = _load_values(grad, off, CPLX)
+            g1r, g1i = _load_values(grad, off + (1 << log_s), CPLX)
             keep = pairs < acc  # add to dtw_f, or overwrite it on the program's first tile
-            da = tl.load(dt, mask=keep, other=0.0) + tl.sum(g0 * u0, axis=0)
-            db = tl.load(dt + 1 + TRANSPOSE, mask=keep, other=0.0) + tl.sum(g0 * u1, axis=0)
-            dc = tl.load(dt + 2 - TRANSPOSE, mask=keep, other=0.0) + tl.sum(g1 * u0, axis=0)
-            dd = tl.load(dt + 3, mask=keep, other=0.0) + tl.sum(g1 * u1, axis=0)
+            oa = 4 * pairs
+            ob = 4 * pairs + 1 + TRANSPOSE
+            oc = 4 * pairs + 2 - TRANSPOSE
+            od = 4 * pairs + 3
+            sr, si = _row_sum_conj(g0r, g0i, u0r, u0i, CPLX)
+            dar, dai = _add_to_entry(dtw_f, oa, keep, sr, si, CPLX, CONJ)
+            sr, si = _row_sum_conj(g0r, g0i, u1r, u1i, CPLX)
+            dbr, dbi = _add_to_entry(dtw_f, ob, keep, sr, si, CPLX, CONJ)
+            sr, si = _row_sum_conj(g1r, g1i, u0r, u0i, CPLX)
+            dcr, dci = _add_to_entry(dtw_f, oc, keep, sr, si, CPLX, CONJ)
+            sr, si = _row_sum_conj(g1r, g1i, u1r, u1i, CPLX)
+            ddr, ddi = _add_to_entry(dtw_f, od, keep, sr, si, CPLX, CONJ)
             tl.debug_barrier()  # reduced values may be replicated over threads: every read before any write
-            tl.store(dt, da)
-            tl.store(dt + 1 + TRANSPOSE, db)
-            tl.store(dt + 2 - TRANSPOSE, dc)
-            tl.store(dt + 3, dd)
-            tl.store(grad + off, a * g0 + c * g1)
-            tl.store(grad + off + (1 << log_s), b * g0 + d * g1)
+            _store_entry(dtw_f, oa, dar, dai, CPLX)
+            _store_entry(dtw_f, ob, dbr, dbi, CPLX)
+            _store_entry(dtw_f, oc, dcr, dci, CPLX)
+            _store_entry(dtw_f, od, ddr, ddi, CPLX)
+            hr, hi = _mul_add(ar, -ai, g0r, g0i, cr, -ci, g1r, g1i, CPLX)  # conj(a) g0 + conj(c) g1
+            _store_values(grad, off, hr, hi, CPLX)
+            hr, hi = _mul_add(br, -bi, g0r, g0i, dr, -di, g1r, g1i, CPLX)
+            _store_values(grad, off + (1 << log_s), hr, hi, CPLX)
 
     @triton.jit(do_not_specialize=["batch", "stack_out_stride", "n_tiles"])  # one compilation for every batch size
     def _loop_forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, work_ptr, batch, in_size, out_cols, ld_x, ld_out,
                              stack_out_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                              INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                             CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr):
+                             CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr,
+                             CONJ: tl.constexpr):
         """Forward with a run-time loop over the factors (one short compilation per (N, BLOCK_B), however many
         factors, and registers bounded by ``CHUNK``).
 
@@ -292,34 +545,38 @@ if HAVE_TRITON:
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
         F: tl.constexpr = NBLOCKS * LOG_N
+        W: tl.constexpr = 1 + CPLX  # stored values per element
         cols = tl.arange(0, N)
         local_rows = tl.arange(0, BLOCK_B)
-        work = work_ptr + (k * nprog + pid) * (BLOCK_B * N)
+        work = work_ptr + (k * nprog + pid) * (BLOCK_B * N * W)
         tile = local_rows[:, None] * N + cols[None, :]
-        tw_k = tw_ptr + k * (F * N * 2)
+        tw_k = tw_ptr + k * (F * N * 2 * W)
         in_cols = cols + k * N * TRANSPOSE
         o_cols = cols + k * N * (1 - TRANSPOSE)
         for tile_id in range(pid, n_tiles, nprog):
             rows = tile_id * BLOCK_B + local_rows
-            tl.store(work + tile, _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE))
+            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            _store_values(work, tile, xr, xi, CPLX)
             tl.debug_barrier()
             for j in range(F):
                 raw, log_s = _factor_geometry(j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply(work, work, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE)
+                _loop_apply(work, work, tw_k + raw * (N * 2 * W), log_s, N, BLOCK_B, CHUNK, TRANSPOSE, COMPUTE, CPLX,
+                            CONJ)
                 tl.debug_barrier()
-            y = tl.load(work + tile)
+            yr, yi = _load_values(work, tile, CPLX)
             if HAS_BIAS:
-                y += tl.load(bias_ptr + o_cols, mask=o_cols < out_cols, other=0.0).to(COMPUTE)[None, :]
+                yr, yi = _add_bias(yr, yi, bias_ptr, o_cols, out_cols, COMPUTE, CPLX)
             mask = (rows[:, None] < batch) & (o_cols[None, :] < out_cols)
-            tl.store(out_ptr + k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :],
-                     y.to(out_ptr.dtype.element_ty), mask=mask)
+            _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :], mask,
+                        yr, yi, CPLX)
             tl.debug_barrier()  # the next tile overwrites work
 
     @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
     def _loop_backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x,
                               ld_g, stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
                               NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
-                              BLOCK_B: tl.constexpr, CHUNK: tl.constexpr, COMPUTE: tl.constexpr):
+                              BLOCK_B: tl.constexpr, CHUNK: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr,
+                              CONJ: tl.constexpr):
         """Backward with run-time factor loops. The program's slot of ``acts`` holds ``(F + 1) // 2 + 2`` tiles:
         the inputs of the even factors 0, 2, ... (recomputed), a spare tile into which an odd factor's input is
         recomputed from the factor below when the walk down reaches it (F / 2 extra factor applications for half
@@ -329,7 +586,8 @@ if HAVE_TRITON:
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
         F: tl.constexpr = NBLOCKS * LOG_N
-        TILE: tl.constexpr = BLOCK_B * N
+        W: tl.constexpr = 1 + CPLX  # stored values per element
+        TILE: tl.constexpr = BLOCK_B * N * W
         EVEN: tl.constexpr = (F + 1) // 2  # tiles holding the inputs of the even factors
         cols = tl.arange(0, N)
         local_rows = tl.arange(0, BLOCK_B)
@@ -337,55 +595,64 @@ if HAVE_TRITON:
         spare = acts + EVEN * TILE
         grad = spare + TILE
         tile = local_rows[:, None] * N + cols[None, :]
-        tw_k = tw_ptr + k * (F * N * 2)
-        dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2)
+        tw_k = tw_ptr + k * (F * N * 2 * W)
+        dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2 * W)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
         for tile_id in range(pid, n_tiles, nprog):
             acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + local_rows
-            tl.store(acts + tile, _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE))
-            tl.store(grad + tile, _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE))
+            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            _store_values(acts, tile, xr, xi, CPLX)
+            gr, gi = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE, CPLX)
+            _store_values(grad, tile, gr, gi, CPLX)
             tl.debug_barrier()
             for j in range(0, F - 2, 2):  # the input of factor j + 2, through the spare tile
                 raw, log_s = _factor_geometry(j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
-                            TRANSPOSE, COMPUTE)
+                _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2 * W), log_s, N, BLOCK_B, CHUNK,
+                            TRANSPOSE, COMPUTE, CPLX, CONJ)
                 tl.debug_barrier()
                 raw, log_s = _factor_geometry(j + 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply(spare, acts + (j // 2 + 1) * TILE, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
-                            TRANSPOSE, COMPUTE)
+                _loop_apply(spare, acts + (j // 2 + 1) * TILE, tw_k + raw * (N * 2 * W), log_s, N, BLOCK_B, CHUNK,
+                            TRANSPOSE, COMPUTE, CPLX, CONJ)
                 tl.debug_barrier()
             for jj in range(F):
                 j = F - 1 - jj
                 odd = j % 2
                 if odd == 1:  # recompute this factor's input from the even factor below it
                     raw, log_s = _factor_geometry(j - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                    _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2), log_s, N, BLOCK_B, CHUNK,
-                                TRANSPOSE, COMPUTE)
+                    _loop_apply(acts + (j // 2) * TILE, spare, tw_k + raw * (N * 2 * W), log_s, N, BLOCK_B, CHUNK,
+                                TRANSPOSE, COMPUTE, CPLX, CONJ)
                     tl.debug_barrier()
                 inputs = acts + ((j // 2) * (1 - odd) + EVEN * odd) * TILE  # the spare tile for odd j
                 raw, log_s = _factor_geometry(j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE)
-                _loop_apply_backward(inputs, grad, tw_k + raw * (N * 2), dtw + raw * (N * 2), acc, log_s, N, BLOCK_B,
-                                     CHUNK, TRANSPOSE, COMPUTE)
+                _loop_apply_backward(inputs, grad, tw_k + raw * (N * 2 * W), dtw + raw * (N * 2 * W), acc, log_s, N,
+                                     BLOCK_B, CHUNK, TRANSPOSE, COMPUTE, CPLX, CONJ)
                 tl.debug_barrier()
-            gx = tl.load(grad + tile)
+            gxr, gxi = _load_values(grad, tile, CPLX)
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
-            tl.store(gx_ptr + k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :],
-                     gx.to(gx_ptr.dtype.element_ty), mask=mask)
+            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :], mask,
+                        gxr, gxi, CPLX)
             tl.debug_barrier()  # the next tile overwrites acts
 
+
 def _compute_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    return tl.float64 if dtype in (torch.float64, torch.complex128) else tl.float32
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """The real dtype the kernels compute in (scratch buffers, partial twiddle gradients)."""
+    return torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32
 
 
-def _block_rows(n: int) -> int:
-    """Rows per program: keep a tile of about 8K values."""
-    return max(1, min(64, 8192 // max(n, 1)))
+def _block_rows(n: int, is_complex: bool = False) -> int:
+    """Rows per program: keep a tile of about 8K real values (a complex element is two)."""
+    return max(1, min(64, 8192 // max(2 * n if is_complex else n, 1)))
+
+
+def _real_view(t: torch.Tensor | None) -> torch.Tensor | None:
+    """What a kernel gets for a tensor: a complex tensor's real view ``(..., 2)`` (same memory), else the tensor."""
+    return torch.view_as_real(t) if t is not None and t.is_complex() else t
 
 
 def _chunk(n: int, block_rows: int) -> int:
@@ -469,35 +736,40 @@ def _launch(kernel, grid: tuple[int, int], args: tuple, meta: dict) -> None:
         _LAUNCHERS[key] = compiled, tuple(meta[name] for name in kernel.arg_names[len(args):])
 
 
-def _constexprs(twiddle: torch.Tensor, increasing_stride: bool, transpose: bool, block_b: int, dtype: torch.dtype,
-                **extra: int) -> dict:
-    """The compile-time arguments every kernel takes (geometry, options, compute dtype), plus ``extra``. The dict
-    is shared between calls (cached): callers copy it before adding to it."""
-    return _constexprs_cached(tuple(twiddle.shape[1:3]), bool(increasing_stride), bool(transpose), block_b, dtype,
-                              tuple(extra.items()))
+def _constexprs(twiddle: torch.Tensor, increasing_stride: bool, transpose: bool, conjugate: bool, block_b: int,
+                dtype: torch.dtype, **extra: int) -> dict:
+    """The compile-time arguments every kernel takes (geometry, options, compute dtype, complex or not), plus
+    ``extra``. The dict is shared between calls (cached): callers copy it before adding to it."""
+    return _constexprs_cached(tuple(twiddle.shape[1:3]), bool(increasing_stride), bool(transpose), bool(conjugate),
+                              block_b, dtype, tuple(extra.items()))
 
 
 @functools.lru_cache(maxsize=256)
-def _constexprs_cached(geometry: tuple[int, int], increasing_stride: bool, transpose: bool, block_b: int,
-                       dtype: torch.dtype, extra: tuple) -> dict:
+def _constexprs_cached(geometry: tuple[int, int], increasing_stride: bool, transpose: bool, conjugate: bool,
+                       block_b: int, dtype: torch.dtype, extra: tuple) -> dict:
     nblocks, log_n = geometry
+    is_complex = dtype.is_complex
     return dict(N=1 << log_n, LOG_N=log_n, NBLOCKS=nblocks, INCREASING=int(increasing_stride),
-                TRANSPOSE=int(transpose), BLOCK_B=block_b, COMPUTE=_compute_dtype(dtype), **dict(extra))
+                TRANSPOSE=int(transpose), BLOCK_B=block_b, COMPUTE=_compute_dtype(dtype), CPLX=int(is_complex),
+                CONJ=int(conjugate and is_complex), **dict(extra))
 
 
 def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool,
-                   out_size: int, variant: str = "auto", bias: torch.Tensor | None = None) -> torch.Tensor:
+                   out_size: int, variant: str = "auto", bias: torch.Tensor | None = None,
+                   conjugate: bool = False) -> torch.Tensor:
     """Forward of the butterfly map (see :func:`twiddle.ops.butterfly_multiply`); ``x`` is ``(batch, m)``,
-    ``bias`` ``(out_size,)`` or None (added in the kernel's final store unless ``transpose``).
+    ``bias`` ``(out_size,)`` or None (added in the kernel's final store unless ``transpose``), all of one dtype:
+    real, or complex64/complex128 (``conjugate`` conjugates the twiddles; ignored for real ones).
 
     ``variant``: ``unrolled`` (every factor compiled in, the tile kept in registers) or ``loop`` (a run-time loop
     over the factors through an on-chip scratch tile); ``auto``: see :func:`choose_variant`."""
     nstacks, _, _, n = _shapes(twiddle)
     variant = choose_variant(n, variant)
     batch, m = x.shape
-    tw = twiddle.contiguous()
-    xc = x.contiguous()
-    block_b = _block_rows(n)
+    is_complex = x.is_complex()
+    tw = _real_view(twiddle.contiguous())
+    xc = _real_view(x.contiguous())
+    block_b = _block_rows(n, is_complex)
     n_tiles = -(-max(batch, 1) // block_b)  # ceil; triton.cdiv costs microseconds on the host
     fuse_bias = bias is not None and not transpose
     if transpose:
@@ -506,16 +778,17 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     else:
         target = torch.empty(batch, out_size, device=x.device, dtype=x.dtype)
         ld_out, cols = out_size, out_size
-    meta = _constexprs(twiddle, increasing_stride, transpose, block_b, x.dtype, HAS_BIAS=int(fuse_bias))
-    b = bias.contiguous() if fuse_bias else None
+    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype, HAS_BIAS=int(fuse_bias))
+    b = _real_view(bias.contiguous()) if fuse_bias else None
+    out = _real_view(target)
     if batch > 0 and variant == "unrolled":
-        _launch(_forward_kernel, (n_tiles, nstacks), (xc, tw, b, target, batch, m, cols, m, ld_out, batch * n),
-                meta)
+        _launch(_forward_kernel, (n_tiles, nstacks), (xc, tw, b, out, batch, m, cols, m, ld_out, batch * n), meta)
     elif batch > 0:
         nprog = _programs(n_tiles, x.device, per_sm=4)
-        work = torch.empty(nstacks * nprog * block_b * n, device=x.device, dtype=_wide(x.dtype))
+        work = torch.empty(nstacks * nprog * block_b * n * (2 if is_complex else 1), device=x.device,
+                           dtype=_wide(x.dtype))
         _launch(_loop_forward_kernel, (nprog, nstacks),
-                (xc, tw, b, target, work, batch, m, cols, m, ld_out, batch * n, n_tiles),
+                (xc, tw, b, out, work, batch, m, cols, m, ld_out, batch * n, n_tiles),
                 {**meta, "CHUNK": _chunk(n, block_b)})
     if transpose:
         y = (target[0] if nstacks == 1 else target.sum(0))[:, :out_size]
@@ -524,39 +797,47 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
 
 def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool,
-                    transpose: bool, out_size: int, variant: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients (twiddle, x) of ``sum(grad * forward(twiddle, x))``; ``variant`` as in :func:`triton_forward`."""
+                    transpose: bool, out_size: int, variant: str = "auto",
+                    conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients (twiddle, x) of ``sum(grad * forward(twiddle, x))`` (complex: torch's convention, ``Σ grad ·
+    conj(∂y)``); ``variant`` and ``conjugate`` as in :func:`triton_forward`."""
     nstacks, nblocks, log_n, n = _shapes(twiddle)
     variant = choose_variant(n, variant)
     batch, m = x.shape
     F = nblocks * log_n
-    tw = twiddle.contiguous()
-    xc = x.contiguous()
+    is_complex = x.is_complex()
+    per_element = 2 if is_complex else 1  # real values per element in the scratch buffers
+    tw = _real_view(twiddle.contiguous())
+    xc = _real_view(x.contiguous())
     g = grad.contiguous()
     if transpose and out_size < n:  # the kernel reads n columns of grad for every stack
         g = torch.nn.functional.pad(g, (0, n - out_size))
-    block_b = _block_rows(n)
+    block_b = _block_rows(n, is_complex)
     n_tiles = -(-max(batch, 1) // block_b)  # ceil; triton.cdiv costs microseconds on the host
     wide = _wide(x.dtype)
     gx_slabs = torch.empty((1 if transpose else nstacks), batch, m, device=x.device, dtype=x.dtype)
     if batch == 0:
         return torch.zeros_like(twiddle), gx_slabs.sum(0)
-    meta = _constexprs(twiddle, increasing_stride, transpose, block_b, x.dtype)
+    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype)
     nprog = _programs(n_tiles, x.device, per_sm=BACKWARD_PROGRAMS_PER_SM)
     # every program writes its whole slice (it has at least one tile): no zero fill
-    partial = torch.empty(nprog, nstacks, *twiddle.shape[1:], device=x.device, dtype=wide)
-    args = (xc, tw, g, gx_slabs, partial)
+    partial = torch.empty(nprog, nstacks, *twiddle.shape[1:], *((2,) if is_complex else ()), device=x.device,
+                          dtype=wide)
+    args = (xc, tw, _real_view(g), _real_view(gx_slabs), partial)
     sizes = (batch, m, g.shape[1], m, g.shape[1], batch * m, n_tiles)
     if variant == "unrolled":
         slots = max(F // 2 - 1, 0)  # see _backward_kernel
-        acts = torch.empty(nstacks * nprog * max(slots, 1) * block_b * n, device=x.device, dtype=wide)
+        acts = torch.empty(nstacks * nprog * max(slots, 1) * block_b * n * per_element, device=x.device, dtype=wide)
         _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "SLOTS": slots})
     else:
         # the even factors' inputs, a spare tile and the gradient: see _loop_backward_kernel
-        acts = torch.empty(nstacks * nprog * ((F + 1) // 2 + 2) * block_b * n, device=x.device, dtype=wide)
+        acts = torch.empty(nstacks * nprog * ((F + 1) // 2 + 2) * block_b * n * per_element, device=x.device,
+                           dtype=wide)
         _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "CHUNK": _chunk(n, block_b)})
     # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
     gt = partial[0] if nprog == 1 else partial.sum(0)
+    if is_complex:
+        gt = torch.view_as_complex(gt)
     return gt.to(twiddle.dtype), gx_slabs[0] if gx_slabs.shape[0] == 1 else gx_slabs.sum(0)
 
 
@@ -564,32 +845,32 @@ if HAVE_TRITON:
 
     @torch.library.custom_op("twiddle::butterfly_multiply_triton", mutates_args=())
     def _triton_op(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, increasing_stride: bool,
-                   transpose: bool, out_size: int) -> torch.Tensor:
-        return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias)
+                   transpose: bool, out_size: int, conjugate: bool) -> torch.Tensor:
+        return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
 
     @_triton_op.register_fake
-    def _(twiddle, x, bias, increasing_stride, transpose, out_size):
+    def _(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate):
         return x.new_empty(x.shape[0], out_size)
 
     @torch.library.custom_op("twiddle::butterfly_multiply_triton_backward", mutates_args=())
     def _triton_backward_op(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool,
-                            transpose: bool, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return triton_backward(twiddle, x, grad, increasing_stride, transpose, out_size)
+                            transpose: bool, out_size: int, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return triton_backward(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate=conjugate)
 
     @_triton_backward_op.register_fake
-    def _(twiddle, x, grad, increasing_stride, transpose, out_size):
+    def _(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate):
         return torch.empty_like(twiddle), torch.empty_like(x)
 
     def _setup(ctx, inputs, output):
-        twiddle, x, bias, increasing_stride, transpose, out_size = inputs
+        twiddle, x, bias, increasing_stride, transpose, out_size, conjugate = inputs
         ctx.save_for_backward(twiddle, x)
-        ctx.flags = (increasing_stride, transpose, out_size)
+        ctx.flags = (increasing_stride, transpose, out_size, conjugate)
         ctx.has_bias = bias is not None
 
     def _backward(ctx, grad):
         twiddle, x = ctx.saved_tensors
         gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags)
-        return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None
+        return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None
 
     _triton_op.register_autograd(_backward, setup_context=_setup)
 
@@ -598,29 +879,33 @@ if HAVE_TRITON:
         op costs about 25 us per differentiable call on the host, this about 6)."""
 
         @staticmethod
-        def forward(ctx, twiddle, x, bias, increasing_stride, transpose, out_size):
+        def forward(ctx, twiddle, x, bias, increasing_stride, transpose, out_size, conjugate):
             ctx.save_for_backward(twiddle, x)
             ctx.flags = (increasing_stride, transpose, out_size)
+            ctx.conjugate = conjugate
             ctx.has_bias = bias is not None
-            return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias)
+            return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, grad):
             twiddle, x = ctx.saved_tensors
-            gt, gx = triton_backward(twiddle, x, grad, *ctx.flags)
-            return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None
+            gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate)
+            return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None
 
 
 def triton_butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, *, out_size: int,
-                              transpose: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The Triton path as one differentiable op; real ``twiddle``, 2-D ``x`` and ``bias`` (``(out_size,)`` or
-    None) of one dtype. Under ``torch.compile`` it is the custom op ``twiddle::butterfly_multiply_triton``."""
+                              transpose: bool, bias: torch.Tensor | None = None,
+                              conjugate: bool = False) -> torch.Tensor:
+    """The Triton path as one differentiable op; ``twiddle``, 2-D ``x`` and ``bias`` (``(out_size,)`` or None) of
+    one dtype, real or complex64/complex128 (``conjugate``: conjugate the twiddles). Under ``torch.compile`` it is
+    the custom op ``twiddle::butterfly_multiply_triton``."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed")
     if torch.compiler.is_compiling():
-        return _triton_op(twiddle, x, bias, increasing_stride, transpose, out_size)
+        return _triton_op(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate)
     if torch.is_grad_enabled() and (twiddle.requires_grad or x.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size)
-    return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias)  # nothing to differentiate
+        return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate)
+    # nothing to differentiate
+    return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
