@@ -1,8 +1,9 @@
 """Best-of-N timings of the fused CPU op and the Butterfly module, for machines whose timings swing from call to
 call: the minimum of many calls says what the code costs, the median what a run met. float32, 2-D input.
 
-For each (n, batch): the op ``torch.ops.twiddle.butterfly_multiply`` forward, its backward op, and (no_grad) the
-``Butterfly`` module's forward and ``nn.Linear``'s. Prints a markdown table, writes JSON.
+For each (n, batch): the op's forward as the library calls it (``fused_cpu.butterfly_multiply_op``: the extension's
+eager entry) and through ``torch.ops.twiddle.butterfly_multiply``, its backward op, and (no_grad) the ``Butterfly``
+module's forward and ``nn.Linear``'s. Prints a markdown table, writes JSON.
 
     python benchmarks/op_loop.py                                   # n = 16…4096 at batch 1, n = 1024 and 4096 at 256
     python benchmarks/op_loop.py --cases 1024x1 1024x256 --calls 500 --out benchmarks/out
@@ -40,7 +41,8 @@ def measure(n: int, batch: int, calls: int) -> dict:
     row = {"n": n, "batch": batch, "calls": calls}
     with torch.no_grad():
         cases = {
-            "op_forward": lambda: op.butterfly_multiply(twiddle_t, x, None, True, False, False, n),
+            "op_forward": lambda: fused_cpu.butterfly_multiply_op(twiddle_t, x, None, True, False, False, n),
+            "torch_ops_forward": lambda: op.butterfly_multiply(twiddle_t, x, None, True, False, False, n),
             "op_backward": lambda: op.butterfly_multiply_backward(twiddle_t, x, grad, True, False, False, n),
             "module_forward": lambda: layer(x),
             "linear_forward": lambda: linear(x),
@@ -69,12 +71,13 @@ def main() -> None:
     lines = [
         f"float32, CPU, {args.threads} threads, torch {torch.__version__}; best / median of the calls, µs",
         "",
-        "| n | batch | op forward | op backward | Butterfly module forward (no_grad) | nn.Linear forward |",
-        "|---|---|---|---|---|---|",
+        "| n | batch | op forward | op forward via torch.ops | op backward | Butterfly module forward (no_grad) "
+        "| nn.Linear forward |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [f"{r[f'{k}_best_us']:.1f} / {r[f'{k}_median_us']:.1f}"
-                 for k in ("op_forward", "op_backward", "module_forward", "linear_forward")]
+                 for k in ("op_forward", "torch_ops_forward", "op_backward", "module_forward", "linear_forward")]
         lines.append(f"| {r['n']} | {r['batch']} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)

@@ -132,6 +132,105 @@ def test_autograd_node_only_where_a_gradient_is_needed(requires, no_grad):
             assert (v.grad is not None) == (name == requires)
 
 
+def _ops_seen(mode_base, fn):
+    """Names of the ops a torch-function or torch-dispatch mode sees while ``fn`` runs."""
+    seen = []
+
+    class Recorder(mode_base):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        fn()
+    return seen
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_eager_entry_is_the_same_op(with_bias, grad):
+    """The extension's eager entry (csrc/eager_entry.cpp) and torch.ops give the same bits, forward and backward."""
+    assert fused_cpu.available() and fused_cpu._eager is not None
+    n = 32
+    t = torch.randn(twiddle_shape(2, 1, n), dtype=torch.float64, requires_grad=grad)
+    x = torch.randn(5, n - 3, dtype=torch.float64, requires_grad=grad)
+    b = torch.randn(2 * n - 1, dtype=torch.float64, requires_grad=grad) if with_bias else None
+    args = (True, False, False, 2 * n - 1)
+    y_eager = fused_cpu._eager(t, x, b, *args)
+    y_ops = torch.ops.twiddle.butterfly_multiply(t, x, b, *args)
+    assert torch.equal(y_eager, y_ops)
+    assert (y_eager.grad_fn is not None) == grad
+    if grad:
+        g = torch.randn_like(y_ops)
+        inputs = (t, x) if b is None else (t, x, b)
+        for a, c in zip(torch.autograd.grad(y_eager, inputs, g), torch.autograd.grad(y_ops, inputs, g), strict=True):
+            assert torch.equal(a, c)
+
+
+def test_eager_entry_serves_plain_calls_and_torch_ops_the_overrides():
+    """``butterfly_multiply_op`` takes the eager entry for plain tensors, and torch.ops where a __torch_function__ mode
+    is active (the entry would not consult it); __torch_dispatch__ modes see the op either way."""
+    n = 16
+    t = torch.randn(twiddle_shape(1, 1, n))
+    x = torch.randn(3, n)
+    expected = butterfly_multiply_reference(t, x)
+    calls = []
+    eager = fused_cpu._eager
+    try:
+        fused_cpu._eager = lambda *a: calls.append(a) or eager(*a)
+        y = fused_cpu.butterfly_multiply_op(t, x, None, True, False, False, n)
+        assert len(calls) == 1 and torch.allclose(y, expected, atol=1e-5)
+        seen = _ops_seen(torch.overrides.TorchFunctionMode,
+                         lambda: fused_cpu.butterfly_multiply_op(t, x, None, True, False, False, n))
+        assert len(calls) == 1 and any("butterfly_multiply" in name for name in seen)
+        seen = _ops_seen(torch.utils._python_dispatch.TorchDispatchMode,
+                         lambda: fused_cpu.butterfly_multiply_op(t, x, None, True, False, False, n))
+        assert len(calls) == 2 and "twiddle.butterfly_multiply.default" in seen
+    finally:
+        fused_cpu._eager = eager
+
+
+def test_eager_entry_releases_the_gil():
+    """A long eager call lets another Python thread run (torch.ops does the same)."""
+    import threading
+    import time
+
+    n = 4096
+    t = torch.randn(twiddle_shape(1, 1, n))
+    x = torch.randn(512, n)
+    ticks = []
+    stop = threading.Event()
+
+    def count():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            time.sleep(0)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        thread = threading.Thread(target=count)
+        thread.start()
+        time.sleep(0.01)
+        start = len(ticks)
+        begin = time.perf_counter()
+        for _ in range(5):
+            fused_cpu._eager(t, x, None, True, False, False, n)
+        elapsed = time.perf_counter() - begin
+        during = len(ticks) - start
+        stop.set()
+        thread.join()
+    finally:
+        torch.set_num_threads(threads)
+    # here: ~900 ticks in the ~50 ms of calls; a C call that holds the GIL for as long (sum(range(10**6)) five times)
+    # lets through ~5, at the interpreter's switch points between the calls
+    assert elapsed > 0.005 and during > 50, (elapsed, during)
+
+
 @pytest.mark.parametrize("low", [torch.float16, torch.bfloat16])
 def test_low_precision_computed_in_float32(low):
     from twiddle.ops import butterfly_multiply

@@ -11,7 +11,8 @@ Kernels:
   ``fused-cpu``, complex64/complex128 (complex32 in complex64) through their real views.
 
 Choose with the environment variable ``TWIDDLE_KERNEL`` = ``auto`` (default: fused where it applies),
-``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run).
+``reference`` (never build or use the fused kernel) or ``fused`` (error where the fused kernel cannot run; the
+gradient factorization's relaxed permutation, which has a CPU kernel only, falls back to PyTorch instead).
 """
 
 from __future__ import annotations

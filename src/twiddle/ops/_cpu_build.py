@@ -1,5 +1,6 @@
 """Build-on-first-use of the fused CPU kernels (``csrc/butterfly_cpu.cpp``: the butterfly multiply;
-``csrc/relaxed_permute_cpu.cpp``: the gradient method's relaxed permutation).
+``csrc/relaxed_permute_cpu.cpp``: the gradient method's relaxed permutation; ``csrc/eager_entry.cpp``: the
+extension's Python module, a faster entry to the butterfly op for eager calls).
 
 The extension is compiled once per machine with ``-O3 -march=native -fopenmp`` and cached by
 ``torch.utils.cpp_extension`` (under ``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``); a changed
@@ -18,9 +19,12 @@ from pathlib import Path
 
 import torch
 
-_SOURCES = [Path(__file__).with_name("csrc") / name for name in ("butterfly_cpu.cpp", "relaxed_permute_cpu.cpp")]
+_SOURCES = [
+    Path(__file__).with_name("csrc") / name
+    for name in ("butterfly_cpu.cpp", "relaxed_permute_cpu.cpp", "eager_entry.cpp")
+]
 _lock = threading.Lock()
-_state: dict[str, object] = {"tried": False, "ok": False, "error": None}
+_state: dict[str, object] = {"tried": False, "ok": False, "error": None, "module": None}
 
 
 def _already_registered() -> bool:
@@ -44,12 +48,12 @@ def load() -> bool:
                 from torch.utils import cpp_extension
 
                 _put_ninja_on_path()
-                cpp_extension.load(
+                _state["module"] = cpp_extension.load(
                     name="twiddle_butterfly_cpu",
                     sources=[str(source) for source in _SOURCES],
                     extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
                     extra_ldflags=["-fopenmp"],
-                    is_python_module=False,
+                    is_python_module=True,
                     verbose=False,
                 )
             ok = _already_registered()
@@ -75,6 +79,12 @@ def _put_ninja_on_path() -> None:
     if shutil.which("ninja") is None:
         bindir = os.path.dirname(sys.executable)
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def module() -> object | None:
+    """The extension's Python module (``csrc/eager_entry.cpp``), or None where it was not loaded here (no build, or
+    the ops were already registered by another copy of the library)."""
+    return _state["module"]
 
 
 def error() -> str | None:

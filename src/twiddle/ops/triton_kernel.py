@@ -196,10 +196,10 @@ if HAVE_TRITON:
         return yr, yi
 
     @triton.jit
-    def _add_entry_gradient(dt, off, acc, gr, gi, ur, ui):
+    def _add_entry_gradient(dt, off, acc, g, u):
         """Add ``Σ_rows g u`` to the (real) twiddle-gradient entries at ``off`` (``acc``: see
         :func:`_backward_step`)."""
-        tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + tl.sum(gr * ur, axis=0))
+        tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + tl.sum(g * u, axis=0))
 
     @triton.jit
     def _block_entries(N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
@@ -301,10 +301,10 @@ if HAVE_TRITON:
             tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + new)
         else:
             oa, ob, oc, od = _block_entries(N, S, TRANSPOSE)
-            _add_entry_gradient(dt, oa, acc, g0r, g0i, u0r, u0i)
-            _add_entry_gradient(dt, ob, acc, g0r, g0i, u1r, u1i)
-            _add_entry_gradient(dt, oc, acc, g1r, g1i, u0r, u0i)
-            _add_entry_gradient(dt, od, acc, g1r, g1i, u1r, u1i)
+            _add_entry_gradient(dt, oa, acc, g0r, u0r)
+            _add_entry_gradient(dt, ob, acc, g0r, u1r)
+            _add_entry_gradient(dt, oc, acc, g1r, u0r)
+            _add_entry_gradient(dt, od, acc, g1r, u1r)
 
     @triton.jit
     def _forward_step(xr, xi, tw_k, j: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
