@@ -73,6 +73,17 @@ INTERPRETER_CHECK = textwrap.dedent(
             for a, b in ((y, ref_y), (gx, ref_gx), (gt, ref_gt)):
                 worst[dtype] = max(worst[dtype], rel(a, b))
 
+    if kind == "complex":  # lazily conjugated tensors (x.conj() sets a bit; the kernels read memory)
+        t = torch.randn(1, 1, 3, 4, 2, 2, dtype=wide)
+        x = torch.randn(3, 8, dtype=wide)
+        g = torch.randn(3, 8, dtype=wide)
+        ref_y, ref_gt, ref_gx, _ = reference(t.conj().resolve_conj(), x.conj().resolve_conj(),
+                                             g.conj().resolve_conj(), True, False, 8, False)
+        y = tk.triton_forward(t.conj(), x.conj(), True, False, 8, variant)
+        gt, gx = tk.triton_backward(t.conj(), x.conj(), g.conj(), True, False, 8, variant)
+        for a, b in ((y, ref_y), (gx, ref_gx), (gt, ref_gt)):
+            worst[wide] = max(worst[wide], rel(a, b))
+
     # the differentiable entry points (eager autograd.Function and the custom op), with a bias fused or not
     import os
     os.environ["TWIDDLE_TRITON_VARIANT"] = variant

@@ -651,8 +651,9 @@ def _block_rows(n: int, is_complex: bool = False) -> int:
 
 
 def _real_view(t: torch.Tensor | None) -> torch.Tensor | None:
-    """What a kernel gets for a tensor: a complex tensor's real view ``(..., 2)`` (same memory), else the tensor."""
-    return torch.view_as_real(t) if t is not None and t.is_complex() else t
+    """What a kernel gets for a tensor: a complex tensor's real view ``(..., 2)`` (same memory, after resolving a
+    lazy conjugation such as ``x.conj()``'s), else the tensor."""
+    return torch.view_as_real(t.resolve_conj()) if t is not None and t.is_complex() else t
 
 
 def _chunk(n: int, block_rows: int) -> int:
