@@ -194,6 +194,19 @@ def test_eager_entry_serves_plain_calls_and_torch_ops_the_overrides():
         fused_cpu._eager = eager
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_jit_trace_records_the_op_through_the_eager_entry():
+    import twiddle
+
+    layer = twiddle.Butterfly(16, 16)
+    x = torch.randn(3, 16)
+    with pytest.warns(torch.jit.TracerWarning):  # the module's Python input checks
+        traced = torch.jit.trace(layer, x)
+    assert any(node.kind() == "twiddle::butterfly_multiply" for node in traced.graph.nodes())
+    x2 = torch.randn(5, 16)
+    assert torch.allclose(traced(x2), layer(x2))
+
+
 def test_eager_entry_releases_the_gil():
     """A long eager call lets another Python thread run (torch.ops does the same)."""
     import threading

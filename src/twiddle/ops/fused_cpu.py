@@ -19,7 +19,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex
 _registered = False
 _op = None  # torch.ops.twiddle.butterfly_multiply.default, once the kernel is loaded
 _eager = None  # the same op through the extension's pybind11 entry (csrc/eager_entry.cpp), where it loaded
-_has_torch_function = torch._C._has_torch_function
+_has_torch_function = torch.overrides.has_torch_function
 
 
 def _register() -> None:
