@@ -73,7 +73,8 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
     # ONNX export traces the model (torch.jit tracing, or torch.export under the dynamo exporter); the export
     # flag itself is slower to read, so it is read only while tracing
-    if (torch.jit.is_tracing() or torch.compiler.is_compiling()) and torch.onnx.is_in_onnx_export():
+    compiling = torch.compiler.is_compiling()
+    if (compiling or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
         # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
         if x.is_complex() or twiddle.is_complex():
             raise TypeError(
@@ -88,7 +89,7 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
         fits = dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION
         # While torch.compile traces, never build or take locks: use the kernel only if it is already loaded
         # (modules load it when they are constructed, see Butterfly).
-        if fits and (fused_cpu.is_loaded() if torch.compiler.is_compiling() else fused_cpu.available()):
+        if fits and (fused_cpu.is_loaded() if compiling else fused_cpu.available()):
             return "fused-cpu"
     elif x.is_cuda and twiddle.is_cuda and _have_triton():
         return "triton"
