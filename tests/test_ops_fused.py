@@ -261,10 +261,11 @@ def test_empty_batch_backward_gives_zero_gradients(dtype):
     """The kernel writes the twiddle gradient without zero-filling it first, except when there are no rows."""
     assert fused_cpu.available()
     t = torch.randn(twiddle_shape(1, 1, 64), dtype=dtype)
-    gt, gx = torch.ops.twiddle.butterfly_multiply_backward(
-        t, torch.randn(0, 64, dtype=dtype), torch.randn(0, 64, dtype=dtype), True, False, False, 64
+    gt, gx, gb = torch.ops.twiddle.butterfly_multiply_backward(
+        t, torch.randn(0, 64, dtype=dtype), torch.randn(0, 64, dtype=dtype), True, False, False, 64, True
     )
     assert gx.shape == (0, 64) and torch.equal(gt, torch.zeros_like(t))
+    assert torch.equal(gb, torch.zeros(64, dtype=dtype))
 
 
 def test_odd_leading_dims_noncontiguous_and_empty_batch():
@@ -297,22 +298,26 @@ def test_gradcheck(dtype, transpose):
     assert torch.autograd.gradcheck(f, (t, x))
 
 
-def test_same_result_with_one_and_two_threads():
+@pytest.mark.parametrize("batch", [300, 6])  # the lane tiles, and (float32 with AVX) the row groups
+def test_same_result_with_one_and_two_threads(batch):
     t = torch.randn(twiddle_shape(2, 2, 1024))
-    x = torch.randn(300, 1024)
+    x = torch.randn(batch, 1024)
+    b = torch.randn(2048)
+    g = torch.randn(batch, 2048)
     before = torch.get_num_threads()
     try:
         outs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            tt = t.clone().requires_grad_(True)
-            y = fused_cpu.fused_butterfly_multiply(tt, x, True, out_size=2048, transpose=False, conjugate=False)
-            y.sum().backward()
-            outs.append((y.detach(), tt.grad))
+            tt, bb = t.clone().requires_grad_(True), b.clone().requires_grad_(True)
+            y = fused_cpu.fused_butterfly_multiply(tt, x, True, out_size=2048, transpose=False, conjugate=False,
+                                                   bias=bb)
+            y.backward(g)
+            outs.append((y.detach(), tt.grad, bb.grad))
     finally:
         torch.set_num_threads(before)
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=0, atol=0)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=0, atol=0)  # deterministic reduction
+    for one, two in zip(*outs, strict=True):  # output, and the deterministic reductions
+        torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
 def test_reference_env_switch_disables_kernel():
@@ -471,9 +476,13 @@ def test_backward_op_matches_for_every_gradient_layout(dtype, layout):
     }
     g = grads[layout]
     op = torch.ops.twiddle.butterfly_multiply_backward
-    gt, gx = op(t, x, g, True, False, False, out)
-    gt_ref, gx_ref = op(t, x, g.contiguous(), True, False, False, out)
+    gt, gx, gb = op(t, x, g, True, False, False, out, True)
+    gt_ref, gx_ref, gb_ref = op(t, x, g.contiguous(), True, False, False, out, True)
     assert torch.equal(gt, gt_ref) and torch.equal(gx, gx_ref)
+    # the bias gradient: the column sums (rows that are all one row are counted by a multiply, so the bits may
+    # differ from the contiguous copy's sum)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(gb, g.sum(0), rtol=tol, atol=tol) and torch.allclose(gb, gb_ref, rtol=tol, atol=tol)
 
 
 def test_double_backward_is_refused_not_silently_wrong():

@@ -35,8 +35,9 @@ def _register() -> None:
         return x.new_empty((x.shape[0], out_size) + tuple(x.shape[2:]))
 
     @torch.library.register_fake("twiddle::butterfly_multiply_backward")
-    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size):
-        return torch.empty_like(twiddle), torch.empty_like(x)
+    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False):
+        return torch.empty_like(twiddle), torch.empty_like(x), grad.new_empty((out_size if bias_grad else 0,)
+                                                                               + tuple(grad.shape[2:]))
 
     @torch.library.register_fake("twiddle::relaxed_permute")
     def _(x, probs):

@@ -23,7 +23,7 @@
 //
 // The backward recomputes each group's activations (the input of every pass, or every factor in the lanes
 // layout) in a per-thread buffer (nothing is stored between forward and backward; its row groups are sized to
-// L2) and returns the input gradient and the twiddle gradient in one pass.
+// L2) and returns the input gradient, the twiddle gradient and (when asked) the bias gradient in one pass.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -166,17 +166,49 @@ std::vector<std::vector<T>> chunked_partials(int64_t ngroups, int64_t min_per_ch
   return partial;
 }
 
-// total += the sum of the chunks' buffers.
+// total += the sum of the chunks' buffers, entries [0, split) into total and [split, acc_size) into
+// total_rest[j - split] (the buffers' two parts: the twiddle gradient, then the bias gradient).
 template <typename T, typename Body>
-void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups, int64_t acc_size, T* total,
-                    const Body& body) {
+void chunked_reduce(int64_t ngroups, int64_t min_per_chunk, int64_t grain_groups, int64_t acc_size, int64_t split,
+                    T* total, T* total_rest, const Body& body) {
   const auto partial = chunked_partials<T>(ngroups, min_per_chunk, grain_groups, acc_size, body);
   // every entry sums the chunks in chunk order, whichever thread does it
   at::parallel_for(0, acc_size, 16384, [&](int64_t begin, int64_t end) {
     for (const auto& acc : partial)
-      for (int64_t j = begin; j < end; ++j) total[j] += acc[j];
+      for (int64_t j = begin; j < end; ++j) (j < split ? total[j] : total_rest[j - split]) += acc[j];
   });
 }
+
+// The bias gradient's share of rows [row0, row0 + rows): acc[c] += Σ_rows grad(row, col0 + c / comps, c % comps)
+// for c < count * comps (numbers in output-column order). Rows are read where they lie (they were just loaded
+// into a tile, so they come from cache); rows that are all one row (stride 0: the gradient of y.sum(), or any
+// expanded gradient) are counted by one multiply.
+template <typename T>
+inline void add_gradient_column_sums(T* __restrict acc, const T* __restrict gy, int64_t row0, int64_t rows,
+                                     int64_t col0, int64_t count, const Plan& P) {
+  if (P.g_row == 0) {
+    const T times = static_cast<T>(rows);
+    for (int64_t p = 0; p < count; ++p)
+      for (int64_t c = 0; c < P.comps; ++c) acc[p * P.comps + c] += times * gy[(col0 + p) * P.g_col + c * P.g_comp];
+    return;
+  }
+  if (P.g_col == P.comps && P.g_comp == 1) {  // each row's numbers contiguous
+    const int64_t w = count * P.comps;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* __restrict row = gy + (row0 + r) * P.g_row + col0 * P.comps;
+      for (int64_t c = 0; c < w; ++c) acc[c] += row[c];
+    }
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t p = 0; p < count; ++p)
+      for (int64_t c = 0; c < P.comps; ++c)
+        acc[p * P.comps + c] += gy[(row0 + r) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
+}
+
+// Whether stack k's output columns add to the bias gradient: every column once (with summed stacks, all stacks
+// write the same columns: count them for stack 0 only).
+inline bool counts_bias(const Plan& P, int64_t k, int64_t ocount) { return ocount > 0 && !(P.sum_output && k > 0); }
 
 // ================================================================================================ lanes
 // Calls body(i, p) for every block i of a stride-s factor on n positions; p is its first member (p + s the second).
@@ -585,11 +617,14 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
   });
 }
 
+// gbias (nullable, zero-filled, out_size * comps numbers) receives the bias gradient, the column sums of gy.
 template <typename T>
-void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t tw_size, const Plan& P) {
+void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size, const Plan& P) {
   const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
   const int64_t tile = P.n * P.comps * kLanes;
-  chunked_reduce<T>(ntiles, 8, std::max<int64_t>(1, grain_for(P, kLanes) / 4), tw_size, gtw, [&](int64_t begin, int64_t end, T* acc) {
+  const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
+  chunked_reduce<T>(ntiles, 8, std::max<int64_t>(1, grain_for(P, kLanes) / 4), acc_size, tw_size, gtw, gbias,
+                    [&](int64_t begin, int64_t end, T* acc) {
     // the input of every factor, then the gradient (lanes_load and the factors write all of each tile used)
     ThreadScratch<T, 1> scratch((std::max<int64_t>(P.F, 1) + 1) * tile);
     T* const acts = scratch.data();
@@ -608,6 +643,8 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, int64_t
           lanes_load<T>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
           lanes_load_strided<T>(g, gy, row0, rows, oc0, ocount, P);
+        if (gbias && counts_bias(P, k, ocount))
+          add_gradient_column_sums<T>(acc + tw_size + oc0 * P.comps, gy, row0, rows, oc0, ocount, P);
         for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T>(g, acts + f * tile, twk, acck, P, f);
         if (icount > 0) lanes_store<T>(g, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
       }
@@ -1241,7 +1278,8 @@ inline int64_t backward_rows(int64_t ld, int64_t npasses) {
   return 8;
 }
 
-void rows_backward(const float* tw, const float* x, const float* gy, float* gx, float* gtw, const Plan& P) {
+void rows_backward(const float* tw, const float* x, const float* gy, float* gx, float* gtw, float* gbias,
+                   const Plan& P) {
   const int64_t ld = P.n + 16;
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
@@ -1252,9 +1290,10 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   ThreadScratch<float, 2> soa_scratch(soa_size);
   const float* const soa = rows_soa(tw, P, soa_scratch.data());
   static const PermTable perms;  // built once (constant tables)
+  const int64_t bias_size = gbias ? P.out_size : 0;  // real only
   const auto partial = chunked_partials<float>(
-      ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4), soa_size,
-      [&](int64_t begin, int64_t end, float* acc) {
+      ngroups, std::max<int64_t>(1, kRowsPerChunk / group), std::max<int64_t>(1, grain_for(P, group) / 4),
+      soa_size + bias_size, [&](int64_t begin, int64_t end, float* acc) {
     // the input of every pass, then the gradient; written before they are read
     ThreadScratch<float, 1> scratch((std::max<int64_t>(npasses, 1) + 1) * slot);
     float* const acts = scratch.data();
@@ -1287,6 +1326,8 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
           else
             rows_load_strided(g, ld, gy, P, row0, rows, oc0, ocount);
         }
+        if (gbias && counts_bias(P, k, ocount))
+          add_gradient_column_sums<float>(acc + soa_size + oc0, gy, row0, rows, oc0, ocount, P);
         for (int64_t j = npasses - 1; j >= 0; --j) {
           const bool to_gx = direct_gx && j == 0;
           float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g;
@@ -1301,6 +1342,11 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
     }
   });
   rows_soa_to_raw(partial, gtw, P);
+  if (gbias) {  // the chunks' bias parts, summed in chunk order
+    for (int64_t j = 0; j < bias_size; ++j) gbias[j] = 0.0f;
+    for (const auto& acc : partial)
+      for (int64_t j = 0; j < bias_size; ++j) gbias[j] += acc[soa_size + j];
+  }
 }
 #endif  // TWIDDLE_HAVE_ROWS
 
@@ -1333,16 +1379,18 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   lanes_forward<T>(tw, x, bias, out, P);
 }
 
+// gbias: nullable; where given, the bias gradient (column sums of gy, out_size * comps numbers).
 template <typename T>
-void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, const Plan& P) {
+void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
   const int64_t tw_size = P.nstacks * P.stack_size();
 #if defined(TWIDDLE_HAVE_ROWS)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, P);  // writes every entry of gtw
+    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, gbias, P);  // writes every entry of gtw, gbias
   }
 #endif
   std::fill(gtw, gtw + tw_size, T(0));
-  lanes_backward<T>(tw, x, gy, gx, gtw, tw_size, P);
+  if (gbias) std::fill(gbias, gbias + P.out_size * P.comps, T(0));
+  lanes_backward<T>(tw, x, gy, gx, gtw, gbias, tw_size, P);
 }
 
 // ================================================================================================ ops
@@ -1410,9 +1458,13 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor& twiddle, const at::Tensor& x,
-                                                               const at::Tensor& grad, bool increasing_stride,
-                                                               bool transpose, bool conjugate, int64_t out_size) {
+// Gradients (twiddle, x, bias) of sum(grad * forward); the bias gradient (grad's column sums, taken while the kernel
+// reads grad anyway) only with bias_grad, else an empty tensor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor& twiddle,
+                                                                           const at::Tensor& x, const at::Tensor& grad,
+                                                                           bool increasing_stride, bool transpose,
+                                                                           bool conjugate, int64_t out_size,
+                                                                           bool bias_grad) {
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
   TORCH_CHECK(grad.dim() == x.dim() && grad.size(0) == P.batch && grad.size(1) == out_size, "grad: shape mismatch");
   at::Tensor tw = twiddle.contiguous();
@@ -1424,13 +1476,17 @@ std::tuple<at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor&
   P.g_comp = P.complex ? gc.stride(2) : 1;
   at::Tensor gx = at::empty_like(xc);  // every column is written by some stack (see input_cols)
   at::Tensor gtw = P.batch > 0 ? at::empty_like(tw) : at::zeros_like(tw);  // backward_impl writes every entry
+  std::vector<int64_t> bias_shape = {bias_grad ? out_size : 0};
+  if (P.complex) bias_shape.push_back(2);
+  at::Tensor gbias = P.batch > 0 ? at::empty(bias_shape, x.options()) : at::zeros(bias_shape, x.options());
   if (P.batch > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twiddle_butterfly_multiply_backward", [&] {
       backward_impl<scalar_t>(tw.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
-                              gx.data_ptr<scalar_t>(), gtw.data_ptr<scalar_t>(), P);
+                              gx.data_ptr<scalar_t>(), gtw.data_ptr<scalar_t>(),
+                              bias_grad ? gbias.data_ptr<scalar_t>() : nullptr, P);
     });
   }
-  return {gtw, gx};
+  return {gtw, gx, gbias};
 }
 
 // ------------------------------------------------------------------------------------------------ autograd
@@ -1450,7 +1506,7 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
     ctx->saved_data["transpose"] = transpose;
     ctx->saved_data["conjugate"] = conjugate;
     ctx->saved_data["out_size"] = out_size;
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["bias_grad"] = bias.has_value() && bias->defined() && bias->requires_grad();
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size);
   }
@@ -1466,13 +1522,11 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
                 "twiddle's fused butterfly kernel does not support double backward (create_graph=True); "
                 "set TWIDDLE_KERNEL=reference to use the pure-PyTorch multiply, which does");
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor& grad = grads[0];
-    auto [gtw, gx] = op.call(saved[0], saved[1], grad, ctx->saved_data["increasing_stride"].toBool(),
-                             ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
-                             ctx->saved_data["out_size"].toInt());
-    at::Tensor gbias;
-    if (ctx->saved_data["has_bias"].toBool()) gbias = grad.sum(0);
-    return {gtw, gx, gbias, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool bias_grad = ctx->saved_data["bias_grad"].toBool();
+    auto [gtw, gx, gbias] = op.call(saved[0], saved[1], grads[0], ctx->saved_data["increasing_stride"].toBool(),
+                                    ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
+                                    ctx->saved_data["out_size"].toInt(), bias_grad);
+    return {gtw, gx, bias_grad ? gbias : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -1500,7 +1554,7 @@ TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply(Tensor twiddle, Tensor x, Tensor? bias, bool increasing_stride, bool transpose, "
         "bool conjugate, int out_size) -> Tensor");
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
-        "bool transpose, bool conjugate, int out_size) -> (Tensor, Tensor)");
+        "bool transpose, bool conjugate, int out_size, bool bias_grad=False) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {
