@@ -270,7 +270,7 @@ def save_json(rows: list[BenchRow], path: Path, device: str = "cpu") -> None:
         "device": device_description(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "dtype": "float32 (fft: complex64)",
+        "dtype": "float32 (fft, butterfly-fft: complex64)",
     }
     path.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=1))
 
