@@ -202,9 +202,14 @@ if HAVE_TRITON:
         tl.store(dt + off, tl.load(dt + off, mask=off < acc, other=0.0) + tl.sum(g * u, axis=0))
 
     @triton.jit
+    def _block_index(N: tl.constexpr, S: tl.constexpr):
+        """The index of every block of a stride-S factor, (N/2S, S) (the layout the pairs are split into)."""
+        return tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
+
+    @triton.jit
     def _block_entries(N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
         """Element offsets of the applied entries t00, t01, t10, t11 of every block, each (N/2S, S)."""
-        i = tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
+        i = _block_index(N, S)
         eb: tl.constexpr = 1 + TRANSPOSE
         ec: tl.constexpr = 2 - TRANSPOSE
         return 4 * i, 4 * i + eb, 4 * i + ec, 4 * i + 3
@@ -217,8 +222,7 @@ if HAVE_TRITON:
     @triton.jit
     def _block_values(N: tl.constexpr, S: tl.constexpr):
         """Value offsets of every complex block's 8 values, (N/2S, S, 8)."""
-        i = tl.arange(0, N // (2 * S))[:, None] * S + tl.arange(0, S)[None, :]
-        return (8 * i)[:, :, None] + tl.arange(0, 8)[None, None, :]
+        return (8 * _block_index(N, S))[:, :, None] + tl.arange(0, 8)[None, None, :]
 
     @triton.jit
     def _split_block_values(v, N: tl.constexpr, S: tl.constexpr, TRANSPOSE: tl.constexpr):
