@@ -298,7 +298,7 @@ def test_gradcheck(dtype, transpose):
     assert torch.autograd.gradcheck(f, (t, x))
 
 
-@pytest.mark.parametrize("batch", [300, 6])  # the lane tiles, and (float32 with AVX) the row groups
+@pytest.mark.parametrize("batch", [300, 40, 6])  # lane tiles in 4 or 3 chunks; (float32 with AVX) the row groups
 def test_same_result_with_one_and_two_threads(batch):
     t = torch.randn(twiddle_shape(2, 2, 1024))
     x = torch.randn(batch, 1024)
