@@ -460,14 +460,16 @@ def test_backward_reads_strided_gradients_in_place(dtype, transpose):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["broadcast rows", "wider rows", "broadcast entries", "strided columns"])
-def test_backward_op_matches_for_every_gradient_layout(dtype, layout):
+@pytest.mark.parametrize("truncated", [False, True])
+def test_backward_op_matches_for_every_gradient_layout(dtype, layout, truncated):
     """The backward op reads unit-stride gradient rows in place whatever their row stride (0 included) and
-    gathers the others: the same result as with a contiguous copy of the gradient."""
+    gathers the others: the same result as with a contiguous copy of the gradient (37 rows: two full lane tiles
+    and a partial one; truncated: the last stack's tile is partly padding)."""
     assert fused_cpu.available()
     n, nstacks, batch = 64, 2, 37
     t = (torch.randn(twiddle_shape(nstacks, 1, n), dtype=torch.float64) / 2**0.5).to(dtype)
     x = torch.randn(batch, n, dtype=torch.float64).to(dtype)
-    out = nstacks * n
+    out = nstacks * n - (11 if truncated else 0)
     grads = {
         "broadcast rows": torch.randn(out, dtype=dtype).expand(batch, out),  # strides (0, 1)
         "wider rows": torch.randn(batch, out + 5, dtype=dtype)[:, 2 : 2 + out],  # strides (out + 5, 1)

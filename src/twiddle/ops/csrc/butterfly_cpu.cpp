@@ -636,6 +636,16 @@ template <typename T>
 inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64_t row0, int64_t rows,
                                int64_t col0, int64_t count, const Plan& P) {
   const int64_t width = P.comps * kLanes;
+  if (P.g_row == 0) {  // every row the same (an expanded gradient, e.g. of y.sum()): each value fills its lanes
+    if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
+    for (int64_t p = 0; p < count; ++p)
+      for (int64_t c = 0; c < P.comps; ++c) {
+        const T v = src[(col0 + p) * P.g_col + c * P.g_comp];
+        T* __restrict lane = buf + p * width + c * kLanes;
+        for (int64_t l = 0; l < kLanes; ++l) lane[l] = l < rows ? v : T(0);
+      }
+    return;
+  }
   std::memset(buf, 0, sizeof(T) * P.n * width);
   for (int64_t p = 0; p < count; ++p)
     for (int64_t c = 0; c < P.comps; ++c)
