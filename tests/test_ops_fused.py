@@ -320,6 +320,26 @@ def test_same_result_with_one_and_two_threads(batch):
         torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(
+    "dtype,n", [(torch.float64, 4), (torch.float64, 64), (torch.complex64, 64), (torch.complex128, 16),
+                (torch.float32, 8)]  # the lane layout at every batch (float32 rows need n >= 16)
+)
+def test_a_row_gets_the_same_output_whatever_its_batch(dtype, n):
+    """Batches of at most 4 and 8 rows use narrower lane tiles than larger ones; each lane's arithmetic is the
+    same, so the first rows of a batch of 20 come out bit for bit as they do alone or in smaller batches."""
+    t = torch.randn(twiddle_shape(2, 1, n), dtype=dtype)
+    x = torch.randn(20, 2 * n, dtype=dtype)
+    bias = torch.randn(n, dtype=dtype)
+
+    def f(rows):
+        return fused_cpu.fused_butterfly_multiply(t, rows, False, out_size=n, transpose=True, conjugate=False,
+                                                  bias=bias)
+
+    full = f(x)
+    for b in (1, 3, 4, 5, 8, 13):
+        assert torch.equal(f(x[:b]), full[:b])
+
+
 def test_reference_env_switch_disables_kernel():
     code = (
         "import torch, twiddle; from twiddle.ops import kernel_for; "

@@ -255,17 +255,17 @@ inline ComplexBlock<T> complex_block(const T* tw, int64_t i, int eb, int ec, T s
 
 // Real factor on a lane tile (position p holds kLanes values): dst = factor(src). dst == src (in place) or the two
 // do not overlap; each lane is read before it is written, so in place is safe under the simd loop.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    const T* xp = src + p * kLanes;
-    const T* xq = xp + s * kLanes;
-    T* yp = dst + p * kLanes;
-    T* yq = yp + s * kLanes;
+    const T* xp = src + p * L;
+    const T* xq = xp + s * L;
+    T* yp = dst + p * L;
+    T* yq = yp + s * L;
     const T* t = tw + 4 * i;
     const T a = t[0], b = t[eb], c = t[ec], d = t[3];
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       const T u = xp[l], v = xq[l];
       yp[l] = a * u + b * v;
       yq[l] = c * u + d * v;
@@ -274,21 +274,21 @@ inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int6
 }
 
 // Complex factor on a lane tile: position p holds kLanes real parts, then kLanes imaginary parts.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb,
                                  int ec, T sign) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    const T* xr = src + p * 2 * kLanes;
-    const T* xi = xr + kLanes;
-    const T* yr = xr + s * 2 * kLanes;
-    const T* yi = yr + kLanes;
-    T* pr = dst + p * 2 * kLanes;
-    T* pi = pr + kLanes;
-    T* qr = pr + s * 2 * kLanes;
-    T* qi = qr + kLanes;
+    const T* xr = src + p * 2 * L;
+    const T* xi = xr + L;
+    const T* yr = xr + s * 2 * L;
+    const T* yi = yr + L;
+    T* pr = dst + p * 2 * L;
+    T* pi = pr + L;
+    T* qr = pr + s * 2 * L;
+    T* qi = qr + L;
     const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
 #pragma omp simd
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       const T ur = xr[l], ui = xi[l], vr = yr[l], vi = yi[l];
       pr[l] = ar * ur - ai * ui + br * vr - bi * vi;
       pi[l] = ar * ui + ai * ur + br * vi + bi * vr;
@@ -493,13 +493,13 @@ inline void lanes_factor_complex_backward<float>(float* __restrict g, const floa
 }
 #endif
 
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor(T* dst, const T* src, const T* tw, const Plan& P, int64_t f) {
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   if (P.complex)
-    lanes_factor_complex<T>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec, P.conjugate ? T(-1) : T(1));
+    lanes_factor_complex<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec, P.conjugate ? T(-1) : T(1));
   else
-    lanes_factor_real<T>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
+    lanes_factor_real<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
 }
 
 template <typename T>
@@ -535,27 +535,27 @@ TWIDDLE_INLINE void transpose8(const float* src, int64_t lds, __m256 col[8]) {
 // Load columns [col0, col0 + count) of rows [row0, row0 + rows) of `src` (row stride ld entries) into tile
 // positions [0, count); every other position and lane is zero. Transposed in kLanes x kLanes blocks so that
 // source and destination lines stay in L1.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, int64_t row0, int64_t rows,
                        int64_t col0, int64_t count, const Plan& P) {
-  const int64_t width = P.comps * kLanes;
+  const int64_t width = P.comps * L;
   if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
-  if (rows < kLanes) {
+  if (rows < L) {
     for (int64_t p = 0; p < count; ++p)
-      for (int64_t c = 0; c < P.comps; ++c) std::memset(buf + p * width + c * kLanes + rows, 0, sizeof(T) * (kLanes - rows));
+      for (int64_t c = 0; c < P.comps; ++c) std::memset(buf + p * width + c * L + rows, 0, sizeof(T) * (L - rows));
   }
   int64_t done = 0;  // positions already loaded
 #if defined(TWIDDLE_LANES_AVX2)
-  if constexpr (std::is_same_v<T, float>) {
-    if (P.comps == 1 && rows == kLanes) {  // a full real tile: 8 x 8 transposes in registers
+  if constexpr (std::is_same_v<T, float> && L % 8 == 0) {
+    if (P.comps == 1 && rows == L) {  // a full real tile: 8 x 8 transposes in registers
       // 8 rows at a time along the whole row: rows ld apart often share L1 sets (ld = 1024 floats: 4 KB apart),
       // so each source line is used up before the next lines of the same set come in
       done = count & ~int64_t(7);
-      for (int64_t l0 = 0; l0 < kLanes; l0 += 8)
+      for (int64_t l0 = 0; l0 < L; l0 += 8)
         for (int64_t p0 = 0; p0 < done; p0 += 8) {
           __m256 col[8];
           transpose8(src + (row0 + l0) * ld + col0 + p0, ld, col);
-          for (int j = 0; j < 8; ++j) _mm256_store_ps(buf + (p0 + j) * kLanes + l0, col[j]);
+          for (int j = 0; j < 8; ++j) _mm256_store_ps(buf + (p0 + j) * L + l0, col[j]);
         }
     }
   }
@@ -566,11 +566,11 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
     for (int64_t l = 0; l < rows; ++l) {
       const T* __restrict row = src + ((row0 + l) * ld + col0 + p0) * P.comps;
       if (P.comps == 1) {
-        for (int64_t j = 0; j < pc; ++j) blk[j * kLanes + l] = row[j];
+        for (int64_t j = 0; j < pc; ++j) blk[j * L + l] = row[j];
       } else {
         for (int64_t j = 0; j < pc; ++j) {
           blk[j * width + l] = row[2 * j];
-          blk[j * width + kLanes + l] = row[2 * j + 1];
+          blk[j * width + L + l] = row[2 * j + 1];
         }
       }
     }
@@ -579,22 +579,22 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
 
 // Write (or add) tile positions [0, count) to columns [col0, col0 + count) of rows [row0, row0 + rows);
 // a non-null bias (indexed by output column) is added by the writing (add = false) store.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
                         int64_t col0, int64_t count, bool add, const Plan& P, const T* bias = nullptr) {
   // one loop per case (comps, add / bias / plain), so that the inner loops carry no branches
   const auto store = [&](auto comps_tag, auto op) {
     constexpr int64_t C = decltype(comps_tag)::value;
-    constexpr int64_t width = C * kLanes;
+    constexpr int64_t width = C * L;
     int64_t done = 0;  // positions already written
 #if defined(TWIDDLE_LANES_AVX2)
-    if constexpr (std::is_same_v<T, float> && C == 1) {
-      if (rows == kLanes) {  // a full real tile: 8 x 8 transposes in registers, then the op on whole vectors
+    if constexpr (std::is_same_v<T, float> && C == 1 && L % 8 == 0) {
+      if (rows == L) {  // a full real tile: 8 x 8 transposes in registers, then the op on whole vectors
         done = count & ~int64_t(7);
-        for (int64_t l0 = 0; l0 < kLanes; l0 += 8)  // 8 rows at a time, as in lanes_load
+        for (int64_t l0 = 0; l0 < L; l0 += 8)  // 8 rows at a time, as in lanes_load
           for (int64_t p0 = 0; p0 < done; p0 += 8) {
             __m256 col[8];
-            transpose8(buf + p0 * kLanes + l0, kLanes, col);
+            transpose8(buf + p0 * L + l0, L, col);
             for (int j = 0; j < 8; ++j) {
               float* row = dst + (row0 + l0 + j) * ld + col0 + p0;
               __m256 v = col[j];
@@ -612,7 +612,7 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
       for (int64_t l = 0; l < rows; ++l) {
         T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * C;
         for (int64_t j = 0; j < pc; ++j)
-          for (int64_t c = 0; c < C; ++c) op(row[C * j + c], blk[j * width + c * kLanes + l], (col0 + p0 + j) * C + c);
+          for (int64_t c = 0; c < C; ++c) op(row[C * j + c], blk[j * width + c * L + l], (col0 + p0 + j) * C + c);
       }
     }
   };
@@ -653,23 +653,23 @@ inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64
         buf[p * width + c * kLanes + l] = src[(row0 + l) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
 }
 
-template <typename T>
+template <typename T, int64_t L = kLanes>
 void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
-  const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
-  const int64_t tile = P.n * P.comps * kLanes;
-  at::parallel_for(0, ntiles, grain_for(P, kLanes), [&](int64_t begin, int64_t end) {
+  const int64_t ntiles = (P.batch + L - 1) / L;
+  const int64_t tile = P.n * P.comps * L;
+  at::parallel_for(0, ntiles, grain_for(P, L), [&](int64_t begin, int64_t end) {
     ThreadScratch<T, 0> scratch(tile);  // lanes_load writes all of it
     T* const buf = scratch.data();
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
+      const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
         const T* twk = tw + k * P.stack_size();
-        lanes_load<T>(buf, x, P.in_size, row0, rows, ic0, icount, P);
-        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T>(buf, buf, twk, P, f);
-        lanes_store<T>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
+        lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P);
+        for (int64_t f = 0; f < P.F; ++f) lanes_factor<T, L>(buf, buf, twk, P, f);
+        lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
     }
   });
@@ -1451,6 +1451,11 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
     if (use_rows<T>(P)) return rows_forward(tw, x, bias, out, P);
   }
 #endif
+  // Small batches take a narrower lane tile (a 16-lane tile for one row computes 15 rows of padding): complex64
+  // n = 1024 batch 1 49 -> 13 us, float64 30 -> 9 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
+  // same whatever the tile's width.
+  if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
+  if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
   lanes_forward<T>(tw, x, bias, out, P);
 }
 
