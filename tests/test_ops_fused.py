@@ -298,12 +298,16 @@ def test_gradcheck(dtype, transpose):
     assert torch.autograd.gradcheck(f, (t, x))
 
 
-@pytest.mark.parametrize("batch", [300, 40, 6])  # lane tiles in 4 or 3 chunks; (float32 with AVX) the row groups
-def test_same_result_with_one_and_two_threads(batch):
-    t = torch.randn(twiddle_shape(2, 2, 1024))
-    x = torch.randn(batch, 1024)
-    b = torch.randn(2048)
-    g = torch.randn(batch, 2048)
+@pytest.mark.parametrize(
+    "batch,dtype",
+    [(300, torch.float32), (40, torch.float32), (6, torch.float32),  # lane tiles in 4 or 3 chunks; row groups
+     (40, torch.float64), (6, torch.float64), (3, torch.float64)],  # 16-, 8- and 4-lane tiles
+)
+def test_same_result_with_one_and_two_threads(batch, dtype):
+    t = torch.randn(twiddle_shape(2, 2, 1024), dtype=dtype)
+    x = torch.randn(batch, 1024, dtype=dtype)
+    b = torch.randn(2048, dtype=dtype)
+    g = torch.randn(batch, 2048, dtype=dtype)
     before = torch.get_num_threads()
     try:
         outs = []

@@ -300,19 +300,19 @@ inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, i
 
 // Backward through one real factor: g (gradient w.r.t. the factor's output) becomes the gradient w.r.t. its
 // input u, and the twiddle gradient accumulates g u^T summed over lanes.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                        T* __restrict dtw, int64_t n, int64_t s, int eb, int ec) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    T* __restrict gp = g + p * kLanes;
-    T* __restrict gq = gp + s * kLanes;
-    const T* __restrict up = u + p * kLanes;
-    const T* __restrict uq = up + s * kLanes;
+    T* __restrict gp = g + p * L;
+    T* __restrict gq = gp + s * L;
+    const T* __restrict up = u + p * L;
+    const T* __restrict uq = up + s * L;
     const T* t = tw + 4 * i;
     const T a = t[0], b = t[eb], c = t[ec], d = t[3];
     T sa = 0, sb = 0, sc = 0, sd = 0;
 #pragma omp simd reduction(+ : sa, sb, sc, sd)
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       const T x0 = up[l], x1 = uq[l], g0 = gp[l], g1 = gq[l];
       sa += g0 * x0;
       sb += g0 * x1;
@@ -331,22 +331,22 @@ inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, c
 
 // Complex: g_in = conj(T)^T g_out, dT += g conj(u)^T; with `sign` = -1 (conjugated twiddles) the raw
 // gradient is the conjugate of the gradient w.r.t. the applied twiddle.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                           T* __restrict dtw, int64_t n, int64_t s, int eb, int ec, T sign) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
-    T* __restrict gpr = g + p * 2 * kLanes;
-    T* __restrict gpi = gpr + kLanes;
-    T* __restrict gqr = gpr + s * 2 * kLanes;
-    T* __restrict gqi = gqr + kLanes;
-    const T* __restrict upr = u + p * 2 * kLanes;
-    const T* __restrict upi = upr + kLanes;
-    const T* __restrict uqr = upr + s * 2 * kLanes;
-    const T* __restrict uqi = uqr + kLanes;
+    T* __restrict gpr = g + p * 2 * L;
+    T* __restrict gpi = gpr + L;
+    T* __restrict gqr = gpr + s * 2 * L;
+    T* __restrict gqi = gqr + L;
+    const T* __restrict upr = u + p * 2 * L;
+    const T* __restrict upi = upr + L;
+    const T* __restrict uqr = upr + s * 2 * L;
+    const T* __restrict uqi = uqr + L;
     const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
     T sar = 0, sai = 0, sbr = 0, sbi = 0, scr = 0, sci = 0, sdr = 0, sdi = 0;
 #pragma omp simd reduction(+ : sar, sai, sbr, sbi, scr, sci, sdr, sdi)
-    for (int64_t l = 0; l < kLanes; ++l) {
+    for (int64_t l = 0; l < L; ++l) {
       const T xr0 = upr[l], xi0 = upi[l], xr1 = uqr[l], xi1 = uqi[l];
       const T g0r = gpr[l], g0i = gpi[l], g1r = gqr[l], g1i = gqi[l];
       sar += g0r * xr0 + g0i * xi0;
@@ -410,7 +410,7 @@ TWIDDLE_INLINE __m256 real_block_backward(float* __restrict g, const float* __re
 // in one vector and added to the gradient by one load and store: 3-4 % less time than block by block (2-core
 // AMD EPYC, Zen 3; bit-identical results, the additions are the same).
 template <>
-inline void lanes_factor_real_backward<float>(float* __restrict g, const float* __restrict u,
+inline void lanes_factor_real_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
                                               const float* __restrict tw, float* __restrict dtw, int64_t n,
                                               int64_t s, int eb, int ec) {
   static_assert(kLanes == 16, "two 8-float vectors per lane row");
@@ -442,7 +442,7 @@ inline void lanes_factor_real_backward<float>(float* __restrict g, const float* 
 
 // complex64: eight sums per block (real and imaginary parts of a, b, c, d), one more hadd level.
 template <>
-inline void lanes_factor_complex_backward<float>(float* __restrict g, const float* __restrict u,
+inline void lanes_factor_complex_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
                                                  const float* __restrict tw, float* __restrict dtw, int64_t n,
                                                  int64_t s, int eb, int ec, float sign) {
   static_assert(kLanes == 16, "two 8-float vectors per lane row");
@@ -502,14 +502,14 @@ inline void lanes_factor(T* dst, const T* src, const T* tw, const Plan& P, int64
     lanes_factor_real<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
 }
 
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_factor_backward(T* g, const T* u, const T* tw, T* dtw, const Plan& P, int64_t f) {
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   if (P.complex)
-    lanes_factor_complex_backward<T>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec,
+    lanes_factor_complex_backward<T, L>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec,
                                      P.conjugate ? T(-1) : T(1));
   else
-    lanes_factor_real_backward<T>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec);
+    lanes_factor_real_backward<T, L>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -632,17 +632,17 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
 
 // lanes_load for a strided source (the incoming gradient): element (row, col, comp) at
 // src[row * P.g_row + col * P.g_col + comp * P.g_comp].
-template <typename T>
+template <typename T, int64_t L = kLanes>
 inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64_t row0, int64_t rows,
                                int64_t col0, int64_t count, const Plan& P) {
-  const int64_t width = P.comps * kLanes;
+  const int64_t width = P.comps * L;
   if (P.g_row == 0) {  // every row the same (an expanded gradient, e.g. of y.sum()): each value fills its lanes
     if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
     for (int64_t p = 0; p < count; ++p)
       for (int64_t c = 0; c < P.comps; ++c) {
         const T v = src[(col0 + p) * P.g_col + c * P.g_comp];
-        T* __restrict lane = buf + p * width + c * kLanes;
-        for (int64_t l = 0; l < kLanes; ++l) lane[l] = l < rows ? v : T(0);
+        T* __restrict lane = buf + p * width + c * L;
+        for (int64_t l = 0; l < L; ++l) lane[l] = l < rows ? v : T(0);
       }
     return;
   }
@@ -650,7 +650,7 @@ inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64
   for (int64_t p = 0; p < count; ++p)
     for (int64_t c = 0; c < P.comps; ++c)
       for (int64_t l = 0; l < rows; ++l)
-        buf[p * width + c * kLanes + l] = src[(row0 + l) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
+        buf[p * width + c * L + l] = src[(row0 + l) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
 }
 
 template <typename T, int64_t L = kLanes>
@@ -676,12 +676,12 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
 }
 
 // gbias (nullable, zero-filled, out_size * comps numbers) receives the bias gradient, the column sums of gy.
-template <typename T>
+template <typename T, int64_t L = kLanes>
 void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size, const Plan& P) {
-  const int64_t ntiles = (P.batch + kLanes - 1) / kLanes;
-  const int64_t tile = P.n * P.comps * kLanes;
+  const int64_t ntiles = (P.batch + L - 1) / L;
+  const int64_t tile = P.n * P.comps * L;
   const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
-  const int64_t grain = std::max<int64_t>(1, grain_for(P, kLanes) / 4);
+  const int64_t grain = std::max<int64_t>(1, grain_for(P, L) / 4);
   chunked_reduce<T>(ntiles, min_groups_per_chunk(ntiles, 8), grain, acc_size, tw_size, gtw, gbias,
                     [&](int64_t begin, int64_t end, T* acc) {
     // the input of every factor, then the gradient (lanes_load and the factors write all of each tile used)
@@ -689,23 +689,23 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
     T* const acts = scratch.data();
     T* const g = acts + std::max<int64_t>(P.F, 1) * tile;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t row0 = t * kLanes, rows = std::min(kLanes, P.batch - row0);
+      const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
         const T* twk = tw + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
-        lanes_load<T>(acts, x, P.in_size, row0, rows, ic0, icount, P);
+        lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P);
         // factor f reads its input tile and writes the next one (out of place: no copy)
-        for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
+        for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
         if (P.g_contiguous)
-          lanes_load<T>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
+          lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
-          lanes_load_strided<T>(g, gy, row0, rows, oc0, ocount, P);
+          lanes_load_strided<T, L>(g, gy, row0, rows, oc0, ocount, P);
         if (gbias && counts_bias(P, k, ocount))
           add_gradient_column_sums<T>(acc + tw_size + oc0 * P.comps, gy, row0, rows, oc0, ocount, P);
-        for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T>(g, acts + f * tile, twk, acck, P, f);
-        if (icount > 0) lanes_store<T>(g, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
+        for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T, L>(g, acts + f * tile, twk, acck, P, f);
+        if (icount > 0) lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, !P.split_input && k > 0, P);
       }
     }
   });
@@ -1470,6 +1470,11 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
 #endif
   std::fill(gtw, gtw + tw_size, T(0));
   if (gbias) std::fill(gbias, gbias + P.out_size * P.comps, T(0));
+  // Narrower lane tiles for small batches, as in forward_impl; the tile width depends on the batch only, so
+  // results still do not depend on the thread count. 8 lanes for float64 / complex128 only: with float32 they lose
+  // the AVX2 16-lane backward's joint reductions (complex64 n = 1024 batch 8: 180 -> 200 us).
+  if (P.batch <= 4) return lanes_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
+  if (P.batch <= 8 && std::is_same_v<T, double>) return lanes_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
   lanes_backward<T>(tw, x, gy, gx, gtw, gbias, tw_size, P);
 }
 
