@@ -10,8 +10,9 @@
 //    an L1-resident buffer (the first pass reads the caller's rows, the last writes the output's, so nothing is
 //    copied through it) and each factor updates kW blocks at a time (a vector: 16 on AVX-512, 8 on AVX2) with
 //    vector twiddles shared by all rows of the group; strides below kW use in-register permutes.
-//  * lanes (everything else: float64, complex, small n, machines with neither): a tile of kLanes rows is
-//    transposed into buf[position][lane] so that every 2x2 block updates kLanes rows with four scalars.
+//  * lanes (everything else: float64, complex, small n, machines with neither): a tile of kLanes rows (4 or 8
+//    for batches of at most that many rows) is transposed into buf[position][lane] so that every 2x2 block
+//    updates the tile's rows with four scalars.
 //    Its backward sums each block's twiddle gradient over the lanes; with AVX2 + FMA the float32 and complex64
 //    versions reduce a block's 4 or 8 sums together (a transposed hadd tree) instead of one by one.
 // Either way the data are read and written once for all factors. Work is spread over threads with
