@@ -254,8 +254,8 @@ inline ComplexBlock<T> complex_block(const T* tw, int64_t i, int eb, int ec, T s
   return {t[0], sign * t[1], t[2 * eb], sign * t[2 * eb + 1], t[2 * ec], sign * t[2 * ec + 1], t[6], sign * t[7]};
 }
 
-// Real factor on a lane tile (position p holds kLanes values): dst = factor(src). dst == src (in place) or the two
-// do not overlap; each lane is read before it is written, so in place is safe under the simd loop.
+// Real factor on a lane tile (position p holds L values): dst = factor(src). dst == src (in place) or the two do
+// not overlap; each lane is read before it is written, so in place is safe under the simd loop.
 template <typename T, int64_t L = kLanes>
 inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb, int ec) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
@@ -274,7 +274,7 @@ inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int6
   });
 }
 
-// Complex factor on a lane tile: position p holds kLanes real parts, then kLanes imaginary parts.
+// Complex factor on a lane tile: position p holds L real parts, then L imaginary parts.
 template <typename T, int64_t L = kLanes>
 inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb,
                                  int ec, T sign) {
@@ -1291,15 +1291,15 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
 // backward keeps its groups: its twiddle-gradient sums depend on them, and on 2 cores splitting 2-8 rows in two
 // was as often slower as faster (n = 4096 batch 2 177 -> 214 us, batch 8 302 -> 254 us).
 constexpr int64_t kSplitWork = int64_t(1) << 16;
-inline int64_t rows_per_group(const Plan& P, int64_t group, int64_t parts) {
+inline int64_t forward_rows_per_group(const Plan& P, int64_t parts) {
   const int64_t work = P.nstacks * std::max<int64_t>(P.F, 1) * P.n * P.batch;
-  if (P.batch > group || P.batch < 2 || parts < 2 || work < kSplitWork) return group;
+  if (P.batch > kRows || P.batch < 2 || parts < 2 || work < kSplitWork) return kRows;
   parts = std::min(parts, P.batch);
   return (P.batch + parts - 1) / parts;
 }
 
 void rows_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
-  const int64_t group = rows_per_group(P, kRows, at::get_num_threads());
+  const int64_t group = forward_rows_per_group(P, at::get_num_threads());
   const int64_t ngroups = (P.batch + group - 1) / group;
   const int64_t ld = P.n + 16;
   const bool raw = P.batch <= kRows;  // at most one group's rows: read the user's layout, skip the conversion
@@ -1453,7 +1453,7 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   }
 #endif
   // Small batches take a narrower lane tile (a 16-lane tile for one row computes 15 rows of padding): complex64
-  // n = 1024 batch 1 49 -> 13 us, float64 30 -> 9 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
+  // n = 1024 batch 1 49 -> 30 us, float64 30 -> 16 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
   // same whatever the tile's width.
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
   if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
