@@ -21,6 +21,7 @@ import os
 
 import torch
 
+from ..permutations import check_permutation, gather_last
 from . import fused_cpu
 from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_checked
 
@@ -28,6 +29,8 @@ __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "
 
 # computed in single precision and rounded once on output
 _LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
+# the dtypes the fused CPU kernel computes in directly
+_NATIVE = frozenset(fused_cpu.SUPPORTED_DTYPES)
 
 
 def _have_triton() -> bool:
@@ -110,6 +113,7 @@ def butterfly_multiply(
     transpose: bool = False,
     conjugate: bool = False,
     bias: torch.Tensor | None = None,
+    in_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply the butterfly map stored in ``twiddle`` to the last dimension of ``x`` (and add ``bias``).
 
@@ -124,6 +128,10 @@ def butterfly_multiply(
       (default ``n``).
     * ``conjugate=True`` conjugates every twiddle (with ``transpose=True``: the Hermitian adjoint).
     * ``bias`` (``(out_size,)``) is added to every output row (fused into the kernel's final store).
+    * ``in_perm`` (``(m,)`` integer tensor on ``x``'s device, a permutation of ``0..m-1``): ``x`` is read as
+      ``x[..., in_perm]`` (``y = B · P x``, the BP model; a transform's bit reversal). The fused CPU kernel gathers
+      while it loads and scatters the input gradient while it stores, so no permuted copy of ``x`` is made; other
+      kernels gather first.
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
@@ -134,7 +142,22 @@ def butterfly_multiply(
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
-    return _multiply_checked(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias)
+    if in_perm is not None:
+        if not isinstance(in_perm, torch.Tensor):
+            raise TypeError(f"in_perm must be a torch.Tensor (int64 indices) or None, got {type(in_perm).__name__}")
+        if in_perm.device != x.device:
+            raise ValueError(f"in_perm is on {in_perm.device} but x is on {x.device}")
+        if in_perm.dim() != 1 or in_perm.numel() != m:
+            raise ValueError(
+                f"in_perm must be a 1-D permutation of x's {m} features, got shape {tuple(in_perm.shape)}"
+            )
+        if torch.compiler.is_compiling():  # values are data: the fused op checks them when it runs
+            if in_perm.dtype.is_floating_point or in_perm.is_complex() or in_perm.dtype == torch.bool:
+                raise ValueError(f"in_perm must hold integers, got dtype {in_perm.dtype}")
+            in_perm = in_perm.to(torch.long)
+        else:
+            in_perm = check_permutation(in_perm, "in_perm")
+    return _multiply_checked(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm)
 
 
 def _multiply_checked(
@@ -146,22 +169,24 @@ def _multiply_checked(
     transpose: bool,
     conjugate: bool,
     bias: torch.Tensor | None,
+    in_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
-    ``(..., m)``, the result ``(..., out)``."""
+    ``(..., m)``, the result ``(..., out)``; ``in_perm`` a checked int64 permutation of ``0..m-1`` on ``x``'s
+    device, or None."""
     kernel = kernel_for(twiddle, x)
     if kernel == "fused-cpu":
-        # the common case, checked first with cheap identity tests: one real dtype the kernel runs natively, a 2-D
-        # input; everything else (promotion, low precision, complex views, reshapes) takes the general path below
+        # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
+        # ones as real views, taken by the extension's entry), a 2-D input; everything else (promotion, low
+        # precision, reshapes) takes the general path below
         dtype = x.dtype
-        if (
-            twiddle.dtype is dtype
-            and (dtype is torch.float32 or dtype is torch.float64)
-            and (bias is None or bias.dtype is dtype)
-            and x.ndim == 2
-        ):
-            return fused_cpu.butterfly_multiply_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out)
+        if twiddle.dtype is dtype and dtype in _NATIVE and (bias is None or bias.dtype is dtype) and x.ndim == 2:
+            return fused_cpu.butterfly_multiply_op(
+                twiddle, x, bias, increasing_stride, transpose, conjugate, out, in_perm
+            )
     elif kernel == "reference":
+        if in_perm is not None:
+            x = gather_last(x, in_perm)
         y = reference_multiply_checked(twiddle, x, increasing_stride, x.shape[:-1], m, out, transpose, conjugate)
         return y if bias is None else y + bias
     # one dtype throughout (the common case) needs no promotion; a 2-D input no reshape
@@ -179,11 +204,13 @@ def _multiply_checked(
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
+        if in_perm is not None:  # (the Triton kernels load contiguous rows: gather first)
+            x2 = gather_last(x2, in_perm)
         y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b,
                                       conjugate=conjugate)
     else:
         y = fused_cpu.fused_butterfly_multiply(
-            tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b
+            tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b, in_perm=in_perm
         )
     y = y if y.dtype == dtype else y.to(dtype)
     return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out)
