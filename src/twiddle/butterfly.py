@@ -198,6 +198,16 @@ class Butterfly(nn.Module):
             twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, self.bias
         )
 
+    def _forward_permuted(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+        """``forward(x[..., perm])`` with the permutation applied by the kernel as it reads ``x`` (no permuted
+        copy). ``perm``: a checked permutation of ``0..in_features-1`` (a :class:`FixedPermutation`'s buffer), on
+        this layer's device. Module hooks of this layer do not run; callers fuse only layers without any."""
+        twiddle = self.twiddle
+        self._check_input(x, twiddle)
+        return _multiply_checked(
+            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, self.bias, perm
+        )
+
     #: the layer's name in input errors (a module that wraps a Butterfly sets its own, so errors name it)
     display_name = "Butterfly"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._fusion import permute_then_apply
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
 
@@ -56,7 +57,8 @@ class PermutedButterfly(nn.Module):
         return self.butterfly.twiddle.numel() + sum(stage.parameter_count() for stage in self.then)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.butterfly(self.permutation(x))
+        # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first
+        y = permute_then_apply(self.permutation, self.butterfly, x)
         for stage in self.then:
             y = stage(y)
         return y.real if self.real_output and y.is_complex() else y

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from .._validate import positive_int
 from ._fourier import dft_steps
-from ._modules import Transform, _AlongDim, _RealPart, check_shape2d, real_dtype
+from ._modules import Pipeline, Transform, _AlongDim, _RealPart, check_shape2d, real_dtype
 
 __all__ = ["fft", "ifft", "fft2d", "ifft2d", "hartley"]
 
@@ -25,10 +24,10 @@ def _norm_scale(n: int, norm: str, inverse: bool) -> float:
     return 1 / n if (norm == "forward") != inverse else 1.0
 
 
-def _dft_sequence(n: int, inverse: bool, norm: str, dtype: torch.dtype | None, device) -> nn.Sequential:
+def _dft_sequence(n: int, inverse: bool, norm: str, dtype: torch.dtype | None, device) -> Pipeline:
     scale = _norm_scale(n, norm, inverse)
     out_diag = torch.full((n,), scale, dtype=torch.complex128)
-    return nn.Sequential(*dft_steps(n, +1 if inverse else -1, out_diag=out_diag, dtype=dtype, device=device))
+    return Pipeline(*dft_steps(n, +1 if inverse else -1, out_diag=out_diag, dtype=dtype, device=device))
 
 
 def fft(

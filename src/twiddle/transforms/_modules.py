@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._fusion import run_fused
 from .._validate import positive_int
 from ..permutations import gather_last
 
-__all__ = ["Transform", "Diagonal"]
+__all__ = ["Transform", "Diagonal", "Pipeline"]
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -87,6 +88,15 @@ class Diagonal(nn.Module):
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.weight.shape)}, dtype={self.weight.dtype}"
+
+
+class Pipeline(nn.Sequential):
+    """``nn.Sequential`` (same submodules, same state_dict keys) that runs each fixed permutation followed by a
+    butterfly as one kernel call, the permutation gathered as the kernel reads its input
+    (:func:`twiddle._fusion.run_fused`; same values and gradients)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return run_fused(self._modules.values(), x)
 
 
 class _ZeroPad(nn.Module):
@@ -198,7 +208,7 @@ class Transform(nn.Module):
         in_shape, out_shape: the trailing input/output dimensions it acts on; leading dimensions are batch.
         real: a real-to-real transform. A complex input is transformed as ``T(x.real) + i·T(x.imag)``, as
             ``scipy.fft.dct`` does.
-        steps: the pipeline (``nn.Sequential``), applied in order.
+        steps: the pipeline (a :class:`Pipeline`, an ``nn.Sequential``), applied in order.
 
     Shapes: ``(..., *in_shape) -> (..., *out_shape)``.
     """
@@ -218,7 +228,7 @@ class Transform(nn.Module):
         self.in_shape = tuple(in_shape)
         self.out_shape = tuple(out_shape)
         self.real = real
-        self.steps = nn.Sequential(*steps)
+        self.steps = Pipeline(*steps)
         for p in self.parameters():
             p.requires_grad_(trainable)
 

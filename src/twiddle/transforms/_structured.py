@@ -12,7 +12,7 @@ from .._layout import ceil_log2, factor_stride, is_power_of_two, padded_size
 from .._validate import positive_int, seed_int
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
-from ._modules import Diagonal, Transform, _Concat, _RealPart, _ZeroPad, as_float64, real_dtype
+from ._modules import Diagonal, Pipeline, Transform, _Concat, _RealPart, _ZeroPad, as_float64, real_dtype
 from ._trig import _cosine_steps
 
 __all__ = ["hadamard", "haar", "fastfood", "acdc"]
@@ -134,7 +134,7 @@ def fastfood(
         lengths = torch.randn(n, n, generator=gen, dtype=torch.float64).norm(dim=1)  # χ_n draws
         scale = lengths / gauss.norm() / (sigma * math.sqrt(n))
         branches.append(
-            nn.Sequential(
+            Pipeline(
                 Diagonal(signs.to(device=device, dtype=dtype)),
                 _hadamard_butterfly(n, 1.0, dtype, device),
                 FixedPermutation(perm.to(device)),
@@ -179,9 +179,9 @@ def acdc(
     steps: list[nn.Module] = []
     for k in range(layers):
         steps.append(Diagonal(a_t[k].to(device=device, dtype=dtype)))
-        steps.append(nn.Sequential(*_cosine_steps(n, 2, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
+        steps.append(Pipeline(*_cosine_steps(n, 2, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
         steps.append(Diagonal(d_t[k].to(device=device, dtype=dtype)))
-        steps.append(nn.Sequential(*_cosine_steps(n, 3, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
+        steps.append(Pipeline(*_cosine_steps(n, 3, "ortho", sine=False, dtype=dtype, device=device), _RealPart()))
     module = Transform("acdc", steps, (n,), (n,), real=True, trainable=trainable is True)
     if trainable == "diagonals":
         for step in module.steps:
