@@ -31,6 +31,8 @@ __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "
 _LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
 # the dtypes the fused CPU kernel computes in directly
 _NATIVE = frozenset(fused_cpu.SUPPORTED_DTYPES)
+# a complex dtype's real counterpart: the fused kernel reads a real x of that dtype with complex twiddles as x + 0i
+_REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
 
 
 def _have_triton() -> bool:
@@ -179,8 +181,13 @@ def _multiply_checked(
         # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
         # ones as real views, taken by the extension's entry), a 2-D input; everything else (promotion, low
         # precision, reshapes) takes the general path below
-        dtype = x.dtype
-        if twiddle.dtype is dtype and dtype in _NATIVE and (bias is None or bias.dtype is dtype) and x.ndim == 2:
+        tdtype = twiddle.dtype
+        if (
+            (x.dtype is tdtype or x.dtype is _REAL_OF.get(tdtype))  # (a real x with complex twiddles: read as x + 0i)
+            and tdtype in _NATIVE
+            and (bias is None or bias.dtype is tdtype)
+            and x.ndim == 2
+        ):
             return fused_cpu.butterfly_multiply_op(
                 twiddle, x, bias, increasing_stride, transpose, conjugate, out, in_perm
             )
@@ -199,7 +206,8 @@ def _multiply_checked(
     compute = _LOW_PRECISION.get(dtype, dtype)
     tw = twiddle if twiddle.dtype == compute else twiddle.to(compute)
     x2 = x if x.ndim == 2 else x.reshape(-1, m)
-    x2 = x2 if x2.dtype == compute else x2.to(compute)
+    if x2.dtype != compute and not (kernel == "fused-cpu" and x2.dtype == _REAL_OF.get(compute)):
+        x2 = x2.to(compute)  # (the fused kernel reads a real x of the complex compute precision as it is)
     b = bias if bias is None or bias.dtype == compute else bias.to(compute)
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply

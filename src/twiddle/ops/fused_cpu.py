@@ -32,7 +32,7 @@ def _register() -> None:
 
     @torch.library.register_fake("twiddle::butterfly_multiply")
     def _(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm=None):
-        return x.new_empty((x.shape[0], out_size) + tuple(x.shape[2:]))
+        return x.new_empty((x.shape[0], out_size) + ((2,) if twiddle.dim() == 7 else ()))
 
     @torch.library.register_fake("twiddle::butterfly_multiply_backward")
     def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False, in_perm=None):
@@ -62,8 +62,9 @@ def butterfly_multiply_op(
     in_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``torch.ops.twiddle.butterfly_multiply`` (the kernel loaded). ``twiddle``, ``x`` (2-D) and ``bias`` share
-    one dtype of :data:`SUPPORTED_DTYPES`; complex ones run on their real views. ``in_perm`` (int64, a permutation
-    of ``0..x.shape[1]-1`` or None): the kernel reads ``x[:, in_perm]`` (gathered while it loads, no copy).
+    one dtype of :data:`SUPPORTED_DTYPES`, except that with complex twiddles ``x`` may be real of the same
+    precision (read as ``x + 0i``, no complex copy); complex tensors run on their real views. ``in_perm`` (int64, a
+    permutation of ``0..x.shape[1]-1`` or None): the kernel reads ``x[:, in_perm]`` (gathered while it loads).
 
     Eager calls go through the extension's own entry (``csrc/eager_entry.cpp``: typed arguments, the same op
     through the same dispatcher, the complex views taken in C++; about 2 us less per real call than ``torch.ops``'
@@ -79,7 +80,7 @@ def butterfly_multiply_op(
     if twiddle.is_complex():
         y = _op(
             torch.view_as_real(twiddle.resolve_conj()),
-            torch.view_as_real(x.resolve_conj()),
+            torch.view_as_real(x.resolve_conj()) if x.is_complex() else x,
             None if bias is None else torch.view_as_real(bias.resolve_conj()),
             increasing_stride,
             transpose,

@@ -57,6 +57,10 @@ struct Plan {
   int64_t nstacks, nblocks, log_n, F, n, half;
   bool complex, transpose, conjugate;
   int64_t comps;        // numbers per entry: 1 (real) or 2 (complex)
+  // x (and its gradient) hold real numbers while the twiddles are complex: read as (x, 0), the gradient's real part
+  // written (a real input to a complex transform, without a complex copy of it). x_comps: x's numbers per entry.
+  bool real_input = false;
+  int64_t x_comps = 1;
   int64_t factor_size;  // numbers per factor: 4 * comps * n/2
   bool split_input, sum_output;
   int64_t in_size, out_size, batch;
@@ -542,10 +546,10 @@ TWIDDLE_INLINE void transpose8(const float* src, int64_t lds, __m256 col[8]) {
 
 // Load columns [col0, col0 + count) of rows [row0, row0 + rows) of `src` (row stride ld entries) into tile
 // positions [0, count); every other position and lane is zero. Transposed in kLanes x kLanes blocks so that
-// source and destination lines stay in L1.
+// source and destination lines stay in L1. real_src: src holds real numbers for a complex tile (P.real_input).
 template <typename T, int64_t L = kLanes>
 inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, int64_t row0, int64_t rows,
-                       int64_t col0, int64_t count, const Plan& P) {
+                       int64_t col0, int64_t count, const Plan& P, bool real_src = false) {
   const int64_t width = P.comps * L;
   if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
   if (rows < L) {
@@ -572,9 +576,14 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
     const int64_t pc = std::min(kLanes, count - p0);
     T* __restrict blk = buf + p0 * width;
     for (int64_t l = 0; l < rows; ++l) {
-      const T* __restrict row = src + ((row0 + l) * ld + col0 + p0) * P.comps;
+      const T* __restrict row = src + ((row0 + l) * ld + col0 + p0) * (real_src ? 1 : P.comps);
       if (P.comps == 1) {
         for (int64_t j = 0; j < pc; ++j) blk[j * L + l] = row[j];
+      } else if (real_src) {
+        for (int64_t j = 0; j < pc; ++j) {
+          blk[j * width + l] = row[j];
+          blk[j * width + L + l] = T(0);
+        }
       } else {
         for (int64_t j = 0; j < pc; ++j) {
           blk[j * width + l] = row[2 * j];
@@ -586,13 +595,16 @@ inline void lanes_load(T* __restrict buf, const T* __restrict src, int64_t ld, i
 }
 
 // Write (or add) tile positions [0, count) to columns [col0, col0 + count) of rows [row0, row0 + rows);
-// a non-null bias (indexed by output column) is added by the writing (add = false) store.
+// a non-null bias (indexed by output column) is added by the writing (add = false) store. real_dst: dst holds
+// real numbers and gets the complex tile's real parts (the input gradient under P.real_input; no bias).
 template <typename T, int64_t L = kLanes>
 inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
-                        int64_t col0, int64_t count, bool add, const Plan& P, const T* bias = nullptr) {
-  // one loop per case (comps, add / bias / plain), so that the inner loops carry no branches
-  const auto store = [&](auto comps_tag, auto op) {
+                        int64_t col0, int64_t count, bool add, const Plan& P, const T* bias = nullptr,
+                        bool real_dst = false) {
+  // one loop per case (comps, dst comps, add / bias / plain), so that the inner loops carry no branches
+  const auto store = [&](auto comps_tag, auto dst_tag, auto op) {
     constexpr int64_t C = decltype(comps_tag)::value;
+    constexpr int64_t D = decltype(dst_tag)::value;  // numbers per entry of dst: C, or 1 for real parts
     constexpr int64_t width = C * L;
     int64_t done = 0;  // positions already written
 #if defined(TWIDDLE_LANES_AVX2)
@@ -618,24 +630,28 @@ inline void lanes_store(const T* __restrict buf, T* __restrict dst, int64_t ld, 
       const int64_t pc = std::min(kLanes, count - p0);
       const T* __restrict blk = buf + p0 * width;
       for (int64_t l = 0; l < rows; ++l) {
-        T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * C;
+        T* __restrict row = dst + ((row0 + l) * ld + col0 + p0) * D;
         for (int64_t j = 0; j < pc; ++j)
-          for (int64_t c = 0; c < C; ++c) op(row[C * j + c], blk[j * width + c * L + l], (col0 + p0 + j) * C + c);
+          for (int64_t c = 0; c < D; ++c) op(row[D * j + c], blk[j * width + c * L + l], (col0 + p0 + j) * C + c);
       }
     }
   };
-  const auto run = [&](auto comps_tag) {
+  const auto run = [&](auto comps_tag, auto dst_tag) {
     if (add)
-      store(comps_tag, [](T& out, T v, int64_t) { out += v; });
+      store(comps_tag, dst_tag, [](T& out, T v, int64_t) { out += v; });
     else if (bias)
-      store(comps_tag, [bias](T& out, T v, int64_t col) { out = v + bias[col]; });
+      store(comps_tag, dst_tag, [bias](T& out, T v, int64_t col) { out = v + bias[col]; });
     else
-      store(comps_tag, [](T& out, T v, int64_t) { out = v; });
+      store(comps_tag, dst_tag, [](T& out, T v, int64_t) { out = v; });
   };
+  using One = std::integral_constant<int64_t, 1>;
+  using Two = std::integral_constant<int64_t, 2>;
   if (P.comps == 1)
-    run(std::integral_constant<int64_t, 1>{});
+    run(One{}, One{});
+  else if (real_dst)
+    run(Two{}, One{});
   else
-    run(std::integral_constant<int64_t, 2>{});
+    run(Two{}, Two{});
 }
 
 // lanes_load for a strided source (the incoming gradient): element (row, col, comp) at
@@ -676,18 +692,19 @@ inline void lanes_load_permuted(T* __restrict buf, const T* __restrict src, int6
   const int64_t width = P.comps * L, ncols = P.in_size;
   const int32_t* __restrict perm = P.in_perm;
   if constexpr (L <= 4) {  // at most 4 rows: they stay in L1, read them in permuted order straight into place
+    const int64_t xc = P.x_comps;
     if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
     for (int64_t p = 0; p < count; ++p) {
       T* __restrict blk = buf + p * width;
-      const T* __restrict col = src + (row0 * ld + perm[col0 + p]) * P.comps;
+      const T* __restrict col = src + (row0 * ld + perm[col0 + p]) * xc;
       for (int64_t k = 0; k < P.comps; ++k)
-        for (int64_t l = 0; l < L; ++l) blk[k * L + l] = l < rows ? col[l * ld * P.comps + k] : T(0);
+        for (int64_t l = 0; l < L; ++l) blk[k * L + l] = l < rows && k < xc ? col[l * ld * xc + k] : T(0);
     }
     return;
   }
   ThreadScratch<T, 3> spare_scratch(std::max(ncols, P.n) * width);
   T* const spare = spare_scratch.data();
-  lanes_load<T, L>(spare, src, ld, row0, rows, 0, ncols, P);  // all of x's columns (lanes >= rows zero)
+  lanes_load<T, L>(spare, src, ld, row0, rows, 0, ncols, P, P.real_input);  // all of x's columns, lanes >= rows 0
   for (int64_t p = 0; p < count; ++p) std::memcpy(buf + p * width, spare + perm[col0 + p] * width, sizeof(T) * width);
   if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
 }
@@ -701,11 +718,12 @@ inline void lanes_store_permuted(const T* __restrict buf, T* __restrict dst, int
   const int64_t width = P.comps * L, ncols = P.in_size;
   const int32_t* __restrict perm = P.in_perm;
   if (P.split_input || L <= 4) {  // (at most 4 rows stay in L1: written in permuted order too)
+    const int64_t xc = P.x_comps;
     for (int64_t p = 0; p < count; ++p) {
       const T* __restrict blk = buf + p * width;
       for (int64_t l = 0; l < rows; ++l) {
-        T* __restrict out = dst + ((row0 + l) * ld + perm[col0 + p]) * P.comps;
-        for (int64_t k = 0; k < P.comps; ++k) out[k] = add ? out[k] + blk[k * L + l] : blk[k * L + l];
+        T* __restrict out = dst + ((row0 + l) * ld + perm[col0 + p]) * xc;
+        for (int64_t k = 0; k < xc; ++k) out[k] = add ? out[k] + blk[k * L + l] : blk[k * L + l];
       }
     }
     return;
@@ -713,7 +731,7 @@ inline void lanes_store_permuted(const T* __restrict buf, T* __restrict dst, int
   ThreadScratch<T, 3> spare_scratch(ncols * width);
   T* const spare = spare_scratch.data();
   for (int64_t p = 0; p < count; ++p) std::memcpy(spare + perm[p] * width, buf + p * width, sizeof(T) * width);
-  lanes_store<T, L>(spare, dst, ld, row0, rows, 0, ncols, add, P);
+  lanes_store<T, L>(spare, dst, ld, row0, rows, 0, ncols, add, P, nullptr, P.real_input);
 }
 
 template <typename T, int64_t L = kLanes>
@@ -733,7 +751,7 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         if (P.in_perm)
           lanes_load_permuted<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P);
         else
-          lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P);
+          lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         for (int64_t f = 0; f < P.F; ++f) lanes_factor<T, L>(buf, buf, twk, P, f);
         lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
@@ -764,7 +782,7 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
         if (P.in_perm)
           lanes_load_permuted<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P);
         else
-          lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P);
+          lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         // factor f reads its input tile and writes the next one (out of place: no copy)
         for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
         if (P.g_contiguous)
@@ -778,7 +796,7 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
         if (icount > 0 && P.in_perm)
           lanes_store_permuted<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P);
         else if (icount > 0)
-          lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P);
+          lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, nullptr, P.real_input);
       }
     }
   });
@@ -1579,7 +1597,12 @@ Plan make_plan(const at::Tensor& twiddle, const at::Tensor& x, bool increasing, 
   P.complex = twiddle.dim() == 7;
   TORCH_CHECK(twiddle.size(4) == 2 && twiddle.size(5) == 2 && (!P.complex || twiddle.size(6) == 2),
               "twiddle: trailing dimensions must be 2 x 2");
-  TORCH_CHECK(x.dim() == (P.complex ? 3 : 2), "x: expected (batch, features", P.complex ? ", 2)" : ")");
+  // a complex butterfly takes x as (batch, features, 2) (the real view of complex x) or (batch, features) (real x)
+  TORCH_CHECK(x.dim() == (P.complex ? 3 : 2) || (P.complex && x.dim() == 2),
+              "x: expected (batch, features", P.complex ? "[, 2])" : ")");
+  TORCH_CHECK(!P.complex || x.dim() == 2 || x.size(2) == 2, "x: the complex real view's last dimension must be 2");
+  P.real_input = P.complex && x.dim() == 2;
+  P.x_comps = P.complex && !P.real_input ? 2 : 1;
   TORCH_CHECK(twiddle.scalar_type() == x.scalar_type(), "twiddle and x must have the same dtype");
   TORCH_CHECK(twiddle.device().is_cpu() && x.device().is_cpu(), "the fused CPU kernel needs CPU tensors");
   P.nstacks = twiddle.size(0);
@@ -1682,7 +1705,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
   const InputPermutation perm = checked_permutation(in_perm, P.in_size);
   perm.attach(P);
-  TORCH_CHECK(grad.dim() == x.dim() && grad.size(0) == P.batch && grad.size(1) == out_size, "grad: shape mismatch");
+  TORCH_CHECK(grad.dim() == (P.complex ? 3 : 2) && grad.size(0) == P.batch && grad.size(1) == out_size &&
+                  (!P.complex || grad.size(2) == 2),
+              "grad: shape mismatch");
   at::Tensor tw = twiddle.contiguous();
   at::Tensor xc = x.contiguous();
   at::Tensor gc = grad.to(x.scalar_type());
