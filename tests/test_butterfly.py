@@ -231,3 +231,28 @@ def test_hypothesis_layer_equals_dense(in_f, out_f, nblocks, complex, increasing
     if bias:
         expected = expected + layer.bias
     torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_sees_parametrized_and_swapped_parameters():
+    """The forward reads its twiddle and bias from ``_parameters`` (fast) and falls back to the attribute where a
+    parametrization replaced them; ``torch.func.functional_call`` swaps them in ``_parameters``."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    layer = Butterfly(16, 16, bias=True)
+    x = torch.randn(3, 16)
+
+    class Double(torch.nn.Module):
+        def forward(self, t):
+            return 2 * t
+
+    dense_twiddle = layer.to_dense()
+    bias = layer.bias.detach().clone()
+    parametrize.register_parametrization(layer, "bias", Double())
+    torch.testing.assert_close(layer(x), x @ dense_twiddle.T + 2 * bias)
+    parametrize.register_parametrization(layer, "twiddle", Double())  # each of log2(16) = 4 factors doubled
+    torch.testing.assert_close(layer(x), 16 * (x @ dense_twiddle.T) + 2 * bias)
+
+    plain = Butterfly(16, 16, bias=True)
+    swapped = {"twiddle": torch.zeros_like(plain.twiddle), "bias": torch.ones(16)}
+    torch.testing.assert_close(torch.func.functional_call(plain, swapped, (x,)), torch.ones(3, 16))

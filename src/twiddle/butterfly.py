@@ -15,6 +15,8 @@ from .ops import _multiply_checked, butterfly_multiply, prepare_kernel
 
 __all__ = ["Butterfly", "ParameterCount", "INITS"]
 
+_MISSING = object()  # a parameter that is not in a module's _parameters
+
 INITS = ("randn", "ortho", "identity", "fjlt")
 
 _COMPLEX_OF = {
@@ -192,21 +194,34 @@ class Butterfly(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in_features) -> (..., out_features)``: ``x Wᵀ + b``."""
-        twiddle = self.twiddle  # a module attribute lookup costs ~1 µs: read each once
+        twiddle, bias = self._twiddle_and_bias()
         self._check_input(x, twiddle)
         return _multiply_checked(
-            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, self.bias
+            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, bias
         )
 
     def _forward_permuted(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
         """``forward(x[..., perm])`` with the permutation applied by the kernel as it reads ``x`` (no permuted
         copy). ``perm``: a checked permutation of ``0..in_features-1`` (a :class:`FixedPermutation`'s buffer), on
         this layer's device. Module hooks of this layer do not run; callers fuse only layers without any."""
-        twiddle = self.twiddle
+        twiddle, bias = self._twiddle_and_bias()
         self._check_input(x, twiddle)
         return _multiply_checked(
-            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, self.bias, perm
+            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, bias, perm
         )
+
+    def _twiddle_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The twiddle and bias as the forward uses them. Read from ``_parameters`` (``self.twiddle`` goes through
+        ``nn.Module.__getattr__``, about 1 µs each, a tenth of a batch-1 call); where a parametrization, FSDP or
+        a pre-hook has replaced one (it is then no longer in ``_parameters``), the attribute is read instead."""
+        params = self._parameters
+        twiddle = params.get("twiddle", _MISSING)
+        if twiddle is _MISSING:
+            twiddle = self.twiddle
+        bias = params.get("bias", _MISSING)
+        if bias is _MISSING:
+            bias = self.bias
+        return twiddle, bias
 
     #: the layer's name in input errors (a module that wraps a Butterfly sets its own, so errors name it)
     display_name = "Butterfly"
