@@ -246,3 +246,32 @@ def test_torch_compile_fullgraph_with_in_perm():
     (gc,) = torch.autograd.grad(compiled(x).real.sum(), t)
     (ge,) = torch.autograd.grad(f(x).real.sum(), t)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("real_input", [False, True])
+def test_triton_dispatch_gathers_and_promotes_before_the_kernel(real_input, monkeypatch):
+    """The CUDA path's dispatch logic, on CPU: the Triton kernels take a contiguous, already permuted input of the
+    twiddles' dtype, so ``_multiply_checked`` gathers ``x[..., in_perm]`` and promotes a real x before calling them
+    (the kernel itself is stood in for by the reference multiply)."""
+    import twiddle.ops as ops
+    from twiddle.ops import triton_kernel
+
+    received = []
+
+    def stand_in(tw, x2, increasing, *, out_size, transpose, bias, conjugate):
+        received.append(x2)
+        y = butterfly_multiply_reference(tw, x2, increasing, out_size=out_size, transpose=transpose,
+                                         conjugate=conjugate)
+        return y if bias is None else y + bias
+
+    monkeypatch.setattr(ops, "kernel_for", lambda twiddle, x: "triton")
+    monkeypatch.setattr(triton_kernel, "triton_butterfly_multiply", stand_in)
+    n = 16
+    t = torch.randn(twiddle_shape(1, 1, n), dtype=torch.complex128)
+    x = torch.randn(2, 3, n, dtype=torch.float64 if real_input else torch.complex128)
+    perm = torch.randperm(n)
+    y = butterfly_multiply(t, x, in_perm=perm)
+    (x2,) = received
+    assert x2.dtype == torch.complex128 and x2.shape == (6, n)
+    torch.testing.assert_close(x2, x.reshape(6, n)[:, perm].to(torch.complex128), rtol=0, atol=0)
+    torch.testing.assert_close(y, butterfly_multiply_reference(t, x[..., perm].to(torch.complex128)))
