@@ -38,8 +38,8 @@ def _fused_perm(perm: nn.Module, layer: nn.Module) -> torch.Tensor | None:
     buffer is read from ``_buffers``: ``perm.perm`` goes through ``nn.Module.__getattr__``, about 1 us)."""
     if type(perm).forward is not _PERM_FORWARD or type(layer).forward is not _BUTTERFLY_FORWARD:
         return None
-    index = perm._buffers["perm"]
-    if index.shape[0] != layer.in_features:
+    index = perm._buffers.get("perm")
+    if index is None or index.shape[0] != layer.in_features:
         return None
     for m in (perm, layer):
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
