@@ -26,7 +26,8 @@ class PermutedButterfly(nn.Module):
         real_output: return the real part (a complex butterfly fitted to a real target, as in the 2019 paper).
         then: further ``(perm, twiddle)`` stages applied after this one, in order (kept in ``self.then``).
 
-    Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel.
+    Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel, each stage one call (the kernel gathers
+    ``x[..., perm]`` as it reads its input; see :mod:`twiddle._fusion`).
     """
 
     def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False, *,
