@@ -287,16 +287,16 @@ def test_odd_leading_dims_noncontiguous_and_empty_batch():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
 @pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("permuted", [False, True])  # with an input permutation (in_perm)
+@pytest.mark.parametrize("permuted", [False, True])  # with input and output permutations (in_perm, out_perm)
 def test_gradcheck(dtype, transpose, permuted):
     t = (torch.randn(twiddle_shape(2, 2, 8), dtype=dtype) / 2**0.5).requires_grad_(True)
     m = 13 if transpose else 7
     x = torch.randn(3, m, dtype=dtype, requires_grad=True)
-    perm = torch.randperm(m) if permuted else None
+    perm, out_perm = (torch.randperm(m), torch.randperm(6)) if permuted else (None, None)
 
     def f(tw, xx):
         return fused_cpu.fused_butterfly_multiply(tw, xx, True, out_size=6, transpose=transpose, conjugate=True,
-                                                  in_perm=perm)
+                                                  in_perm=perm, out_perm=out_perm)
 
     assert torch.autograd.gradcheck(f, (t, x))
 

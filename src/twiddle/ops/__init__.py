@@ -116,6 +116,7 @@ def butterfly_multiply(
     conjugate: bool = False,
     bias: torch.Tensor | None = None,
     in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Apply the butterfly map stored in ``twiddle`` to the last dimension of ``x`` (and add ``bias``).
 
@@ -134,6 +135,9 @@ def butterfly_multiply(
       ``x[..., in_perm]`` (``y = B · P x``, the BP model; a transform's bit reversal). The fused CPU kernel gathers
       while it loads and scatters the input gradient while it stores, so no permuted copy of ``x`` is made; other
       kernels gather first.
+    * ``out_perm`` (``(out_size,)``, a permutation of ``0..out_size-1``): the result is ``z[..., out_perm] + bias``
+      for the butterfly's output ``z`` (``y = P B x``; a transform's output reordering), scattered by the fused
+      kernel's store; other kernels gather afterwards.
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
@@ -144,22 +148,28 @@ def butterfly_multiply(
         if not isinstance(bias, torch.Tensor) or bias.shape != (out,):
             got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise ValueError(f"bias must be a tensor of shape ({out},) (one value per output), got {got}")
-    if in_perm is not None:
-        if not isinstance(in_perm, torch.Tensor):
-            raise TypeError(f"in_perm must be a torch.Tensor (int64 indices) or None, got {type(in_perm).__name__}")
-        if in_perm.device != x.device:
-            raise ValueError(f"in_perm is on {in_perm.device} but x is on {x.device}")
-        if in_perm.dim() != 1 or in_perm.numel() != m:
-            raise ValueError(
-                f"in_perm must be a 1-D permutation of x's {m} features, got shape {tuple(in_perm.shape)}"
-            )
-        if torch.compiler.is_compiling():  # values are data: the fused op checks them when it runs
-            if in_perm.dtype.is_floating_point or in_perm.is_complex() or in_perm.dtype == torch.bool:
-                raise ValueError(f"in_perm must hold integers, got dtype {in_perm.dtype}")
-            in_perm = in_perm.to(torch.long)
-        else:
-            in_perm = check_permutation(in_perm, "in_perm")
-    return _multiply_checked(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm)
+    in_perm = _checked_permutation(in_perm, "in_perm", m, f"x's {m} features", x.device)
+    out_perm = _checked_permutation(out_perm, "out_perm", out, f"the {out} outputs", x.device)
+    return _multiply_checked(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm, out_perm)
+
+
+def _checked_permutation(
+    perm: torch.Tensor | None, name: str, size: int, what: str, device: torch.device
+) -> torch.Tensor | None:
+    """``perm`` as an int64 permutation of ``0..size-1`` on ``device`` (None stays None), or an error naming it."""
+    if perm is None:
+        return None
+    if not isinstance(perm, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (int64 indices) or None, got {type(perm).__name__}")
+    if perm.device != device:
+        raise ValueError(f"{name} is on {perm.device} but x is on {device}")
+    if perm.dim() != 1 or perm.numel() != size:
+        raise ValueError(f"{name} must be a 1-D permutation of {what}, got shape {tuple(perm.shape)}")
+    if torch.compiler.is_compiling():  # values are data: the fused op checks them when it runs
+        if perm.dtype.is_floating_point or perm.is_complex() or perm.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integers, got dtype {perm.dtype}")
+        return perm.to(torch.long)
+    return check_permutation(perm, name)
 
 
 def _multiply_checked(
@@ -172,10 +182,11 @@ def _multiply_checked(
     conjugate: bool,
     bias: torch.Tensor | None,
     in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
-    ``(..., m)``, the result ``(..., out)``; ``in_perm`` a checked int64 permutation of ``0..m-1`` on ``x``'s
-    device, or None."""
+    ``(..., m)``, the result ``(..., out)``; ``in_perm`` / ``out_perm`` checked int64 permutations of ``0..m-1`` /
+    ``0..out-1`` on ``x``'s device, or None."""
     kernel = kernel_for(twiddle, x)
     if kernel == "fused-cpu":
         # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
@@ -189,12 +200,14 @@ def _multiply_checked(
             and x.ndim == 2
         ):
             return fused_cpu.butterfly_multiply_op(
-                twiddle, x, bias, increasing_stride, transpose, conjugate, out, in_perm
+                twiddle, x, bias, increasing_stride, transpose, conjugate, out, in_perm, out_perm
             )
     elif kernel == "reference":
         if in_perm is not None:
             x = gather_last(x, in_perm)
         y = reference_multiply_checked(twiddle, x, increasing_stride, x.shape[:-1], m, out, transpose, conjugate)
+        if out_perm is not None:
+            y = gather_last(y, out_perm)
         return y if bias is None else y + bias
     # one dtype throughout (the common case) needs no promotion; a 2-D input no reshape
     if x.dtype == twiddle.dtype and (bias is None or bias.dtype == x.dtype):
@@ -212,13 +225,17 @@ def _multiply_checked(
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
-        if in_perm is not None:  # (the Triton kernels load contiguous rows: gather first)
+        if in_perm is not None:  # (the Triton kernels load contiguous rows: gather first, reorder the output after)
             x2 = gather_last(x2, in_perm)
-        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b,
-                                      conjugate=conjugate)
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose,
+                                      bias=b if out_perm is None else None, conjugate=conjugate)
+        if out_perm is not None:
+            y = gather_last(y, out_perm)
+            y = y if b is None else y + b
     else:
         y = fused_cpu.fused_butterfly_multiply(
-            tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b, in_perm=in_perm
+            tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b, in_perm=in_perm,
+            out_perm=out_perm,
         )
     y = y if y.dtype == dtype else y.to(dtype)
     return y if x.ndim == 2 else y.reshape(*x.shape[:-1], out)

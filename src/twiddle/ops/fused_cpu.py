@@ -31,11 +31,12 @@ def _register() -> None:
     _eager = getattr(_cpu_build.module(), "butterfly_multiply", None)
 
     @torch.library.register_fake("twiddle::butterfly_multiply")
-    def _(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm=None):
+    def _(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm=None, out_perm=None):
         return x.new_empty((x.shape[0], out_size) + ((2,) if twiddle.dim() == 7 else ()))
 
     @torch.library.register_fake("twiddle::butterfly_multiply_backward")
-    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False, in_perm=None):
+    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False, in_perm=None,
+          out_perm=None):
         return torch.empty_like(twiddle), torch.empty_like(x), grad.new_empty((out_size if bias_grad else 0,)
                                                                                + tuple(grad.shape[2:]))
 
@@ -60,11 +61,13 @@ def butterfly_multiply_op(
     conjugate: bool,
     out_size: int,
     in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``torch.ops.twiddle.butterfly_multiply`` (the kernel loaded). ``twiddle``, ``x`` (2-D) and ``bias`` share
     one dtype of :data:`SUPPORTED_DTYPES`, except that with complex twiddles ``x`` may be real of the same
     precision (read as ``x + 0i``, no complex copy); complex tensors run on their real views. ``in_perm`` (int64, a
-    permutation of ``0..x.shape[1]-1`` or None): the kernel reads ``x[:, in_perm]`` (gathered while it loads).
+    permutation of ``0..x.shape[1]-1`` or None): the kernel reads ``x[:, in_perm]`` (gathered while it loads);
+    ``out_perm`` (int64, a permutation of ``0..out_size-1`` or None): it returns ``z[:, out_perm] + bias``.
 
     Eager calls go through the extension's own entry (``csrc/eager_entry.cpp``: typed arguments, the same op
     through the same dispatcher, the complex views taken in C++; about 2 us less per real call than ``torch.ops``'
@@ -74,9 +77,9 @@ def butterfly_multiply_op(
     if (
         _eager is not None
         and not torch.compiler.is_compiling()
-        and not _has_torch_function((twiddle, x, bias, in_perm))
+        and not _has_torch_function((twiddle, x, bias, in_perm, out_perm))
     ):
-        return _eager(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm)
+        return _eager(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm)
     if twiddle.is_complex():
         y = _op(
             torch.view_as_real(twiddle.resolve_conj()),
@@ -87,9 +90,10 @@ def butterfly_multiply_op(
             conjugate,
             out_size,
             in_perm,
+            out_perm,
         )
         return torch.view_as_complex(y)
-    return _op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm)
+    return _op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm)
 
 
 class _RelaxedPermute(torch.autograd.Function):
@@ -139,7 +143,9 @@ def fused_butterfly_multiply(
     conjugate: bool,
     bias: torch.Tensor | None = None,
     in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as :func:`twiddle.ops.butterfly_multiply`; arguments already validated, ``x`` 2-D, and
     ``twiddle``, ``x`` and ``bias`` (``(out_size,)`` or None) of one dtype in :data:`SUPPORTED_DTYPES`."""
-    return butterfly_multiply_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm)
+    return butterfly_multiply_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm,
+                                 out_perm)

@@ -22,7 +22,8 @@
 // columns [k n, (k+1) n); the transpose). Output modes: concat (stack k writes columns [k n, (k+1) n)) or sum
 // (all stacks add into columns [0, n); the transpose). The first out_size columns are kept. An optional input
 // permutation (in_perm: the kernel reads x[:, in_perm]) is applied while x is loaded and undone while the input
-// gradient is stored; a real x with complex twiddles is loaded as x + 0i and gets the real part of its gradient.
+// gradient is stored, an output permutation (out_perm: y = z[:, out_perm] + bias) while the output is stored and
+// the incoming gradient loaded; a real x with complex twiddles is loaded as x + 0i and gets the real part of its gradient.
 //
 // The backward recomputes each group's activations (the input of every pass, or every factor in the lanes
 // layout) in a per-thread buffer (nothing is stored between forward and backward; its row groups are sized to
@@ -74,6 +75,10 @@ struct Plan {
   // 0..in_size-1), gathered by the loads of x and scattered by the stores of the input gradient, so that a
   // permute-then-multiply (a transform's bit reversal, a BP model) makes no permuted copy.
   const int32_t* in_perm = nullptr;
+  // The output permutation (null: none) as its inverse: the result's column out_inv[c] gets the butterfly's output
+  // column c (y[:, j] = z[:, out_perm[j]] + bias[j]), scattered by the output's store and gathered back by the
+  // incoming gradient's load.
+  const int32_t* out_inv = nullptr;
 
   int64_t stack_size() const { return nblocks * log_n * factor_size; }
 };
@@ -242,6 +247,12 @@ inline void add_gradient_column_sums(T* __restrict acc, const T* __restrict gy, 
 // Whether stack k's output columns add to the bias gradient: every column once (with summed stacks, all stacks
 // write the same columns: count them for stack 0 only).
 inline bool counts_bias(const Plan& P, int64_t k, int64_t ocount) { return ocount > 0 && !(P.sum_output && k > 0); }
+// The output columns [first, first + count) whose bias gradient stack k adds: its own (see counts_bias), or, under an
+// output permutation (whose stacks' columns are scattered over the result), all of them at stack 0.
+inline std::pair<int64_t, int64_t> bias_gradient_cols(const Plan& P, int64_t k, int64_t oc0, int64_t ocount) {
+  if (P.out_inv) return {0, k == 0 ? P.out_size : 0};
+  return {oc0, counts_bias(P, k, ocount) ? ocount : 0};
+}
 
 // ================================================================================================ lanes
 // Calls body(i, p) for every block i of a stride-s factor on n positions; p is its first member (p + s the second).
@@ -734,6 +745,60 @@ inline void lanes_store_permuted(const T* __restrict buf, T* __restrict dst, int
   lanes_store<T, L>(spare, dst, ld, row0, rows, 0, ncols, add, P, nullptr, P.real_input);
 }
 
+// The output and its incoming gradient under P.out_inv: tile position q (the stack's output column col0 + q) is the
+// result's column out_inv[col0 + q]. Where the stack writes every column of the result (one stack, or summed
+// stacks), the tile is copied position by position into result order in a spare tile and stored as it is (bias and
+// all), and the gradient loaded as it is and copied back; tiles of at most 4 rows, and stacks whose columns are
+// scattered over the result, write and read each column in place (as lanes_load_permuted, whose note has the
+// measurements).
+template <typename T, int64_t L>
+inline void lanes_store_out_permuted(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0,
+                                     int64_t rows, int64_t col0, int64_t count, bool add, const Plan& P,
+                                     const T* bias) {
+  const int64_t width = P.comps * L;
+  const int32_t* __restrict inv = P.out_inv;
+  if (L <= 4 || col0 != 0 || count != P.out_size) {
+    for (int64_t q = 0; q < count; ++q) {
+      const int64_t j = inv[col0 + q];
+      const T* __restrict blk = buf + q * width;
+      for (int64_t l = 0; l < rows; ++l) {
+        T* __restrict out = dst + ((row0 + l) * ld + j) * P.comps;
+        for (int64_t k = 0; k < P.comps; ++k) {
+          const T v = blk[k * L + l];
+          out[k] = add ? out[k] + v : (bias ? v + bias[j * P.comps + k] : v);
+        }
+      }
+    }
+    return;
+  }
+  ThreadScratch<T, 3> spare_scratch(P.out_size * width);
+  T* const spare = spare_scratch.data();
+  for (int64_t q = 0; q < count; ++q) std::memcpy(spare + inv[q] * width, buf + q * width, sizeof(T) * width);
+  lanes_store<T, L>(spare, dst, ld, row0, rows, 0, count, add, P, bias);
+}
+
+template <typename T, int64_t L>
+inline void lanes_load_grad_out_permuted(T* __restrict g, const T* __restrict gy, int64_t row0, int64_t rows,
+                                         int64_t col0, int64_t count, const Plan& P) {
+  const int64_t width = P.comps * L;
+  const int32_t* __restrict inv = P.out_inv;
+  if (L > 4 && P.g_contiguous) {
+    ThreadScratch<T, 3> spare_scratch(std::max(P.out_size, P.n) * width);
+    T* const spare = spare_scratch.data();
+    lanes_load<T, L>(spare, gy, P.out_size, row0, rows, 0, P.out_size, P);  // every column, lanes >= rows zero
+    for (int64_t q = 0; q < count; ++q) std::memcpy(g + q * width, spare + inv[col0 + q] * width, sizeof(T) * width);
+    if (count < P.n) std::memset(g + count * width, 0, sizeof(T) * (P.n - count) * width);
+    return;
+  }
+  std::memset(g, 0, sizeof(T) * P.n * width);
+  for (int64_t q = 0; q < count; ++q) {
+    const int64_t j = inv[col0 + q];
+    for (int64_t k = 0; k < P.comps; ++k)
+      for (int64_t l = 0; l < rows; ++l)
+        g[q * width + k * L + l] = gy[(row0 + l) * P.g_row + j * P.g_col + k * P.g_comp];
+  }
+}
+
 template <typename T, int64_t L = kLanes>
 void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   const int64_t ntiles = (P.batch + L - 1) / L;
@@ -753,7 +818,11 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         else
           lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         for (int64_t f = 0; f < P.F; ++f) lanes_factor<T, L>(buf, buf, twk, P, f);
-        lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
+        if (P.out_inv)
+          lanes_store_out_permuted<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P,
+                                         bias);
+        else
+          lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
     }
   });
@@ -785,12 +854,16 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
           lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         // factor f reads its input tile and writes the next one (out of place: no copy)
         for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
-        if (P.g_contiguous)
+        if (P.out_inv)
+          lanes_load_grad_out_permuted<T, L>(g, gy, row0, rows, oc0, ocount, P);
+        else if (P.g_contiguous)
           lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
           lanes_load_strided<T, L>(g, gy, row0, rows, oc0, ocount, P);
-        if (gbias && counts_bias(P, k, ocount))
-          add_gradient_column_sums<T>(acc + tw_size + oc0 * P.comps, gy, row0, rows, oc0, ocount, P);
+        if (gbias) {
+          const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
+          if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
+        }
         for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T, L>(g, acts + f * tile, twk, acck, P, f);
         const bool add_gx = !P.split_input && k > 0;
         if (icount > 0 && P.in_perm)
@@ -1351,12 +1424,14 @@ inline void rows_load(float* buf, int64_t ld, const float* src, int64_t ld_src, 
 }
 
 inline void rows_load_strided(float* buf, int64_t ld, const float* src, const Plan& P, int64_t row0, int64_t rows,
-                              int64_t col0, int64_t count) {
+                              int64_t col0, int64_t count, const int32_t* map = nullptr) {
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = buf + r * ld;
     const float* row = src + (row0 + r) * P.g_row + col0 * P.g_col;
     if (P.g_col == 0)  // a broadcast row (the gradient of y.sum() is expanded from one number)
       std::fill(dst, dst + count, row[0]);
+    else if (map)  // position p reads column map[col0 + p]
+      for (int64_t p = 0; p < count; ++p) dst[p] = src[(row0 + r) * P.g_row + map[col0 + p] * P.g_col];
     else
       for (int64_t p = 0; p < count; ++p) dst[p] = row[p * P.g_col];
     if (count < P.n) std::memset(dst + count, 0, sizeof(float) * (P.n - count));
@@ -1364,8 +1439,8 @@ inline void rows_load_strided(float* buf, int64_t ld, const float* src, const Pl
 }
 
 // Write (or add) positions [0, count) of `rows` rows of buf to columns [col0, col0 + count) of dst, plus a
-// non-null bias; with a column map (the input gradient under P.in_perm; no bias) position p goes to column
-// map[col0 + p].
+// non-null bias; with a column map (the input gradient under P.in_perm, the output under P.out_inv) position p
+// goes to column map[col0 + p] (and gets that column's bias).
 inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst, int64_t row0, int64_t rows,
                        int64_t col0, int64_t count, bool add, const float* bias = nullptr,
                        const int32_t* map = nullptr) {
@@ -1377,6 +1452,8 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
       const int32_t* __restrict m = map + col0;
       if (add)
         for (int64_t p = 0; p < count; ++p) row[m[p]] += in[p];
+      else if (bias)
+        for (int64_t p = 0; p < count; ++p) row[m[p]] = in[p] + bias[m[p]];
       else
         for (int64_t p = 0; p < count; ++p) row[m[p]] = in[p];
     } else if (add) {
@@ -1432,7 +1509,7 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
         const bool add = P.sum_output && k > 0;
         // The first pass reads the input rows in place unless they need zero padding; the last pass writes the
         // output rows (plus the bias) in place unless they are truncated or added to a previous stack's.
-        const bool direct_in = icount == P.n && !P.in_perm, direct_out = ocount == P.n && !add;
+        const bool direct_in = icount == P.n && !P.in_perm, direct_out = ocount == P.n && !add && !P.out_inv;
         const float* src = direct_in ? x + row0 * P.in_size + ic0 : buf;
         int64_t lds = direct_in ? P.in_size : ld;
         if (!direct_in) rows_load(buf, ld, x, P.in_size, row0, rows, ic0, icount, P.n, P.in_perm);
@@ -1444,7 +1521,7 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
           src = dst;
           lds = ldd;
         }
-        if (!direct_out) rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, add, bias);
+        if (!direct_out) rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, add, bias, P.out_inv);
       }
     }
   });
@@ -1493,7 +1570,8 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         // As in the forward: the input, the incoming gradient and the input gradient are read and written in
         // place where no padding, truncation, strides or accumulation over stacks get in the way.
         const bool direct_in = icount == P.n && !P.in_perm;
-        const bool direct_g = P.g_col == 1 && ocount == P.n;  // any row stride, 0 (broadcast rows) included
+        // any row stride, 0 (broadcast rows) included
+        const bool direct_g = P.g_col == 1 && ocount == P.n && !P.out_inv;
         const bool add_gx = !P.split_input && k > 0, direct_gx = direct_in && !add_gx;
         const float* u0 = direct_in ? x + row0 * P.in_size + ic0 : acts;
         const int64_t ldu0 = direct_in ? P.in_size : ld;
@@ -1506,12 +1584,14 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         int64_t ldgi = direct_g ? P.g_row : ld;
         if (!direct_g) {
           if (P.g_contiguous)
-            rows_load(g, ld, gy, P.out_size, row0, rows, oc0, ocount, P.n);
+            rows_load(g, ld, gy, P.out_size, row0, rows, oc0, ocount, P.n, P.out_inv);
           else
-            rows_load_strided(g, ld, gy, P, row0, rows, oc0, ocount);
+            rows_load_strided(g, ld, gy, P, row0, rows, oc0, ocount, P.out_inv);
         }
-        if (gbias && counts_bias(P, k, ocount))
-          add_gradient_column_sums<float>(acc + soa_size + oc0, gy, row0, rows, oc0, ocount, P);
+        if (gbias) {
+          const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
+          if (bcount > 0) add_gradient_column_sums<float>(acc + soa_size + bc0, gy, row0, rows, bc0, bcount, P);
+        }
         for (int64_t j = npasses - 1; j >= 0; --j) {
           const bool to_gx = direct_gx && j == 0;
           float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g;
@@ -1636,45 +1716,51 @@ Plan make_plan(const at::Tensor& twiddle, const at::Tensor& x, bool increasing, 
   return P;
 }
 
-// The input permutation as 32-bit column indices, checked: a 1-D int64 tensor holding a permutation of
-// 0..in_size-1 (an index out of range would read or write outside x, a repeated one leave input-gradient columns
-// unwritten). Empty where none is given; attach() points a plan at it.
-struct InputPermutation {
-  std::vector<int32_t> perm;
-  void attach(Plan& P) const {
-    if (!perm.empty()) P.in_perm = perm.data();
-  }
-};
-
-InputPermutation checked_permutation(const std::optional<at::Tensor>& in_perm, int64_t in_size) {
-  InputPermutation out;
-  if (!in_perm.has_value() || !in_perm->defined()) return out;
-  const at::Tensor& perm = *in_perm;
-  TORCH_CHECK(perm.dim() == 1 && perm.scalar_type() == at::kLong && perm.device().is_cpu(),
-              "in_perm: expected a 1-D int64 CPU tensor, got ", perm.dim(), "-D ", perm.scalar_type(), " on ",
-              perm.device());
-  TORCH_CHECK(perm.size(0) == in_size, "in_perm: expected ", in_size, " entries (x's features), got ", perm.size(0));
-  TORCH_CHECK(in_size <= std::numeric_limits<int32_t>::max(), "in_perm: too many features");
+// A permutation argument (in_perm, out_perm) as 32-bit column indices, checked: a 1-D int64 tensor holding a
+// permutation of 0..size-1 (an index out of range would read or write outside the tensors, a repeated one leave
+// columns unwritten). inverse: keep its inverse instead. Empty where none is given.
+std::vector<int32_t> checked_permutation(const std::optional<at::Tensor>& arg, int64_t size, const char* name,
+                                         const char* what, bool inverse) {
+  std::vector<int32_t> out;
+  if (!arg.has_value() || !arg->defined()) return out;
+  const at::Tensor& perm = *arg;
+  TORCH_CHECK(perm.dim() == 1 && perm.scalar_type() == at::kLong && perm.device().is_cpu(), name,
+              ": expected a 1-D int64 CPU tensor, got ", perm.dim(), "-D ", perm.scalar_type(), " on ", perm.device());
+  TORCH_CHECK(perm.size(0) == size, name, ": expected ", size, " entries (", what, "), got ", perm.size(0));
+  TORCH_CHECK(size <= std::numeric_limits<int32_t>::max(), name, ": too many entries");
   const at::Tensor pc = perm.contiguous();
   const int64_t* p = pc.data_ptr<int64_t>();
-  out.perm.resize(in_size);
-  std::vector<uint8_t> seen(in_size, 0);
-  for (int64_t i = 0; i < in_size; ++i) {
+  out.resize(size);
+  std::vector<uint8_t> seen(size, 0);
+  for (int64_t i = 0; i < size; ++i) {
     const int64_t v = p[i];
-    TORCH_CHECK(v >= 0 && v < in_size && !seen[v], "in_perm: expected a permutation of 0..", in_size - 1,
-                ", entry ", i, " is ", v, v >= 0 && v < in_size ? " (repeated)" : " (out of range)");
+    TORCH_CHECK(v >= 0 && v < size && !seen[v], name, ": expected a permutation of 0..", size - 1, ", entry ", i,
+                " is ", v, v >= 0 && v < size ? " (repeated)" : " (out of range)");
     seen[v] = 1;
-    out.perm[i] = static_cast<int32_t>(v);
+    if (inverse)
+      out[v] = static_cast<int32_t>(i);
+    else
+      out[i] = static_cast<int32_t>(v);
   }
   return out;
 }
 
+// The permutations of one call, checked, and the plan pointed at them.
+struct CallPermutations {
+  std::vector<int32_t> in_perm, out_inv;
+  CallPermutations(Plan& P, const std::optional<at::Tensor>& in, const std::optional<at::Tensor>& out)
+      : in_perm(checked_permutation(in, P.in_size, "in_perm", "x's features", false)),
+        out_inv(checked_permutation(out, P.out_size, "out_perm", "the output's features", true)) {
+    if (!in_perm.empty()) P.in_perm = in_perm.data();
+    if (!out_inv.empty()) P.out_inv = out_inv.data();
+  }
+};
+
 at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, const std::optional<at::Tensor>& bias,
                               bool increasing_stride, bool transpose, bool conjugate, int64_t out_size,
-                              const std::optional<at::Tensor>& in_perm) {
+                              const std::optional<at::Tensor>& in_perm, const std::optional<at::Tensor>& out_perm) {
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
-  const InputPermutation perm = checked_permutation(in_perm, P.in_size);
-  perm.attach(P);
+  const CallPermutations perms(P, in_perm, out_perm);
   at::Tensor tw = twiddle.contiguous();
   at::Tensor xc = x.contiguous();
   at::Tensor bc;
@@ -1701,10 +1787,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const
                                                                            bool increasing_stride, bool transpose,
                                                                            bool conjugate, int64_t out_size,
                                                                            bool bias_grad,
-                                                                           const std::optional<at::Tensor>& in_perm) {
+                                                                           const std::optional<at::Tensor>& in_perm,
+                                                                           const std::optional<at::Tensor>& out_perm) {
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
-  const InputPermutation perm = checked_permutation(in_perm, P.in_size);
-  perm.attach(P);
+  const CallPermutations perms(P, in_perm, out_perm);
   TORCH_CHECK(grad.dim() == (P.complex ? 3 : 2) && grad.size(0) == P.batch && grad.size(1) == out_size &&
                   (!P.complex || grad.size(2) == 2),
               "grad: shape mismatch");
@@ -1738,20 +1824,20 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& twiddle, const at::Tensor& x,
                             const std::optional<at::Tensor>& bias, bool increasing_stride, bool transpose,
-                            bool conjugate, int64_t out_size, const std::optional<at::Tensor>& in_perm) {
+                            bool conjugate, int64_t out_size, const std::optional<at::Tensor>& in_perm,
+                            const std::optional<at::Tensor>& out_perm) {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("twiddle::butterfly_multiply", "")
                          .typed<decltype(butterfly_multiply)>();
-    const bool permuted = in_perm.has_value() && in_perm->defined();
-    ctx->save_for_backward(permuted ? torch::autograd::variable_list{twiddle, x, *in_perm}
-                                    : torch::autograd::variable_list{twiddle, x});
+    // (an absent permutation is saved as an undefined tensor)
+    ctx->save_for_backward({twiddle, x, in_perm.value_or(at::Tensor()), out_perm.value_or(at::Tensor())});
     ctx->saved_data["increasing_stride"] = increasing_stride;
     ctx->saved_data["transpose"] = transpose;
     ctx->saved_data["conjugate"] = conjugate;
     ctx->saved_data["out_size"] = out_size;
     ctx->saved_data["bias_grad"] = bias.has_value() && bias->defined() && bias->requires_grad();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm);
+    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -1766,19 +1852,21 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
                 "set TWIDDLE_KERNEL=reference to use the pure-PyTorch multiply, which does");
     const auto saved = ctx->get_saved_variables();
     const bool bias_grad = ctx->saved_data["bias_grad"].toBool();
-    const std::optional<at::Tensor> in_perm = saved.size() > 2 ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
     auto [gtw, gx, gbias] = op.call(saved[0], saved[1], grads[0], ctx->saved_data["increasing_stride"].toBool(),
                                     ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
-                                    ctx->saved_data["out_size"].toInt(), bias_grad, in_perm);
+                                    ctx->saved_data["out_size"].toInt(), bias_grad, optional(saved[2]),
+                                    optional(saved[3]));
     return {gtw,          gx,           bias_grad ? gbias : at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor butterfly_multiply_autograd(const at::Tensor& twiddle, const at::Tensor& x,
                                        const std::optional<at::Tensor>& bias, bool increasing_stride,
                                        bool transpose, bool conjugate, int64_t out_size,
-                                       const std::optional<at::Tensor>& in_perm) {
+                                       const std::optional<at::Tensor>& in_perm,
+                                       const std::optional<at::Tensor>& out_perm) {
   // Nothing to differentiate (inference, torch.no_grad, or no input that requires grad): skip the autograd
   // node and its saved state, which cost a few microseconds, a visible share of a batch-1 call.
   const bool needs_grad = at::GradMode::is_enabled() &&
@@ -1789,19 +1877,20 @@ at::Tensor butterfly_multiply_autograd(const at::Tensor& twiddle, const at::Tens
                          .findSchemaOrThrow("twiddle::butterfly_multiply", "")
                          .typed<decltype(butterfly_multiply)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm);
+    return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm);
   }
-  return ButterflyFunction::apply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm);
+  return ButterflyFunction::apply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm,
+                                  out_perm);
 }
 
 }  // namespace twiddle_cpu
 
 TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply(Tensor twiddle, Tensor x, Tensor? bias, bool increasing_stride, bool transpose, "
-        "bool conjugate, int out_size, Tensor? in_perm=None) -> Tensor");
+        "bool conjugate, int out_size, Tensor? in_perm=None, Tensor? out_perm=None) -> Tensor");
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
-        "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None) "
-        "-> (Tensor, Tensor, Tensor)");
+        "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
+        "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {

@@ -16,12 +16,13 @@ namespace {
 
 at::Tensor call_op(const at::Tensor& twiddle, const at::Tensor& x, const std::optional<at::Tensor>& bias,
                    bool increasing_stride, bool transpose, bool conjugate, int64_t out_size,
-                   const std::optional<at::Tensor>& in_perm) {
+                   const std::optional<at::Tensor>& in_perm, const std::optional<at::Tensor>& out_perm) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("twiddle::butterfly_multiply", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                               bool, bool, bool, int64_t, const std::optional<at::Tensor>&)>();
-  return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm);
+                                               bool, bool, bool, int64_t, const std::optional<at::Tensor>&,
+                                               const std::optional<at::Tensor>&)>();
+  return op.call(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm);
 }
 
 // A complex tensor's (..., 2) real view; a conjugate view is materialized first (view_as_real refuses it).
@@ -29,9 +30,9 @@ at::Tensor real_view(const at::Tensor& t) { return at::view_as_real(t.is_conj() 
 
 at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, const std::optional<at::Tensor>& bias,
                               bool increasing_stride, bool transpose, bool conjugate, int64_t out_size,
-                              const std::optional<at::Tensor>& in_perm) {
+                              const std::optional<at::Tensor>& in_perm, const std::optional<at::Tensor>& out_perm) {
   if (!twiddle.is_complex()) {
-    return call_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm);
+    return call_op(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm, out_perm);
   }
   TORCH_CHECK(!bias.has_value() || !bias->defined() || bias->is_complex(),
               "complex twiddles need a complex bias (the caller promotes it)");
@@ -39,7 +40,7 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
   if (bias.has_value() && bias->defined()) bias_view = real_view(*bias);
   // a real x of the twiddles' precision goes in as it is (the kernel reads it as x + 0i)
   return at::view_as_complex(call_op(real_view(twiddle), x.is_complex() ? real_view(x) : x, bias_view,
-                                     increasing_stride, transpose, conjugate, out_size, in_perm));
+                                     increasing_stride, transpose, conjugate, out_size, in_perm, out_perm));
 }
 
 }  // namespace
@@ -47,8 +48,9 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("butterfly_multiply", &butterfly_multiply,
         "torch.ops.twiddle.butterfly_multiply(twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, "
-        "in_perm), for eager calls; complex tensors are passed as their real views and the result viewed back",
+        "in_perm, out_perm), for eager calls; complex tensors are passed as their real views and the result viewed "
+        "back",
         py::arg("twiddle"), py::arg("x"), py::arg("bias"), py::arg("increasing_stride"), py::arg("transpose"),
-        py::arg("conjugate"), py::arg("out_size"), py::arg("in_perm") = py::none(),
+        py::arg("conjugate"), py::arg("out_size"), py::arg("in_perm") = py::none(), py::arg("out_perm") = py::none(),
         py::call_guard<py::gil_scoped_release>());
 }

@@ -1,8 +1,9 @@
-"""The multiply's input permutation (``in_perm``): the fused CPU kernel gathers ``x[..., perm]`` while it loads and
-scatters the input gradient while it stores; every case is checked against the reference multiply of the gathered
-input, forward and backward, in both kernel layouts (float32 rows of at most 8 on AVX2, lane tiles of 4, 8 or 16
-otherwise: 4-row tiles gather directly, larger ones through a spare tile). gradcheck with in_perm is in
-test_ops_fused.py."""
+"""The multiply's input and output permutations (``in_perm``, ``out_perm``): the fused CPU kernel gathers
+``x[..., in_perm]`` while it loads (and scatters the input gradient while it stores), and stores ``z[..., out_perm]``
+(gathering the incoming gradient back as it loads it); every case is checked against the reference multiply with
+the gathers done around it, forward and backward, in both kernel layouts (float32 rows of at most 8 on AVX2, lane
+tiles of 4, 8 or 16 otherwise: 4-row tiles permute in place, larger ones through a spare tile). gradcheck with the
+permutations is in test_ops_fused.py."""
 
 from __future__ import annotations
 
@@ -33,15 +34,18 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().norm() / b.abs().norm().clamp_min(1e-300)).item()
 
 
-def fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows, in_size, out_size, bias=False):
-    """(output, grad x, grad twiddle[, grad bias]) of the fused multiply with ``in_perm`` and of the reference
-    multiply of ``x[:, perm]`` (in float64 / complex128)."""
+def fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows, in_size, out_size, bias=False,
+                        permute=("in", "out")):
+    """(output, grad x, grad twiddle[, grad bias]) of the fused multiply with ``in_perm`` and/or ``out_perm`` (as
+    ``permute`` names them) and of the reference ``(B · x[:, in_perm])[:, out_perm] + bias`` (in float64 /
+    complex128)."""
     wide = torch.complex128 if dtype.is_complex else torch.float64
     t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=wide) / 2**0.5
     x = torch.randn(rows, in_size, dtype=wide)
     g = torch.randn(rows, out_size, dtype=wide)
     b = torch.randn(out_size, dtype=wide)
-    perm = torch.randperm(in_size)
+    perm = torch.randperm(in_size) if "in" in permute else None
+    out_perm = torch.randperm(out_size) if "out" in permute else None
     results = []
     for fused, dt in ((True, dtype), (False, wide)):
         tt = t.to(dt).requires_grad_(True)
@@ -49,10 +53,12 @@ def fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows,
         bb = b.to(dt).requires_grad_(True) if bias else None
         if fused:
             y = fused_cpu.fused_butterfly_multiply(tt, xx, increasing, out_size=out_size, transpose=transpose,
-                                                   conjugate=dtype.is_complex, bias=bb, in_perm=perm)
+                                                   conjugate=dtype.is_complex, bias=bb, in_perm=perm,
+                                                   out_perm=out_perm)
         else:
-            y = butterfly_multiply_reference(tt, xx[:, perm], increasing, out_size=out_size, transpose=transpose,
-                                             conjugate=dtype.is_complex)
+            y = butterfly_multiply_reference(tt, xx if perm is None else xx[:, perm], increasing, out_size=out_size,
+                                             transpose=transpose, conjugate=dtype.is_complex)
+            y = y if out_perm is None else y[:, out_perm]
             y = y if bb is None else y + bb
         (y * g.to(dt).conj()).real.sum().backward()
         tgrad = tt.grad if tt.grad is not None else torch.zeros_like(tt)
@@ -63,26 +69,29 @@ def fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows,
     return results
 
 
-GRID = list(
-    itertools.product(
+PERMUTE = [("in",), ("out",), ("in", "out")]
+GRID = [
+    (*case, PERMUTE[i % 3])  # which permutations, rotating over the cases
+    for i, case in enumerate(itertools.product(
         [torch.float32, torch.float64, torch.complex64, torch.complex128],
         [2, 16, 1024],  # n
         [(1, 1, False), (2, 2, False), (2, 2, True)],  # nblocks, nstacks, transpose (a split input)
         # rows: float32 rows (AVX2) or 4-lane tiles; 8-lane tiles; 16-lane tiles and a partial one. padded: x has
         # fewer features than the butterfly takes
         [(3, True), (6, False), (35, False), (35, True)],
-    )
-)
+    ))
+]
 
 
-@pytest.mark.parametrize("dtype,n,shape,rows_padded", GRID)
-def test_permuted_input_matches_gathered_reference(dtype, n, shape, rows_padded):
+@pytest.mark.parametrize("dtype,n,shape,rows_padded,permute", GRID)
+def test_permuted_multiply_matches_gathered_reference(dtype, n, shape, rows_padded, permute):
     nblocks, nstacks, transpose = shape
     rows, padded = rows_padded
     in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
     in_size = max(1, in_limit - 3) if padded else in_limit
     results = fused_and_reference(dtype, n, nblocks, nstacks, increasing=(n + rows) % 2 == 0, transpose=transpose,
-                                  rows=rows, in_size=in_size, out_size=max(1, out_limit - 1))
+                                  rows=rows, in_size=in_size, out_size=max(1, out_limit - 1), bias=rows != 6,
+                                  permute=permute)
     for got, want in zip(*results, strict=True):
         assert rel(got, want) < TOL[dtype]
 
@@ -96,37 +105,46 @@ def test_permuted_input_matches_gathered_reference(dtype, n, shape, rows_padded)
     transpose=st.booleans(),
     rows=st.integers(1, 40),
     bias=st.booleans(),
+    permute=st.sampled_from(PERMUTE),
     data=st.data(),
 )
-def test_hypothesis_permuted_input(dtype, log_n, nblocks, nstacks, transpose, rows, bias, data):
+def test_hypothesis_permuted_multiply(dtype, log_n, nblocks, nstacks, transpose, rows, bias, permute, data):
     n = 1 << log_n
     in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
     in_size = data.draw(st.integers(1, in_limit))
     out_size = data.draw(st.integers(1, out_limit))
     increasing = data.draw(st.booleans())
-    results = fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows, in_size, out_size, bias)
+    results = fused_and_reference(dtype, n, nblocks, nstacks, increasing, transpose, rows, in_size, out_size, bias,
+                                  permute)
     for got, want in zip(*results, strict=True):
         assert rel(got, want) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
-def test_public_multiply_with_in_perm_on_every_kernel(dtype, monkeypatch):
-    """``butterfly_multiply(..., in_perm=p)`` is ``butterfly_multiply(x[..., p])`` with leading dimensions, on the
-    fused kernel and on the reference (``TWIDDLE_KERNEL=reference``), gradients included."""
+def test_public_multiply_with_permutations_on_every_kernel(dtype, monkeypatch):
+    """``butterfly_multiply(..., in_perm=p, out_perm=q, bias=b)`` is ``butterfly_multiply(x[..., p])[..., q] + b``
+    with leading dimensions, on the fused kernel and on the reference (``TWIDDLE_KERNEL=reference``), gradients
+    included."""
     n = 64
     t = torch.randn(twiddle_shape(1, 2, n), dtype=dtype)
     x = torch.randn(2, 3, n - 5, dtype=dtype)
-    perm = torch.randperm(n - 5)
-    want = butterfly_multiply_reference(t, x[..., perm])
+    b = torch.randn(n - 2, dtype=dtype)
+    perm, out_perm = torch.randperm(n - 5), torch.randperm(n - 2)
+
+    def reference(xx):
+        return butterfly_multiply_reference(t, xx[..., perm], out_size=n - 2)[..., out_perm] + b
+
+    want = reference(x)
     for mode in ("auto", "reference"):
         monkeypatch.setenv("TWIDDLE_KERNEL", mode)
         xx = x.clone().requires_grad_(True)
-        y = butterfly_multiply(t, xx, in_perm=perm)
+        y = butterfly_multiply(t, xx, out_size=n - 2, bias=b, in_perm=perm, out_perm=out_perm)
         torch.testing.assert_close(y, want, rtol=TOL[dtype], atol=TOL[dtype])
-        y.real.sum().backward()
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))  # (the sum alone ignores out_perm)
+        (y.real * weights).sum().backward()
         xr = x.clone().requires_grad_(True)
-        butterfly_multiply_reference(t, xr[..., perm]).real.sum().backward()
-        torch.testing.assert_close(xx.grad, xr.grad, rtol=TOL[dtype], atol=TOL[dtype])
+        (reference(xr).real * weights).sum().backward()
+        assert rel(xx.grad, xr.grad) < TOL[dtype]
 
 
 @pytest.mark.parametrize(
@@ -140,10 +158,13 @@ def test_public_multiply_with_in_perm_on_every_kernel(dtype, monkeypatch):
         ([0, 1, 2, 3], TypeError, "in_perm must be a torch.Tensor"),
     ],
 )
-def test_public_multiply_rejects_bad_permutations(perm, error, match):
+@pytest.mark.parametrize("name", ["in_perm", "out_perm"])
+def test_public_multiply_rejects_bad_permutations(perm, error, match, name):
     t = torch.randn(twiddle_shape(1, 1, 4))
+    if name == "out_perm":
+        match = match.replace("in_perm", "out_perm").replace("x's 4 features", "the 4 outputs")
     with pytest.raises(error, match=match):
-        butterfly_multiply(t, torch.randn(2, 4), in_perm=perm)
+        butterfly_multiply(t, torch.randn(2, 4), **{name: perm})
 
 
 @pytest.mark.parametrize(
@@ -157,15 +178,17 @@ def test_public_multiply_rejects_bad_permutations(perm, error, match):
     ],
 )
 @pytest.mark.parametrize("entry", ["eager", "torch.ops"])
-def test_raw_op_checks_the_permutation(perm, match, entry):
-    """The op itself refuses an index that would read or write outside x, or leave gradient columns unwritten."""
+@pytest.mark.parametrize("name", ["in_perm", "out_perm"])
+def test_raw_op_checks_the_permutation(perm, match, entry, name):
+    """The op itself refuses an index that would read or write outside its tensors, or leave columns unwritten."""
     t = torch.randn(twiddle_shape(1, 1, 4))
     x = torch.randn(2, 4)
     op = fused_cpu._eager if entry == "eager" else torch.ops.twiddle.butterfly_multiply
-    with pytest.raises(RuntimeError, match=match):
-        op(t, x, None, True, False, False, 4, perm)
-    with pytest.raises(RuntimeError, match=match):
-        torch.ops.twiddle.butterfly_multiply_backward(t, x, torch.randn(2, 4), True, False, False, 4, False, perm)
+    perms = (perm, None) if name == "in_perm" else (None, perm)
+    with pytest.raises(RuntimeError, match=f"{name}: .*{match}"):
+        op(t, x, None, True, False, False, 4, *perms)
+    with pytest.raises(RuntimeError, match=f"{name}: .*{match}"):
+        torch.ops.twiddle.butterfly_multiply_backward(t, x, torch.randn(2, 4), True, False, False, 4, False, *perms)
 
 
 class _PassThrough(torch.overrides.TorchFunctionMode):
@@ -177,19 +200,19 @@ class _PassThrough(torch.overrides.TorchFunctionMode):
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_eager_entry_and_torch_ops_agree_bit_for_bit(dtype, with_bias):
     """The eager entry (complex views taken in C++) and the torch.ops path (views taken in Python) run the same op:
-    same outputs and gradients, bit for bit, with an input permutation and a (complex) bias."""
+    same outputs and gradients, bit for bit, with input and output permutations and a (complex) bias."""
     n = 32
     t = torch.randn(twiddle_shape(2, 1, n), dtype=dtype, requires_grad=True)
     x = torch.randn(5, n - 3, dtype=dtype, requires_grad=True)
     b = torch.randn(2 * n - 1, dtype=dtype, requires_grad=True) if with_bias else None
-    perm = torch.randperm(n - 3)
+    perms = torch.randperm(n - 3), torch.randperm(2 * n - 1)
     outs = []
     for use_eager in (True, False):
         if use_eager:
-            y = fused_cpu.butterfly_multiply_op(t, x, b, True, False, False, 2 * n - 1, perm)
+            y = fused_cpu.butterfly_multiply_op(t, x, b, True, False, False, 2 * n - 1, *perms)
         else:
             with _PassThrough():  # a mode: butterfly_multiply_op takes torch.ops
-                y = fused_cpu.butterfly_multiply_op(t, x, b, True, False, False, 2 * n - 1, perm)
+                y = fused_cpu.butterfly_multiply_op(t, x, b, True, False, False, 2 * n - 1, *perms)
         inputs = (t, x) if b is None else (t, x, b)
         g = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
         outs.append((y.detach(), *torch.autograd.grad(y, inputs, g)))
@@ -213,31 +236,32 @@ def test_same_result_with_one_and_two_threads():
     t = torch.randn(twiddle_shape(1, 1, n))
     x = torch.randn(rows, n)
     g = torch.randn(rows, n)
-    perm = torch.randperm(n)
+    b = torch.randn(n)
+    perm, out_perm = torch.randperm(n), torch.randperm(n)
     before = torch.get_num_threads()
     try:
         outs = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            tt, xx = t.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            tt, xx, bb = t.clone().requires_grad_(True), x.clone().requires_grad_(True), b.clone().requires_grad_(True)
             y = fused_cpu.fused_butterfly_multiply(tt, xx, True, out_size=n, transpose=False, conjugate=False,
-                                                   in_perm=perm)
+                                                   bias=bb, in_perm=perm, out_perm=out_perm)
             y.backward(g)
-            outs.append((y.detach(), tt.grad, xx.grad))
+            outs.append((y.detach(), tt.grad, xx.grad, bb.grad))
     finally:
         torch.set_num_threads(before)
     for one, two in zip(*outs, strict=True):
         assert torch.equal(one, two)
 
 
-def test_torch_compile_fullgraph_with_in_perm():
+def test_torch_compile_fullgraph_with_permutations():
     torch._dynamo.reset()
     n = 64
     t = torch.randn(twiddle_shape(1, 1, n), dtype=torch.complex64, requires_grad=True)
-    perm = torch.randperm(n)
+    perm, out_perm = torch.randperm(n), torch.randperm(n)
 
     def f(x):
-        return butterfly_multiply(t, x, in_perm=perm)
+        return butterfly_multiply(t, x, in_perm=perm, out_perm=out_perm)
 
     x = torch.randn(4, n, dtype=torch.complex64)
     eager = f(x)
