@@ -20,8 +20,8 @@ def unfused(steps, x):
     return x
 
 
-def count_kernel_inputs(monkeypatch):
-    """Record the ``in_perm`` argument of every multiply the modules make."""
+def count_kernel_inputs(monkeypatch, out=None):
+    """Record the ``in_perm`` argument of every multiply the modules make (and its ``out_perm`` in ``out``)."""
     import twiddle.butterfly as butterfly_module
 
     seen = []
@@ -29,6 +29,8 @@ def count_kernel_inputs(monkeypatch):
 
     def spy(*args):
         seen.append(args[8] if len(args) > 8 else None)
+        if out is not None:
+            out.append(args[9] if len(args) > 9 else None)
         return real(*args)
 
     monkeypatch.setattr(butterfly_module, "_multiply_checked", spy)
@@ -54,8 +56,10 @@ def without_fusion(fn, *args):
         lambda: transforms.hartley(32),
         lambda: transforms.fft2d((8, 16)),
         lambda: transforms.acdc(torch.randn(2, 16), torch.randn(2, 16)),
+        lambda: transforms.dst(64, type=2),
+        lambda: transforms.dct(32, type=3, norm="ortho"),
     ],
-    ids=["fft", "ifft", "dct2", "dst3", "hartley", "fft2d", "acdc"],
+    ids=["fft", "ifft", "dct2", "dst3", "hartley", "fft2d", "acdc", "dst2", "dct3"],
 )
 @pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex64])
@@ -63,9 +67,12 @@ def test_transform_pipeline_fuses_and_matches_unfused(make, batch, dtype, monkey
     module = make().double() if dtype == torch.float64 else make()
     x = torch.randn(batch, *module.in_shape, dtype=dtype)
     want = without_fusion(module, x)
-    seen = count_kernel_inputs(monkeypatch)
+    out_perms = []
+    seen = count_kernel_inputs(monkeypatch, out_perms)
     got = module(x)
     assert any(p is not None for p in seen), "no permutation was fused"
+    if module.name in ("dst-2", "dst-3", "dct-3"):  # these end with an output reordering
+        assert any(p is not None for p in out_perms), "the output permutation was not fused"
     assert torch.equal(got, want)
 
 
@@ -136,9 +143,16 @@ def test_only_the_plain_classes_are_fused():
 
 def test_run_fused_handles_trailing_and_consecutive_permutations():
     p1, p2 = FixedPermutation(torch.randperm(8)), FixedPermutation(torch.randperm(8))
-    layer = Butterfly(8, 8, bias=True)
+    layer = Butterfly(8, 8, bias=True)  # (an output permutation is not fused into a layer with bias)
+    free = Butterfly(8, 8, bias=False)
     x = torch.randn(2, 8)
-    for steps in ([p1], [p1, p2], [p1, p2, layer], [layer, p1], [p1, layer, p2, layer], [p1, nn.Identity(), layer]):
+    for steps in ([p1], [p1, p2], [p1, p2, layer], [layer, p1], [p1, layer, p2, layer], [p1, nn.Identity(), layer],
+                  [free, p1], [p1, free, p2], [p1, free, p2, free], [free, p1, p2], [free, free, p1],
+                  [p1, free, FixedPermutation(torch.randperm(16))]):
+        if getattr(steps[-1], "size", 8) == 16:  # a size mismatch raises the permutation's own error
+            with pytest.raises(ValueError):
+                run_fused(steps, x)
+            continue
         torch.testing.assert_close(run_fused(steps, x), unfused(steps, x), rtol=0, atol=0)
 
 

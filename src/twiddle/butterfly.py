@@ -200,14 +200,21 @@ class Butterfly(nn.Module):
             twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, bias
         )
 
-    def _forward_permuted(self, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-        """``forward(x[..., perm])`` with the permutation applied by the kernel as it reads ``x`` (no permuted
-        copy). ``perm``: a checked permutation of ``0..in_features-1`` (a :class:`FixedPermutation`'s buffer), on
-        this layer's device. Module hooks of this layer do not run; callers fuse only layers without any."""
+    def _forward_permuted(
+        self, x: torch.Tensor, perm: torch.Tensor | None, out_perm: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``forward(x[..., perm])[..., out_perm]`` (``out_perm`` only for a layer without bias) with the
+        permutations applied by the kernel as it reads ``x`` and writes the result (no permuted copies). ``perm`` /
+        ``out_perm``: checked permutations of ``0..in_features-1`` / ``0..out_features-1`` (:class:`FixedPermutation`
+        buffers) on this layer's device, or None. Module hooks of this layer do not run; callers fuse only layers
+        without any."""
         twiddle, bias = self._twiddle_and_bias()
+        if out_perm is not None and bias is not None:
+            raise ValueError("an output permutation is fused only into a butterfly without bias")
         self._check_input(x, twiddle)
         return _multiply_checked(
-            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, bias, perm
+            twiddle, x, self.increasing_stride, self.in_features, self.out_features, False, False, bias, perm,
+            out_perm,
         )
 
     def _twiddle_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
