@@ -275,14 +275,15 @@ def test_torch_compile_fullgraph_with_permutations():
 @pytest.mark.parametrize("real_input", [False, True])
 def test_triton_dispatch_gathers_and_promotes_before_the_kernel(real_input, monkeypatch):
     """The CUDA path's dispatch logic, on CPU: the Triton kernels take a contiguous, already permuted input of the
-    twiddles' dtype, so ``_multiply_checked`` gathers ``x[..., in_perm]`` and promotes a real x before calling them
-    (the kernel itself is stood in for by the reference multiply)."""
+    twiddles' dtype, so ``_multiply_checked`` gathers ``x[..., in_perm]`` and promotes a real x before calling them,
+    and reorders the output (then adds the bias) after (the kernel itself is stood in for by the reference)."""
     import twiddle.ops as ops
     from twiddle.ops import triton_kernel
 
     received = []
 
     def stand_in(tw, x2, increasing, *, out_size, transpose, bias, conjugate):
+        assert bias is None  # added after the output permutation
         received.append(x2)
         y = butterfly_multiply_reference(tw, x2, increasing, out_size=out_size, transpose=transpose,
                                          conjugate=conjugate)
@@ -293,9 +294,11 @@ def test_triton_dispatch_gathers_and_promotes_before_the_kernel(real_input, monk
     n = 16
     t = torch.randn(twiddle_shape(1, 1, n), dtype=torch.complex128)
     x = torch.randn(2, 3, n, dtype=torch.float64 if real_input else torch.complex128)
-    perm = torch.randperm(n)
-    y = butterfly_multiply(t, x, in_perm=perm)
+    perm, out_perm = torch.randperm(n), torch.randperm(n)
+    b = torch.randn(n, dtype=torch.complex128)
+    y = butterfly_multiply(t, x, bias=b, in_perm=perm, out_perm=out_perm)
     (x2,) = received
     assert x2.dtype == torch.complex128 and x2.shape == (6, n)
     torch.testing.assert_close(x2, x.reshape(6, n)[:, perm].to(torch.complex128), rtol=0, atol=0)
-    torch.testing.assert_close(y, butterfly_multiply_reference(t, x[..., perm].to(torch.complex128)))
+    want = butterfly_multiply_reference(t, x[..., perm].to(torch.complex128))[..., out_perm] + b
+    torch.testing.assert_close(y, want)
