@@ -91,9 +91,9 @@ class Diagonal(nn.Module):
 
 
 class Pipeline(nn.Sequential):
-    """``nn.Sequential`` (same submodules, same state_dict keys) that runs each fixed permutation followed by a
-    butterfly as one kernel call, the permutation gathered as the kernel reads its input
-    (:func:`twiddle._fusion.run_fused`; same values and gradients)."""
+    """``nn.Sequential`` (same submodules, same state_dict keys) that runs a butterfly and the fixed permutations
+    right before and after it as one kernel call, the permutations applied as the kernel reads its input and writes
+    its output (:func:`twiddle._fusion.run_fused`; same values and gradients)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return run_fused(self._modules.values(), x)
