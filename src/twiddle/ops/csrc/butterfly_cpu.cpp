@@ -23,7 +23,8 @@
 // (all stacks add into columns [0, n); the transpose). The first out_size columns are kept. An optional input
 // permutation (in_perm: the kernel reads x[:, in_perm]) is applied while x is loaded and undone while the input
 // gradient is stored, an output permutation (out_perm: y = z[:, out_perm] + bias) while the output is stored and
-// the incoming gradient loaded; a real x with complex twiddles is loaded as x + 0i and gets the real part of its gradient.
+// the incoming gradient loaded; a real x with complex twiddles is loaded as x + 0i and gets the real part of its
+// gradient.
 //
 // The backward recomputes each group's activations (the input of every pass, or every factor in the lanes
 // layout) in a per-thread buffer (nothing is stored between forward and backward; its row groups are sized to

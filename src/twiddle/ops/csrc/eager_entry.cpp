@@ -7,9 +7,10 @@
 // opaque to torch.compile: twiddle/ops/fused_cpu.py calls it only outside compilation and when no argument or mode
 // overrides torch functions, and torch.ops otherwise.
 //
-// Complex tensors (complex twiddles, x complex or real of the same precision, a complex bias) are handed to the op as
-// their real views and the result viewed back as complex here, with the same at::view_as_real / at::view_as_complex calls (autograd records them as it
-// would from Python) but without a Python round trip for each (about 10 us less per complex call at batch 1).
+// Complex tensors (complex twiddles, x complex or real of the same precision, a complex bias) are handed to the op
+// as their real views and the result viewed back as complex here, with the same at::view_as_real /
+// at::view_as_complex calls (autograd records them as it would from Python) but without a Python round trip for
+// each (about 10 us less per complex call at batch 1).
 #include <torch/extension.h>
 
 namespace {
