@@ -689,114 +689,75 @@ inline void lanes_load_strided(T* __restrict buf, const T* __restrict src, int64
         buf[p * width + c * L + l] = src[(row0 + l) * P.g_row + (col0 + p) * P.g_col + c * P.g_comp];
 }
 
-// The input x and its gradient under P.in_perm: tile position p (of the stack's positions [0, count), starting
-// at input column col0) holds x's column in_perm[col0 + p]. The rows are loaded as they are into a spare tile
-// (lanes_load, transposes and all) and whole positions (L or 2 L numbers) copied into permuted order; the store
-// does the reverse. The rows are thus still read and written in order: reading x[in_perm[p]] straight into
-// position p cost about as much as a separate gather (2 Zen 3 cores, float64 n = 1024 batch 256: 332 -> 492 us
-// against 300 -> 334 us this way), and so did walking x's columns in order into scattered positions. A float32
-// variant that moved transposed 8-lane columns to their positions directly was no faster than this. Tiles of at
-// most 4 rows (whose rows stay in L1) are read and written in permuted order directly (complex64 n = 1024
-// batch 1: +3.5 us over the unpermuted call against +7 us through the spare tile; at 8 rows direct was slower).
+// Permuted columns (x and its gradient under P.in_perm, the output and its incoming gradient under P.out_inv):
+// tile position p (of the stack's positions [0, count), starting at column col0 of the stack's range) is column
+// map[col0 + p] of a source or destination of ncols columns (map: in_perm for x, out_inv for the output).
+//  * Loads: the rows are loaded as they are into a spare tile (lanes_load, transposes and all) and whole positions
+//    (L or 2 L numbers) copied into permuted order, so that the rows are still read in order: reading
+//    src[map[p]] straight into position p cost about as much as a separate gather (2 Zen 3 cores, float64
+//    n = 1024 batch 256: 332 -> 492 us against 300 -> 334 us this way), and so did walking the columns in order
+//    into scattered positions; a float32 variant that moved transposed 8-lane columns directly was no faster.
+//    Tiles of at most 4 rows (whose rows stay in L1) and strided sources are read in permuted order directly
+//    (complex64 n = 1024 batch 1: +3.5 us over the unpermuted call against +7 us through the spare tile; at 8 rows
+//    direct was slower).
+//  * Stores: where the stack writes every column of the destination, whole positions are copied into column order
+//    in a spare tile and stored as they are (bias and all); otherwise (tiles of at most 4 rows, stacks whose columns
+//    are scattered over the destination) each position is written to its column directly.
+// Element strides of a source: rows, columns, real/imaginary parts.
+struct Strides {
+  int64_t row, col, comp;
+};
+
+// Load tile positions [0, count) from columns map[col0 + p] of rows [row0, row0 + rows) of src (every other
+// position and lane zero). contiguous: src's rows are ncols entries of (real_src ? 1 : P.comps) numbers, as
+// lanes_load reads them; s: its strides in any case. real_src as in lanes_load.
 template <typename T, int64_t L>
-inline void lanes_load_permuted(T* __restrict buf, const T* __restrict src, int64_t ld, int64_t row0, int64_t rows,
-                                int64_t col0, int64_t count, const Plan& P) {
-  const int64_t width = P.comps * L, ncols = P.in_size;
-  const int32_t* __restrict perm = P.in_perm;
-  if constexpr (L <= 4) {  // at most 4 rows: they stay in L1, read them in permuted order straight into place
-    const int64_t xc = P.x_comps;
-    if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
+inline void lanes_load_mapped(T* __restrict buf, const T* __restrict src, int64_t ncols, int64_t row0, int64_t rows,
+                              int64_t col0, int64_t count, const Plan& P, const int32_t* __restrict map,
+                              const Strides& s, bool contiguous, bool real_src) {
+  const int64_t width = P.comps * L;
+  if (L > 4 && contiguous) {
+    ThreadScratch<T, 3> spare_scratch(std::max(ncols, P.n) * width);
+    T* const spare = spare_scratch.data();
+    lanes_load<T, L>(spare, src, ncols, row0, rows, 0, ncols, P, real_src);  // every column, lanes >= rows zero
+    for (int64_t p = 0; p < count; ++p) std::memcpy(buf + p * width, spare + map[col0 + p] * width, sizeof(T) * width);
+  } else {
+    const int64_t sc = real_src ? 1 : P.comps;  // numbers per source entry
     for (int64_t p = 0; p < count; ++p) {
       T* __restrict blk = buf + p * width;
-      const T* __restrict col = src + (row0 * ld + perm[col0 + p]) * xc;
+      const T* __restrict col = src + row0 * s.row + map[col0 + p] * s.col;
       for (int64_t k = 0; k < P.comps; ++k)
-        for (int64_t l = 0; l < L; ++l) blk[k * L + l] = l < rows && k < xc ? col[l * ld * xc + k] : T(0);
+        for (int64_t l = 0; l < L; ++l) blk[k * L + l] = l < rows && k < sc ? col[l * s.row + k * s.comp] : T(0);
     }
-    return;
   }
-  ThreadScratch<T, 3> spare_scratch(std::max(ncols, P.n) * width);
-  T* const spare = spare_scratch.data();
-  lanes_load<T, L>(spare, src, ld, row0, rows, 0, ncols, P, P.real_input);  // all of x's columns, lanes >= rows 0
-  for (int64_t p = 0; p < count; ++p) std::memcpy(buf + p * width, spare + perm[col0 + p] * width, sizeof(T) * width);
   if (count < P.n) std::memset(buf + count * width, 0, sizeof(T) * (P.n - count) * width);
 }
 
-// The input gradient's store under P.in_perm (add: onto what earlier stacks wrote). With a shared input the stack's
-// positions are all of x's columns (col0 = 0, count = in_size); a split input (the transpose) scatters a stack's
-// columns over x, and they are written one by one.
+// Write (or add) tile positions [0, count) to columns map[col0 + p] of rows [row0, row0 + rows) of dst (rows of
+// ncols entries); bias and real_dst as in lanes_store (a bias is indexed by destination column).
 template <typename T, int64_t L>
-inline void lanes_store_permuted(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0, int64_t rows,
-                                 int64_t col0, int64_t count, bool add, const Plan& P) {
-  const int64_t width = P.comps * L, ncols = P.in_size;
-  const int32_t* __restrict perm = P.in_perm;
-  if (P.split_input || L <= 4) {  // (at most 4 rows stay in L1: written in permuted order too)
-    const int64_t xc = P.x_comps;
-    for (int64_t p = 0; p < count; ++p) {
-      const T* __restrict blk = buf + p * width;
-      for (int64_t l = 0; l < rows; ++l) {
-        T* __restrict out = dst + ((row0 + l) * ld + perm[col0 + p]) * xc;
-        for (int64_t k = 0; k < xc; ++k) out[k] = add ? out[k] + blk[k * L + l] : blk[k * L + l];
-      }
-    }
-    return;
-  }
-  ThreadScratch<T, 3> spare_scratch(ncols * width);
-  T* const spare = spare_scratch.data();
-  for (int64_t p = 0; p < count; ++p) std::memcpy(spare + perm[p] * width, buf + p * width, sizeof(T) * width);
-  lanes_store<T, L>(spare, dst, ld, row0, rows, 0, ncols, add, P, nullptr, P.real_input);
-}
-
-// The output and its incoming gradient under P.out_inv: tile position q (the stack's output column col0 + q) is the
-// result's column out_inv[col0 + q]. Where the stack writes every column of the result (one stack, or summed
-// stacks), the tile is copied position by position into result order in a spare tile and stored as it is (bias and
-// all), and the gradient loaded as it is and copied back; tiles of at most 4 rows, and stacks whose columns are
-// scattered over the result, write and read each column in place (as lanes_load_permuted, whose note has the
-// measurements).
-template <typename T, int64_t L>
-inline void lanes_store_out_permuted(const T* __restrict buf, T* __restrict dst, int64_t ld, int64_t row0,
-                                     int64_t rows, int64_t col0, int64_t count, bool add, const Plan& P,
-                                     const T* bias) {
+inline void lanes_store_mapped(const T* __restrict buf, T* __restrict dst, int64_t ncols, int64_t row0, int64_t rows,
+                               int64_t col0, int64_t count, bool add, const Plan& P, const int32_t* __restrict map,
+                               const T* bias, bool real_dst) {
   const int64_t width = P.comps * L;
-  const int32_t* __restrict inv = P.out_inv;
-  if (L <= 4 || col0 != 0 || count != P.out_size) {
-    for (int64_t q = 0; q < count; ++q) {
-      const int64_t j = inv[col0 + q];
-      const T* __restrict blk = buf + q * width;
-      for (int64_t l = 0; l < rows; ++l) {
-        T* __restrict out = dst + ((row0 + l) * ld + j) * P.comps;
-        for (int64_t k = 0; k < P.comps; ++k) {
-          const T v = blk[k * L + l];
-          out[k] = add ? out[k] + v : (bias ? v + bias[j * P.comps + k] : v);
-        }
-      }
-    }
-    return;
-  }
-  ThreadScratch<T, 3> spare_scratch(P.out_size * width);
-  T* const spare = spare_scratch.data();
-  for (int64_t q = 0; q < count; ++q) std::memcpy(spare + inv[q] * width, buf + q * width, sizeof(T) * width);
-  lanes_store<T, L>(spare, dst, ld, row0, rows, 0, count, add, P, bias);
-}
-
-template <typename T, int64_t L>
-inline void lanes_load_grad_out_permuted(T* __restrict g, const T* __restrict gy, int64_t row0, int64_t rows,
-                                         int64_t col0, int64_t count, const Plan& P) {
-  const int64_t width = P.comps * L;
-  const int32_t* __restrict inv = P.out_inv;
-  if (L > 4 && P.g_contiguous) {
-    ThreadScratch<T, 3> spare_scratch(std::max(P.out_size, P.n) * width);
+  if (L > 4 && col0 == 0 && count == ncols) {
+    ThreadScratch<T, 3> spare_scratch(ncols * width);
     T* const spare = spare_scratch.data();
-    lanes_load<T, L>(spare, gy, P.out_size, row0, rows, 0, P.out_size, P);  // every column, lanes >= rows zero
-    for (int64_t q = 0; q < count; ++q) std::memcpy(g + q * width, spare + inv[col0 + q] * width, sizeof(T) * width);
-    if (count < P.n) std::memset(g + count * width, 0, sizeof(T) * (P.n - count) * width);
+    for (int64_t p = 0; p < count; ++p) std::memcpy(spare + map[p] * width, buf + p * width, sizeof(T) * width);
+    lanes_store<T, L>(spare, dst, ncols, row0, rows, 0, ncols, add, P, bias, real_dst);
     return;
   }
-  std::memset(g, 0, sizeof(T) * P.n * width);
-  for (int64_t q = 0; q < count; ++q) {
-    const int64_t j = inv[col0 + q];
-    for (int64_t k = 0; k < P.comps; ++k)
-      for (int64_t l = 0; l < rows; ++l)
-        g[q * width + k * L + l] = gy[(row0 + l) * P.g_row + j * P.g_col + k * P.g_comp];
+  const int64_t dc = real_dst ? 1 : P.comps;  // numbers per destination entry
+  for (int64_t p = 0; p < count; ++p) {
+    const int64_t j = map[col0 + p];
+    const T* __restrict blk = buf + p * width;
+    for (int64_t l = 0; l < rows; ++l) {
+      T* __restrict out = dst + ((row0 + l) * ncols + j) * dc;
+      for (int64_t k = 0; k < dc; ++k) {
+        const T v = blk[k * L + l];
+        out[k] = add ? out[k] + v : (bias ? v + bias[j * dc + k] : v);
+      }
+    }
   }
 }
 
@@ -804,6 +765,7 @@ template <typename T, int64_t L = kLanes>
 void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   const int64_t ntiles = (P.batch + L - 1) / L;
   const int64_t tile = P.n * P.comps * L;
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   at::parallel_for(0, ntiles, grain_for(P, L), [&](int64_t begin, int64_t end) {
     ThreadScratch<T, 0> scratch(tile);  // lanes_load writes all of it
     T* const buf = scratch.data();
@@ -815,13 +777,14 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         if (ocount == 0) continue;
         const T* twk = tw + k * P.stack_size();
         if (P.in_perm)
-          lanes_load_permuted<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P);
+          lanes_load_mapped<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
+                                  P.real_input);
         else
           lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         for (int64_t f = 0; f < P.F; ++f) lanes_factor<T, L>(buf, buf, twk, P, f);
         if (P.out_inv)
-          lanes_store_out_permuted<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P,
-                                         bias);
+          lanes_store_mapped<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
+                                   bias, false);
         else
           lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
       }
@@ -836,6 +799,7 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
   const int64_t tile = P.n * P.comps * L;
   const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
   const int64_t grain = std::max<int64_t>(1, grain_for(P, L) / 4);
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
   chunked_reduce<T>(ntiles, min_groups_per_chunk(ntiles, 8), grain, acc_size, tw_size, gtw, gbias,
                     [&](int64_t begin, int64_t end, T* acc) {
     // the input of every factor, then the gradient (lanes_load and the factors write all of each tile used)
@@ -850,13 +814,15 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
         const T* twk = tw + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
         if (P.in_perm)
-          lanes_load_permuted<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P);
+          lanes_load_mapped<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
+                                  P.real_input);
         else
           lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
         // factor f reads its input tile and writes the next one (out of place: no copy)
         for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
         if (P.out_inv)
-          lanes_load_grad_out_permuted<T, L>(g, gy, row0, rows, oc0, ocount, P);
+          lanes_load_mapped<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P, P.out_inv, g_strides,
+                                  P.g_contiguous, false);
         else if (P.g_contiguous)
           lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
         else
@@ -868,7 +834,8 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
         for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T, L>(g, acts + f * tile, twk, acck, P, f);
         const bool add_gx = !P.split_input && k > 0;
         if (icount > 0 && P.in_perm)
-          lanes_store_permuted<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P);
+          lanes_store_mapped<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, P.in_perm, nullptr,
+                                   P.real_input);
         else if (icount > 0)
           lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, nullptr, P.real_input);
       }
