@@ -194,6 +194,24 @@ def test_raw_op_checks_the_permutation(perm, match, entry, name):
         torch.ops.twiddle.butterfly_multiply_backward(t, x, torch.randn(2, 4), True, False, False, 4, False, *perms)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_asynchronous_permutation_check(compiled):
+    """Inside a compiled graph on a GPU the public function's permutations are checked by a device-side assertion
+    (the Triton kernels do not check them); its logic on CPU tensors, eager and compiled."""
+    from twiddle.ops import _assert_permutation_async
+
+    def check(p):
+        _assert_permutation_async(p, "in_perm")
+        return p + 0
+
+    fn = torch.compile(check, fullgraph=True, backend="aot_eager") if compiled else check
+    good = torch.randperm(6)
+    torch.testing.assert_close(fn(good), good)
+    for bad in ([0, 1, 1, 3, 4, 5], [0, 1, 2, 3, 4, 6], [-1, 1, 2, 3, 4, 5]):
+        with pytest.raises(RuntimeError, match=r"in_perm must hold each of 0..5 exactly once"):
+            fn(torch.tensor(bad))
+
+
 class _PassThrough(torch.overrides.TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))
@@ -276,21 +294,21 @@ def test_torch_compile_fullgraph_with_permutations():
 
 
 @pytest.mark.parametrize("real_input", [False, True])
-def test_triton_dispatch_gathers_and_promotes_before_the_kernel(real_input, monkeypatch):
-    """The CUDA path's dispatch logic, on CPU: the Triton kernels take a contiguous, already permuted input of the
-    twiddles' dtype, so ``_multiply_checked`` gathers ``x[..., in_perm]`` and promotes a real x before calling them,
-    and reorders the output (then adds the bias) after (the kernel itself is stood in for by the reference)."""
+def test_triton_dispatch_hands_the_permutations_to_the_kernel(real_input, monkeypatch):
+    """The CUDA path's dispatch logic, on CPU: ``_multiply_checked`` promotes a real x to the twiddles' dtype,
+    flattens the leading dimensions and hands x unpermuted, with both permutations and the bias, to the Triton
+    kernels (which read and write through the permutations; their logic is checked in the interpreter by
+    tests/test_ops_triton.py). The kernel is stood in for by the reference with the gathers around it."""
     import twiddle.ops as ops
     from twiddle.ops import triton_kernel
 
     received = []
 
-    def stand_in(tw, x2, increasing, *, out_size, transpose, bias, conjugate):
-        assert bias is None  # added after the output permutation
-        received.append(x2)
-        y = butterfly_multiply_reference(tw, x2, increasing, out_size=out_size, transpose=transpose,
+    def stand_in(tw, x2, increasing, *, out_size, transpose, bias, conjugate, in_perm, out_perm):
+        received.append((x2, in_perm, out_perm, bias))
+        y = butterfly_multiply_reference(tw, x2[:, in_perm], increasing, out_size=out_size, transpose=transpose,
                                          conjugate=conjugate)
-        return y if bias is None else y + bias
+        return y[:, out_perm] + bias
 
     monkeypatch.setattr(ops, "kernel_for", lambda twiddle, x: "triton")
     monkeypatch.setattr(triton_kernel, "triton_butterfly_multiply", stand_in)
@@ -300,9 +318,10 @@ def test_triton_dispatch_gathers_and_promotes_before_the_kernel(real_input, monk
     perm, out_perm = torch.randperm(n), torch.randperm(n)
     b = torch.randn(n, dtype=torch.complex128)
     y = butterfly_multiply(t, x, bias=b, in_perm=perm, out_perm=out_perm)
-    (x2,) = received
+    ((x2, p2, q2, b2),) = received
     assert x2.dtype == torch.complex128 and x2.shape == (6, n)
-    torch.testing.assert_close(x2, x.reshape(6, n)[:, perm].to(torch.complex128), rtol=0, atol=0)
+    torch.testing.assert_close(x2, x.reshape(6, n).to(torch.complex128), rtol=0, atol=0)
+    assert torch.equal(p2, perm) and torch.equal(q2, out_perm) and b2 is b
     want = butterfly_multiply_reference(t, x[..., perm].to(torch.complex128))[..., out_perm] + b
     torch.testing.assert_close(y, want)
 

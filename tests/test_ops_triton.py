@@ -32,10 +32,12 @@ INTERPRETER_CHECK = textwrap.dedent(
         err = ((a.to(wide) - b).norm() / b.norm().clamp_min(1e-30)).item()
         return float("inf") if err != err else err
 
-    def reference(t, x, g, inc, tr, out, conj, bias=None):
+    def reference(t, x, g, inc, tr, out, conj, bias=None, in_perm=None, out_perm=None):
         tt, xx = t.clone().requires_grad_(), x.clone().requires_grad_()
         bb = None if bias is None else bias.clone().requires_grad_()
-        y = butterfly_multiply_reference(tt, xx, inc, out_size=out, transpose=tr, conjugate=conj)
+        y = butterfly_multiply_reference(tt, xx if in_perm is None else xx[:, in_perm], inc, out_size=out,
+                                         transpose=tr, conjugate=conj)
+        y = y if out_perm is None else y[:, out_perm]
         y = y if bb is None else y + bb
         y.backward(g)
         return y.detach(), tt.grad if tt.grad is not None else torch.zeros_like(t), xx.grad, bb
@@ -84,33 +86,49 @@ INTERPRETER_CHECK = textwrap.dedent(
         for a, b in ((y, ref_y), (gx, ref_gx), (gt, ref_gt)):
             worst[wide] = max(worst[wide], rel(a, b))
 
-    # the differentiable entry points (eager autograd.Function and the custom op), with a bias fused or not
+    # the differentiable entry points (eager autograd.Function and the custom op), with a bias fused or not (added
+    # after the stacks' sum when transposed), with input and output permutations read and written by the kernels
+    # or not (transposed: an output permutation of 13 of the 16 columns of each stack's slab)
     import os
     os.environ["TWIDDLE_TRITON_VARIANT"] = variant
     conj = kind == "complex"
-    for tr in (False, True):
+    for tr, permuted in itertools.product((False, True), repeat=2):
         n, out = 16, 13
         t = torch.randn(2, 1, 4, 8, 2, 2, dtype=wide)
         x = torch.randn(5, 30 if tr else 16, dtype=wide)
         g = torch.randn(5, out, dtype=wide)
         bias = torch.randn(out, dtype=wide)
-        ref_y, ref_gt, ref_gx, ref_b = reference(t, x, g, True, tr, out, conj, bias)
+        p, q = (torch.randperm(x.shape[1]), torch.randperm(out)) if permuted else (None, None)
+        ref_y, ref_gt, ref_gx, ref_b = reference(t, x, g, True, tr, out, conj, bias, p, q)
         for call in ("eager", "op"):
             tt, xx, bb = (v.clone().requires_grad_() for v in (t, x, bias))
             if call == "eager":
-                y = tk.triton_butterfly_multiply(tt, xx, True, out_size=out, transpose=tr, bias=bb, conjugate=conj)
+                y = tk.triton_butterfly_multiply(tt, xx, True, out_size=out, transpose=tr, bias=bb, conjugate=conj,
+                                                 in_perm=p, out_perm=q)
             else:
-                y = tk._triton_op(tt, xx, bb, True, tr, out, conj)
+                y = tk._triton_op(tt, xx, bb, True, tr, out, conj, p, q)
             y.backward(g)
             for a, b in ((y, ref_y), (tt.grad, ref_gt), (xx.grad, ref_gx), (bb.grad, ref_b.grad)):
                 worst[wide] = max(worst[wide], rel(a.detach(), b))
+        if permuted:  # the kernels' own entry points with one of the permutations, in the narrow dtype too
+            for dtype in worst:
+                for pp, qq in ((p, None), (None, q)):
+                    ry, rgt, rgx, _ = reference(t, x, g, True, tr, out, conj, None, pp, qq)
+                    y = tk.triton_forward(t.to(dtype), x.to(dtype), True, tr, out, variant, conjugate=conj,
+                                          in_perm=pp, out_perm=qq)
+                    gt, gx = tk.triton_backward(t.to(dtype), x.to(dtype), g.to(dtype), True, tr, out, variant,
+                                                conjugate=conj, in_perm=pp, out_perm=qq)
+                    for a, b in ((y, ry), (gx, rgx), (gt, rgt)):
+                        worst[dtype] = max(worst[dtype], rel(a, b))
         # nothing to differentiate (inference): the forward without the autograd wrapper
         with torch.no_grad():
-            y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj)
+            y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj,
+                                             in_perm=p, out_perm=q)
         assert y.grad_fn is None and not y.requires_grad
         worst[wide] = max(worst[wide], rel(y, ref_y))
         # no input requires grad
-        y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj)
+        y = tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias, conjugate=conj,
+                                         in_perm=p, out_perm=q)
         worst[wide] = max(worst[wide], rel(y, ref_y))
     print(worst[wide], worst[narrow])
     """
@@ -161,10 +179,12 @@ COMPILE_CHECK = textwrap.dedent(
     geometry = {"N": 32, "LOG_N": 5, "NBLOCKS": 2, "INCREASING": 1, "TRANSPOSE": 1, "BLOCK_B": 16,
                 "COMPUTE": tl.float32}
     sizes = ["batch", "in_size", "out_cols", "ld_x", "ld_out", "stack_out_stride"]
-    fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr"], "*fp32"), **dict.fromkeys(sizes, "i32")}
-    loop_fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr", "work_ptr"], "*fp32"),
+    maps = dict.fromkeys(["in_map_ptr", "out_map_ptr"], "*i64")
+    fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr"], "*fp32"), **maps,
+           **dict.fromkeys(sizes, "i32")}
+    loop_fwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "bias_ptr", "out_ptr", "work_ptr"], "*fp32"), **maps,
                 **dict.fromkeys(sizes + ["n_tiles"], "i32")}
-    bwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "g_ptr", "gx_ptr", "dtw_ptr", "acts_ptr"], "*fp32"),
+    bwd = {**dict.fromkeys(["x_ptr", "tw_ptr", "g_ptr", "gx_ptr", "dtw_ptr", "acts_ptr"], "*fp32"), **maps,
            **dict.fromkeys(["batch", "in_size", "out_cols", "ld_x", "ld_g", "stack_gx_stride", "n_tiles"], "i32")}
     kernels = (
         (tk._forward_kernel, fwd, {"HAS_BIAS": 1}),
@@ -172,10 +192,10 @@ COMPILE_CHECK = textwrap.dedent(
         (tk._loop_forward_kernel, loop_fwd, {"HAS_BIAS": 1, "CHUNK": 8}),
         (tk._loop_backward_kernel, bwd, {"CHUNK": 8}),
     )
-    # real, and complex with conjugated twiddles (the conjugate only flips signs)
+    # real without permutations, and complex with conjugated twiddles and both permutations
     for kernel, sig, extra in kernels:
-        for cplx, conj in ((0, 0), (1, 1)):
-            consts = {**geometry, **extra, "CPLX": cplx, "CONJ": conj}
+        for cplx, conj, perms in ((0, 0, 0), (1, 1, 1)):
+            consts = {**geometry, **extra, "CPLX": cplx, "CONJ": conj, "IN_MAP": perms, "OUT_MAP": perms}
             signature = {**sig, **dict.fromkeys(consts, "constexpr")}
             compiled = triton.compile(ASTSource(kernel, signature, consts), target=GPUTarget("cuda", 80, 32))
             assert ".entry" in compiled.asm["ptx"]

@@ -132,12 +132,12 @@ def butterfly_multiply(
     * ``conjugate=True`` conjugates every twiddle (with ``transpose=True``: the Hermitian adjoint).
     * ``bias`` (``(out_size,)``) is added to every output row (fused into the kernel's final store).
     * ``in_perm`` (``(m,)`` integer tensor on ``x``'s device, a permutation of ``0..m-1``): ``x`` is read as
-      ``x[..., in_perm]`` (``y = B · P x``, the BP model; a transform's bit reversal). The fused CPU kernel gathers
-      while it loads and scatters the input gradient while it stores, so no permuted copy of ``x`` is made; other
-      kernels gather first.
+      ``x[..., in_perm]`` (``y = B · P x``, the BP model; a transform's bit reversal). The fused CPU and Triton
+      kernels gather while they load and scatter the input gradient while they store, so no permuted copy of ``x``
+      is made; the reference gathers first.
     * ``out_perm`` (``(out_size,)``, a permutation of ``0..out_size-1``): the result is ``z[..., out_perm] + bias``
-      for the butterfly's output ``z`` (``y = P B x``; a transform's output reordering), scattered by the fused
-      kernel's store; other kernels gather afterwards.
+      for the butterfly's output ``z`` (``y = P B x``; a transform's output reordering), scattered by the fast
+      kernels' store; the reference gathers afterwards.
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
@@ -165,11 +165,26 @@ def _checked_permutation(
         raise ValueError(f"{name} is on {perm.device} but x is on {device}")
     if perm.dim() != 1 or perm.numel() != size:
         raise ValueError(f"{name} must be a 1-D permutation of {what}, got shape {tuple(perm.shape)}")
-    if torch.compiler.is_compiling():  # values are data: the fused op checks them when it runs
+    if torch.compiler.is_compiling():  # values are data: checked when the graph runs
         if perm.dtype.is_floating_point or perm.is_complex() or perm.dtype == torch.bool:
             raise ValueError(f"{name} must hold integers, got dtype {perm.dtype}")
-        return perm.to(torch.long)
+        perm = perm.to(torch.long)
+        if device.type != "cpu":  # (the fused CPU op checks its permutations itself)
+            _assert_permutation_async(perm, name)
+        return perm
     return check_permutation(perm, name)
+
+
+def _assert_permutation_async(perm: torch.Tensor, name: str) -> None:
+    """Assert, without waiting for the device, that the int64 ``perm`` holds each of ``0..n-1`` once: inside a
+    compiled graph on a GPU, where reading the answer back would stall every call; a failure is a device-side
+    assertion naming ``name`` (the Triton kernels would otherwise read and write outside the tensors)."""
+    n = perm.numel()
+    in_range = ((perm >= 0) & (perm < n)).all()
+    counts = torch.zeros(n, dtype=torch.int32, device=perm.device).index_add_(
+        0, perm.clamp(0, n - 1), torch.ones(n, dtype=torch.int32, device=perm.device)
+    )
+    torch._assert_async(in_range & (counts == 1).all(), f"{name} must hold each of 0..{n - 1} exactly once")
 
 
 def _multiply_checked(
@@ -225,13 +240,8 @@ def _multiply_checked(
     if kernel == "triton":
         from .triton_kernel import triton_butterfly_multiply
 
-        if in_perm is not None:  # (the Triton kernels load contiguous rows: gather first, reorder the output after)
-            x2 = gather_last(x2, in_perm)
-        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose,
-                                      bias=b if out_perm is None else None, conjugate=conjugate)
-        if out_perm is not None:
-            y = gather_last(y, out_perm)
-            y = y if b is None else y + b
+        y = triton_butterfly_multiply(tw, x2, increasing_stride, out_size=out, transpose=transpose, bias=b,
+                                      conjugate=conjugate, in_perm=in_perm, out_perm=out_perm)
     else:
         y = fused_cpu.fused_butterfly_multiply(
             tw, x2, increasing_stride, out_size=out, transpose=transpose, conjugate=conjugate, bias=b, in_perm=in_perm,

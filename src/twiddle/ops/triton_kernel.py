@@ -161,11 +161,22 @@ if HAVE_TRITON:
             tl.store(ptr + off, re)
 
     @triton.jit
-    def _load_tile(ptr, rows, cols, batch, ncols, ld, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
+    def _mapped_cols(map_ptr, cols, size, HAS_MAP: tl.constexpr):
+        """Where the tile's columns ``cols`` lie in memory: ``map[cols]`` when HAS_MAP (``map``: int64, ``size``
+        entries, a permutation; columns from ``size`` on are masked by every access that uses them), else ``cols``."""
+        if HAS_MAP:
+            mcols = tl.load(map_ptr + cols, mask=cols < size, other=0).to(tl.int32)
+        else:
+            mcols = cols
+        return mcols
+
+    @triton.jit
+    def _load_tile(ptr, rows, cols, mcols, batch, ncols, ld, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
         """Rows ``rows``, columns ``cols`` of a (batch, ncols) matrix with leading dimension ``ld``, zero outside,
-        in the compute dtype: (re, im)."""
+        in the compute dtype: (re, im). Column ``cols[c]`` is read from memory column ``mcols[c]`` (``cols`` itself,
+        or a permutation of it: :func:`_mapped_cols`)."""
         mask = (rows[:, None] < batch) & (cols[None, :] < ncols)
-        off = rows[:, None] * ld + cols[None, :]
+        off = rows[:, None] * ld + mcols[None, :]
         if CPLX:
             pair = tl.load(ptr + (2 * off)[:, :, None] + tl.arange(0, 2)[None, None, :], mask=mask[:, :, None],
                            other=0.0)
@@ -185,13 +196,14 @@ if HAVE_TRITON:
             tl.store(ptr + off, re.to(ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _add_bias(yr, yi, bias_ptr, o_cols, out_cols, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
+    def _add_bias(yr, yi, bias_ptr, o_cols, o_mcols, out_cols, COMPUTE: tl.constexpr, CPLX: tl.constexpr):
+        """Add the bias of the output columns the tile's columns ``o_cols`` are stored in (``o_mcols``)."""
         keep = o_cols < out_cols
         if CPLX:
-            yr += tl.load(bias_ptr + 2 * o_cols, mask=keep, other=0.0).to(COMPUTE)[None, :]
-            yi += tl.load(bias_ptr + 2 * o_cols + 1, mask=keep, other=0.0).to(COMPUTE)[None, :]
+            yr += tl.load(bias_ptr + 2 * o_mcols, mask=keep, other=0.0).to(COMPUTE)[None, :]
+            yi += tl.load(bias_ptr + 2 * o_mcols + 1, mask=keep, other=0.0).to(COMPUTE)[None, :]
         else:
-            yr += tl.load(bias_ptr + o_cols, mask=keep, other=0.0).to(COMPUTE)[None, :]
+            yr += tl.load(bias_ptr + o_mcols, mask=keep, other=0.0).to(COMPUTE)[None, :]
             yi = yr
         return yr, yi
 
@@ -359,37 +371,42 @@ if HAVE_TRITON:
         return _merge_pairs2(h0r, h0i, h1r, h1i, BLOCK_B, N, S, CPLX)
 
     @triton.jit(do_not_specialize=["batch", "stack_out_stride"])  # one compilation for every batch size
-    def _forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, batch, in_size, out_cols, ld_x, ld_out,
-                        stack_out_stride, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
+    def _forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, in_map_ptr, out_map_ptr, batch, in_size, out_cols, ld_x,
+                        ld_out, stack_out_stride, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
                         INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                        HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr):
+                        HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr,
+                        IN_MAP: tl.constexpr, OUT_MAP: tl.constexpr):
+        """One tile through every factor. ``IN_MAP``: column c of the input is read from x's column
+        ``in_map[c]``; ``OUT_MAP``: column c of the result is stored (with its bias) in column ``out_map[c]``."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, N)
         in_cols = cols + k * N * TRANSPOSE
-        xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+        xr, xi = _load_tile(x_ptr, rows, in_cols, _mapped_cols(in_map_ptr, in_cols, in_size, IN_MAP), batch, in_size,
+                            ld_x, COMPUTE, CPLX)
         tw_k = tw_ptr + k * (NBLOCKS * LOG_N * N * 2) * (1 + CPLX)
         for j in tl.static_range(NBLOCKS * LOG_N):
             xr, xi = _forward_step(xr, xi, tw_k, j, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE,
                                    CPLX, CONJ)
         # concat mode: stack k owns columns [k N, (k+1) N); sum mode: stack k writes its own slab (summed later)
         o_cols = cols + k * N * (1 - TRANSPOSE)
+        o_mcols = _mapped_cols(out_map_ptr, o_cols, out_cols, OUT_MAP)
         if HAS_BIAS:
-            xr, xi = _add_bias(xr, xi, bias_ptr, o_cols, out_cols, COMPUTE, CPLX)
+            xr, xi = _add_bias(xr, xi, bias_ptr, o_cols, o_mcols, out_cols, COMPUTE, CPLX)
         mask = (rows[:, None] < batch) & (o_cols[None, :] < out_cols)
-        _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :], mask, xr, xi,
-                    CPLX)
+        _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_mcols[None, :], mask, xr,
+                    xi, CPLX)
 
     @triton.jit
-    def _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw, acc,
+    def _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x, tw_k, dtw, acc,
                        j0: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
                        TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr, COMPUTE: tl.constexpr,
                        CPLX: tl.constexpr, CONJ: tl.constexpr):
         """Backward through factors j0 + 1 and j0 (j0 even; see :func:`_backward_kernel`): factor j0's input is
         read (from ``acts``, or the input tile when j0 = 0) and factor j0 + 1's recomputed from it."""
         if j0 == 0:
-            u0r, u0i = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            u0r, u0i = _load_tile(x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x, COMPUTE, CPLX)
         else:
             u0r, u0i = _load_values(acts + (j0 // 2 - 1) * (BLOCK_B * N) * (1 + CPLX), local, CPLX)
         u1r, u1i = _forward_step(u0r, u0i, tw_k, j0, LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N, COMPUTE,
@@ -400,10 +417,11 @@ if HAVE_TRITON:
                               N, COMPUTE, CPLX, CONJ)
 
     @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
-    def _backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x, ld_g,
-                         stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
-                         INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                         COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr, SLOTS: tl.constexpr):
+    def _backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, in_map_ptr, out_map_ptr, batch, in_size,
+                         out_cols, ld_x, ld_g, stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
+                         NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
+                         BLOCK_B: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr,
+                         SLOTS: tl.constexpr, IN_MAP: tl.constexpr, OUT_MAP: tl.constexpr):
         """Backward of the unrolled forward. The program walks tiles ``pid, pid + nprog, ...``: it recomputes a
         tile's activations and adds the tile's twiddle gradient to its own slice of ``dtw`` (summed over programs
         afterwards: deterministic).
@@ -413,7 +431,8 @@ if HAVE_TRITON:
         factor's input stays in registers): going down, the input of an odd factor j is
         recomputed from factor j - 1's in registers, which costs F / 2 factor applications and halves the
         scratch. Every element of ``acts`` and ``dtw`` is written and read back through the same pointer layout,
-        hence by the same thread: no barrier is needed."""
+        hence by the same thread: no barrier is needed. ``IN_MAP`` / ``OUT_MAP``: as in :func:`_forward_kernel`
+        (x read and its gradient stored through ``in_map``, the incoming gradient read through ``out_map``)."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
@@ -425,12 +444,14 @@ if HAVE_TRITON:
         acts = acts_ptr + (k * nprog + pid) * (SLOTS * TILE * W)  # slot i: the input of factor 2 (i + 1)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
+        in_mcols = _mapped_cols(in_map_ptr, in_cols, in_size, IN_MAP)
+        g_mcols = _mapped_cols(out_map_ptr, g_cols, out_cols, OUT_MAP)
         tw_k = tw_ptr + k * (F * N * 2 * W)
         dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2 * W)
         for tile_id in range(pid, n_tiles, nprog):
             acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + tl.arange(0, BLOCK_B)
-            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            xr, xi = _load_tile(x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x, COMPUTE, CPLX)
             # the inputs of factors 1 .. F-1 (F odd: x ends as the last factor's input) or 1 .. F-2 (F even: factor
             # F-1's input is recomputed by the last pair)
             for j in tl.static_range(F - 2 + F % 2):
@@ -438,18 +459,18 @@ if HAVE_TRITON:
                                        CPLX, CONJ)
                 if j % 2 == 1 and j + 1 < F - F % 2:
                     _store_values(acts + (j // 2) * TILE * W, local, xr, xi, CPLX)
-            gr, gi = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE, CPLX)
+            gr, gi = _load_tile(g_ptr, rows, g_cols, g_mcols, batch, out_cols, ld_g, COMPUTE, CPLX)
             if F % 2 == 1:  # the last factor has an even index: its input is x, still in registers
                 gr, gi = _backward_step(gr, gi, xr, xi, tw_k, dtw, acc, F - 1, LOG_N, NBLOCKS, INCREASING, TRANSPOSE,
                                         BLOCK_B, N, COMPUTE, CPLX, CONJ)
             for p in tl.static_range(F // 2):  # factors (j0 + 1, j0) from the top, j0 even
-                gr, gi = _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, batch, in_size, ld_x, tw_k, dtw,
-                                        acc, 2 * (F // 2 - 1 - p), LOG_N, NBLOCKS, INCREASING, TRANSPOSE, BLOCK_B, N,
-                                        COMPUTE, CPLX, CONJ)
+                gr, gi = _backward_pair(gr, gi, acts, local, x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x,
+                                        tw_k, dtw, acc, 2 * (F // 2 - 1 - p), LOG_N, NBLOCKS, INCREASING, TRANSPOSE,
+                                        BLOCK_B, N, COMPUTE, CPLX, CONJ)
             # shared input (plain multiply): stack k writes its own slab (summed later); split input: own columns
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
-            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :], mask,
-                        gr, gi, CPLX)
+            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_mcols[None, :],
+                        mask, gr, gi, CPLX)
 
     @triton.jit
     def _factor_geometry(j, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
@@ -534,17 +555,18 @@ if HAVE_TRITON:
             _store_values(grad, off + (1 << log_s), hr, hi, CPLX)
 
     @triton.jit(do_not_specialize=["batch", "stack_out_stride", "n_tiles"])  # one compilation for every batch size
-    def _loop_forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, work_ptr, batch, in_size, out_cols, ld_x, ld_out,
-                             stack_out_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr, NBLOCKS: tl.constexpr,
-                             INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr,
-                             CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr,
-                             CONJ: tl.constexpr):
+    def _loop_forward_kernel(x_ptr, tw_ptr, bias_ptr, out_ptr, work_ptr, in_map_ptr, out_map_ptr, batch, in_size,
+                             out_cols, ld_x, ld_out, stack_out_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
+                             NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
+                             BLOCK_B: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr,
+                             COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr, IN_MAP: tl.constexpr,
+                             OUT_MAP: tl.constexpr):
         """Forward with a run-time loop over the factors (one short compilation per (N, BLOCK_B), however many
         factors, and registers bounded by ``CHUNK``).
 
         The tile lives in this program's slot of ``work`` (global memory, cached on chip); each factor updates it
         in place and a barrier publishes it to the other threads. The program walks tiles ``pid, pid + nprog, ...``
-        so that ``work`` stays small."""
+        so that ``work`` stays small. ``IN_MAP`` / ``OUT_MAP``: as in :func:`_forward_kernel`."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
@@ -557,9 +579,11 @@ if HAVE_TRITON:
         tw_k = tw_ptr + k * (F * N * 2 * W)
         in_cols = cols + k * N * TRANSPOSE
         o_cols = cols + k * N * (1 - TRANSPOSE)
+        in_mcols = _mapped_cols(in_map_ptr, in_cols, in_size, IN_MAP)
+        o_mcols = _mapped_cols(out_map_ptr, o_cols, out_cols, OUT_MAP)
         for tile_id in range(pid, n_tiles, nprog):
             rows = tile_id * BLOCK_B + local_rows
-            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            xr, xi = _load_tile(x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x, COMPUTE, CPLX)
             _store_values(work, tile, xr, xi, CPLX)
             tl.debug_barrier()
             for j in range(F):
@@ -569,23 +593,25 @@ if HAVE_TRITON:
                 tl.debug_barrier()
             yr, yi = _load_values(work, tile, CPLX)
             if HAS_BIAS:
-                yr, yi = _add_bias(yr, yi, bias_ptr, o_cols, out_cols, COMPUTE, CPLX)
+                yr, yi = _add_bias(yr, yi, bias_ptr, o_cols, o_mcols, out_cols, COMPUTE, CPLX)
             mask = (rows[:, None] < batch) & (o_cols[None, :] < out_cols)
-            _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_cols[None, :], mask,
+            _store_tile(out_ptr, k * stack_out_stride * TRANSPOSE + rows[:, None] * ld_out + o_mcols[None, :], mask,
                         yr, yi, CPLX)
             tl.debug_barrier()  # the next tile overwrites work
 
     @triton.jit(do_not_specialize=["batch", "stack_gx_stride", "n_tiles"])  # one compilation for every batch size
-    def _loop_backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, batch, in_size, out_cols, ld_x,
-                              ld_g, stack_gx_stride, n_tiles, N: tl.constexpr, LOG_N: tl.constexpr,
-                              NBLOCKS: tl.constexpr, INCREASING: tl.constexpr, TRANSPOSE: tl.constexpr,
-                              BLOCK_B: tl.constexpr, CHUNK: tl.constexpr, COMPUTE: tl.constexpr, CPLX: tl.constexpr,
-                              CONJ: tl.constexpr):
+    def _loop_backward_kernel(x_ptr, tw_ptr, g_ptr, gx_ptr, dtw_ptr, acts_ptr, in_map_ptr, out_map_ptr, batch,
+                              in_size, out_cols, ld_x, ld_g, stack_gx_stride, n_tiles, N: tl.constexpr,
+                              LOG_N: tl.constexpr, NBLOCKS: tl.constexpr, INCREASING: tl.constexpr,
+                              TRANSPOSE: tl.constexpr, BLOCK_B: tl.constexpr, CHUNK: tl.constexpr,
+                              COMPUTE: tl.constexpr, CPLX: tl.constexpr, CONJ: tl.constexpr, IN_MAP: tl.constexpr,
+                              OUT_MAP: tl.constexpr):
         """Backward with run-time factor loops. The program's slot of ``acts`` holds ``(F + 1) // 2 + 2`` tiles:
         the inputs of the even factors 0, 2, ... (recomputed), a spare tile into which an odd factor's input is
         recomputed from the factor below when the walk down reaches it (F / 2 extra factor applications for half
         the scratch), and, last, the running gradient. Twiddle gradients are accumulated over the program's tiles
-        in its own slice of ``dtw`` (summed over programs afterwards: deterministic)."""
+        in its own slice of ``dtw`` (summed over programs afterwards: deterministic). ``IN_MAP`` / ``OUT_MAP``: as in
+        :func:`_backward_kernel`."""
         pid = tl.program_id(0)
         k = tl.program_id(1)
         nprog = tl.num_programs(0)
@@ -603,12 +629,14 @@ if HAVE_TRITON:
         dtw = dtw_ptr + (pid * tl.num_programs(1) + k) * (F * N * 2 * W)
         in_cols = cols + k * N * TRANSPOSE
         g_cols = cols + k * N * (1 - TRANSPOSE)
+        in_mcols = _mapped_cols(in_map_ptr, in_cols, in_size, IN_MAP)
+        g_mcols = _mapped_cols(out_map_ptr, g_cols, out_cols, OUT_MAP)
         for tile_id in range(pid, n_tiles, nprog):
             acc = tl.where(tile_id == pid, 0, 1 << 30)  # the program's first tile overwrites its slice of dtw
             rows = tile_id * BLOCK_B + local_rows
-            xr, xi = _load_tile(x_ptr, rows, in_cols, batch, in_size, ld_x, COMPUTE, CPLX)
+            xr, xi = _load_tile(x_ptr, rows, in_cols, in_mcols, batch, in_size, ld_x, COMPUTE, CPLX)
             _store_values(acts, tile, xr, xi, CPLX)
-            gr, gi = _load_tile(g_ptr, rows, g_cols, batch, out_cols, ld_g, COMPUTE, CPLX)
+            gr, gi = _load_tile(g_ptr, rows, g_cols, g_mcols, batch, out_cols, ld_g, COMPUTE, CPLX)
             _store_values(grad, tile, gr, gi, CPLX)
             tl.debug_barrier()
             for j in range(0, F - 2, 2):  # the input of factor j + 2, through the spare tile
@@ -635,8 +663,8 @@ if HAVE_TRITON:
                 tl.debug_barrier()
             gxr, gxi = _load_values(grad, tile, CPLX)
             mask = (rows[:, None] < batch) & (in_cols[None, :] < in_size)
-            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_cols[None, :], mask,
-                        gxr, gxi, CPLX)
+            _store_tile(gx_ptr, k * stack_gx_stride * (1 - TRANSPOSE) + rows[:, None] * ld_x + in_mcols[None, :],
+                        mask, gxr, gxi, CPLX)
             tl.debug_barrier()  # the next tile overwrites acts
 
 
@@ -759,12 +787,28 @@ def _constexprs_cached(geometry: tuple[int, int], increasing_stride: bool, trans
                 CONJ=int(conjugate and is_complex), **dict(extra))
 
 
+def _out_map(out_perm: torch.Tensor | None, columns: int) -> torch.Tensor | None:
+    """Where the kernels store (or read the gradient of) each of their ``columns`` result columns under the output
+    permutation ``out_perm`` (``y = z[..., out_perm]``): its inverse, extended by the identity over the columns
+    past ``out_perm``'s (a transposed call's slabs are ``n`` wide and cut to ``out_size`` afterwards)."""
+    if out_perm is None:
+        return None
+    inverse = torch.argsort(out_perm)
+    if columns > inverse.numel():
+        inverse = torch.cat([inverse, torch.arange(inverse.numel(), columns, device=inverse.device)])
+    return inverse
+
+
 def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, transpose: bool,
                    out_size: int, variant: str = "auto", bias: torch.Tensor | None = None,
-                   conjugate: bool = False) -> torch.Tensor:
+                   conjugate: bool = False, in_perm: torch.Tensor | None = None,
+                   out_perm: torch.Tensor | None = None) -> torch.Tensor:
     """Forward of the butterfly map (see :func:`twiddle.ops.butterfly_multiply`); ``x`` is ``(batch, m)``,
     ``bias`` ``(out_size,)`` or None (added in the kernel's final store unless ``transpose``), all of one dtype:
-    real, or complex64/complex128 (``conjugate`` conjugates the twiddles; ignored for real ones).
+    real, or complex64/complex128 (``conjugate`` conjugates the twiddles; ignored for real ones). ``in_perm``
+    (``(m,)``) / ``out_perm`` (``(out_size,)``): int64 permutations on x's device, or None; the result is
+    ``B(x[:, in_perm])[:, out_perm] + bias``, the kernels reading x's columns and writing the result's in permuted
+    order (no permuted copies).
 
     ``variant``: ``unrolled`` (every factor compiled in, the tile kept in registers) or ``loop`` (a run-time loop
     over the factors through an on-chip scratch tile); ``auto``: see :func:`choose_variant`."""
@@ -783,17 +827,21 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
     else:
         target = torch.empty(batch, out_size, device=x.device, dtype=x.dtype)
         ld_out, cols = out_size, out_size
-    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype, HAS_BIAS=int(fuse_bias))
+    in_map = None if in_perm is None else in_perm.contiguous()
+    out_map = _out_map(out_perm, cols)
+    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype, HAS_BIAS=int(fuse_bias),
+                       IN_MAP=int(in_map is not None), OUT_MAP=int(out_map is not None))
     b = _real_view(bias.contiguous()) if fuse_bias else None
     out = _real_view(target)
     if batch > 0 and variant == "unrolled":
-        _launch(_forward_kernel, (n_tiles, nstacks), (xc, tw, b, out, batch, m, cols, m, ld_out, batch * n), meta)
+        _launch(_forward_kernel, (n_tiles, nstacks),
+                (xc, tw, b, out, in_map, out_map, batch, m, cols, m, ld_out, batch * n), meta)
     elif batch > 0:
         nprog = _programs(n_tiles, x.device, per_sm=4)
         work = torch.empty(nstacks * nprog * block_b * n * (2 if is_complex else 1), device=x.device,
                            dtype=_wide(x.dtype))
         _launch(_loop_forward_kernel, (nprog, nstacks),
-                (xc, tw, b, out, work, batch, m, cols, m, ld_out, batch * n, n_tiles),
+                (xc, tw, b, out, work, in_map, out_map, batch, m, cols, m, ld_out, batch * n, n_tiles),
                 {**meta, "CHUNK": _chunk(n, block_b)})
     if transpose:
         y = (target[0] if nstacks == 1 else target.sum(0))[:, :out_size]
@@ -802,10 +850,12 @@ def triton_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bo
 
 
 def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool,
-                    transpose: bool, out_size: int, variant: str = "auto",
-                    conjugate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    transpose: bool, out_size: int, variant: str = "auto", conjugate: bool = False,
+                    in_perm: torch.Tensor | None = None,
+                    out_perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients (twiddle, x) of ``sum(grad * forward(twiddle, x))`` (complex: torch's convention, ``Σ grad ·
-    conj(∂y)``); ``variant`` and ``conjugate`` as in :func:`triton_forward`."""
+    conj(∂y)``); ``variant``, ``conjugate``, ``in_perm`` and ``out_perm`` as in :func:`triton_forward` (the
+    incoming gradient is read, and x's gradient written, through the permutations)."""
     nstacks, nblocks, log_n, n = _shapes(twiddle)
     variant = choose_variant(n, variant)
     batch, m = x.shape
@@ -823,22 +873,27 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
     gx_slabs = torch.empty((1 if transpose else nstacks), batch, m, device=x.device, dtype=x.dtype)
     if batch == 0:
         return torch.zeros_like(twiddle), gx_slabs.sum(0)
-    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype)
+    in_map = None if in_perm is None else in_perm.contiguous()
+    out_map = _out_map(out_perm, g.shape[1])
+    meta = _constexprs(twiddle, increasing_stride, transpose, conjugate, block_b, x.dtype,
+                       IN_MAP=int(in_map is not None), OUT_MAP=int(out_map is not None))
     nprog = _programs(n_tiles, x.device, per_sm=BACKWARD_PROGRAMS_PER_SM)
     # every program writes its whole slice (it has at least one tile): no zero fill
     partial = torch.empty(nprog, nstacks, *twiddle.shape[1:], *((2,) if is_complex else ()), device=x.device,
                           dtype=wide)
     args = (xc, tw, _real_view(g), _real_view(gx_slabs), partial)
+    maps = (in_map, out_map)
     sizes = (batch, m, g.shape[1], m, g.shape[1], batch * m, n_tiles)
     if variant == "unrolled":
         slots = max(F // 2 - 1, 0)  # see _backward_kernel
         acts = torch.empty(nstacks * nprog * max(slots, 1) * block_b * n * per_element, device=x.device, dtype=wide)
-        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "SLOTS": slots})
+        _launch(_backward_kernel, (nprog, nstacks), (*args, acts, *maps, *sizes), {**meta, "SLOTS": slots})
     else:
         # the even factors' inputs, a spare tile and the gradient: see _loop_backward_kernel
         acts = torch.empty(nstacks * nprog * ((F + 1) // 2 + 2) * block_b * n * per_element, device=x.device,
                            dtype=wide)
-        _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *sizes), {**meta, "CHUNK": _chunk(n, block_b)})
+        _launch(_loop_backward_kernel, (nprog, nstacks), (*args, acts, *maps, *sizes),
+                {**meta, "CHUNK": _chunk(n, block_b)})
     # skip the reductions over a single slab (a kernel launch each, which counts at small batches)
     gt = partial[0] if nprog == 1 else partial.sum(0)
     if is_complex:
@@ -850,32 +905,36 @@ if HAVE_TRITON:
 
     @torch.library.custom_op("twiddle::butterfly_multiply_triton", mutates_args=())
     def _triton_op(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, increasing_stride: bool,
-                   transpose: bool, out_size: int, conjugate: bool) -> torch.Tensor:
-        return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
+                   transpose: bool, out_size: int, conjugate: bool, in_perm: torch.Tensor | None,
+                   out_perm: torch.Tensor | None) -> torch.Tensor:
+        return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate,
+                              in_perm=in_perm, out_perm=out_perm)
 
     @_triton_op.register_fake
-    def _(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate):
+    def _(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm):
         return x.new_empty(x.shape[0], out_size)
 
     @torch.library.custom_op("twiddle::butterfly_multiply_triton_backward", mutates_args=())
     def _triton_backward_op(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, increasing_stride: bool,
-                            transpose: bool, out_size: int, conjugate: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return triton_backward(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate=conjugate)
+                            transpose: bool, out_size: int, conjugate: bool, in_perm: torch.Tensor | None,
+                            out_perm: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return triton_backward(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate=conjugate,
+                               in_perm=in_perm, out_perm=out_perm)
 
     @_triton_backward_op.register_fake
-    def _(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate):
+    def _(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm):
         return torch.empty_like(twiddle), torch.empty_like(x)
 
     def _setup(ctx, inputs, output):
-        twiddle, x, bias, increasing_stride, transpose, out_size, conjugate = inputs
-        ctx.save_for_backward(twiddle, x)
+        twiddle, x, bias, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm = inputs
+        ctx.save_for_backward(twiddle, x, in_perm, out_perm)
         ctx.flags = (increasing_stride, transpose, out_size, conjugate)
         ctx.has_bias = bias is not None
 
     def _backward(ctx, grad):
-        twiddle, x = ctx.saved_tensors
-        gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags)
-        return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None
+        twiddle, x, in_perm, out_perm = ctx.saved_tensors
+        gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
+        return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None, None, None
 
     _triton_op.register_autograd(_backward, setup_context=_setup)
 
@@ -884,33 +943,40 @@ if HAVE_TRITON:
         op costs about 25 us per differentiable call on the host, this about 6)."""
 
         @staticmethod
-        def forward(ctx, twiddle, x, bias, increasing_stride, transpose, out_size, conjugate):
-            ctx.save_for_backward(twiddle, x)
+        def forward(ctx, twiddle, x, bias, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm):
+            ctx.save_for_backward(twiddle, x, in_perm, out_perm)
             ctx.flags = (increasing_stride, transpose, out_size)
             ctx.conjugate = conjugate
             ctx.has_bias = bias is not None
-            return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
+            return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate,
+                                  in_perm=in_perm, out_perm=out_perm)
 
         @staticmethod
         @torch.autograd.function.once_differentiable
         def backward(ctx, grad):
-            twiddle, x = ctx.saved_tensors
-            gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate)
-            return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None
+            twiddle, x, in_perm, out_perm = ctx.saved_tensors
+            gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate, in_perm=in_perm,
+                                     out_perm=out_perm)
+            return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None, None, None
 
 
 def triton_butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, *, out_size: int,
-                              transpose: bool, bias: torch.Tensor | None = None,
-                              conjugate: bool = False) -> torch.Tensor:
+                              transpose: bool, bias: torch.Tensor | None = None, conjugate: bool = False,
+                              in_perm: torch.Tensor | None = None,
+                              out_perm: torch.Tensor | None = None) -> torch.Tensor:
     """The Triton path as one differentiable op; ``twiddle``, 2-D ``x`` and ``bias`` (``(out_size,)`` or None) of
-    one dtype, real or complex64/complex128 (``conjugate``: conjugate the twiddles). Under ``torch.compile`` it is
-    the custom op ``twiddle::butterfly_multiply_triton``."""
+    one dtype, real or complex64/complex128 (``conjugate``: conjugate the twiddles); ``in_perm`` / ``out_perm``
+    checked int64 permutations of x's columns / the outputs, or None (``y = B(x[:, in_perm])[:, out_perm] + bias``,
+    gathered and scattered by the kernels). Under ``torch.compile`` it is the custom op
+    ``twiddle::butterfly_multiply_triton``."""
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed")
     if torch.compiler.is_compiling():
-        return _triton_op(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate)
+        return _triton_op(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm)
     if torch.is_grad_enabled() and (twiddle.requires_grad or x.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate)
+        return _TritonMultiply.apply(twiddle, x, bias, increasing_stride, transpose, out_size, conjugate, in_perm,
+                                     out_perm)
     # nothing to differentiate
-    return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate)
+    return triton_forward(twiddle, x, increasing_stride, transpose, out_size, bias=bias, conjugate=conjugate,
+                          in_perm=in_perm, out_perm=out_perm)
