@@ -219,8 +219,35 @@ def test_replace_linear_from_dense_least_squares_improves_rectangular_fit():
 
 
 def test_replace_linear_on_a_bare_linear_returns_the_replacement():
-    new = replace_linear(nn.Linear(16, 16), "truncated", k_in=4, k_out=4, seed=1)
+    # (at n = 16 the truncated layer has more parameters than the dense one: min_compression=0 replaces it anyway)
+    new = replace_linear(nn.Linear(16, 16), "truncated", k_in=4, k_out=4, seed=1, min_compression=0)
     assert isinstance(new, TruncatedButterflyLinear) and new.k_in == 4
+
+
+def test_replace_linear_keeps_layers_a_butterfly_would_make_larger(capsys):
+    """A narrow head (512 -> 10: 5,130 dense parameters, 9,226 as a butterfly) stays dense by default;
+    ``min_compression`` sets the saving a replacement must bring (0: replace everything selected)."""
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+
+    m = replace_linear(model(), verbose=True)
+    assert isinstance(m[0], Butterfly) and type(m[2]) is nn.Linear
+    err = capsys.readouterr().err
+    assert "1 layer(s) replaced by butterfly, 1 kept by min_compression=1.0" in err
+    assert "2: Linear(512, 10) 5130 parameters kept (Butterfly would have 9226)" in err
+    m = replace_linear(model(), min_compression=0)
+    assert isinstance(m[0], Butterfly) and isinstance(m[2], Butterfly)
+    # Linear(784, 512): 401,920 parameters, its butterfly 20,992 (19.1x fewer): kept when asking for 20x
+    m = replace_linear(model(), min_compression=20)
+    assert type(m[0]) is nn.Linear and type(m[2]) is nn.Linear
+    m = replace_linear(model(), min_compression=19)
+    assert isinstance(m[0], Butterfly)
+    # a kept layer is not fitted (init_from_dense is skipped with it) and keeps its weights
+    head = model()[2]
+    before = head.weight.clone()
+    assert replace_linear(head, init_from_dense=True) is head
+    torch.testing.assert_close(head.weight, before, rtol=0, atol=0)
 
 
 def test_replace_linear_passes_layer_options():
@@ -247,6 +274,8 @@ def test_replace_linear_passes_layer_options():
         (lambda: replace_linear(_mlp(), "dense"), ValueError, "kind must be one of"),
         (lambda: replace_linear([], "butterfly"), TypeError, "model must be an nn.Module"),
         (lambda: replace_linear(_mlp(), filter=3), TypeError, "filter must be a callable"),
+        (lambda: replace_linear(_mlp(), min_compression=-1), ValueError, "min_compression must be a number >= 0"),
+        (lambda: replace_linear(_mlp(), min_compression="2"), ValueError, "min_compression must be a number"),
         (lambda: fjlt(16, 32), ValueError, "must be at most n = 16"),
     ],
 )

@@ -43,21 +43,22 @@ def _fit_butterfly_(layer: Butterfly, weight: torch.Tensor, polish_steps: int) -
     layer.twiddle.grad = None
 
 
-def _build(linear: nn.Linear, kind: str, init_from_dense: bool, polish_steps: int, layer_kwargs: dict) -> nn.Module:
+def _build(linear: nn.Linear, kind: str, layer_kwargs: dict) -> nn.Module:
+    """The replacement for ``linear``, freshly initialized, on its device and in its dtype."""
     factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
-    has_bias = linear.bias is not None
-    if kind == "butterfly":
-        layer: nn.Module = Butterfly(linear.in_features, linear.out_features, has_bias, **factory, **layer_kwargs)
-        if init_from_dense:
-            _fit_butterfly_(layer, linear.weight, polish_steps)
+    cls = Butterfly if kind == "butterfly" else TruncatedButterflyLinear
+    return cls(linear.in_features, linear.out_features, linear.bias is not None, **factory, **layer_kwargs)
+
+
+def _init_from_dense_(layer: nn.Module, linear: nn.Linear, polish_steps: int) -> None:
+    """Fit ``layer`` (from :func:`_build`) to ``linear``'s weight and copy its bias."""
+    if isinstance(layer, Butterfly):
+        _fit_butterfly_(layer, linear.weight, polish_steps)
     else:
-        layer = TruncatedButterflyLinear(linear.in_features, linear.out_features, has_bias, **factory, **layer_kwargs)
-        if init_from_dense:
-            layer.fit_dense_(linear.weight)
-    if init_from_dense and has_bias:
+        layer.fit_dense_(linear.weight)
+    if linear.bias is not None:
         with torch.no_grad():
             layer.bias.copy_(linear.bias.to(layer.bias.dtype))
-    return layer
 
 
 def replace_linear(
@@ -67,6 +68,7 @@ def replace_linear(
     filter: Callable[[str, nn.Linear], bool] | None = None,
     init_from_dense: bool = False,
     polish_steps: int = 20,
+    min_compression: float = 1.0,
     verbose: bool = False,
     **layer_kwargs: object,
 ) -> nn.Module:
@@ -83,7 +85,12 @@ def replace_linear(
             (only the least squares for ``nblocks > 1`` or complex layers). ``truncated``: ``W̃`` is the
             closed-form least-squares fit for the FJLT-initialized ``J1``, ``J2``. The bias is copied.
         polish_steps: L-BFGS iterations of the least-squares polish (``butterfly`` only; 0 to skip).
-        verbose: print each replacement and the parameter totals before and after to stderr.
+        min_compression: replace a selected layer only where its replacement has at most ``1 / min_compression``
+            of its parameters (bias included). The default 1 keeps layers that a butterfly would make larger,
+            such as a narrow classifier head (``Linear(512, 10)``: 5,130 parameters, its butterfly, a 512-point
+            butterfly cut to 10 outputs, 9,226); 0 replaces every selected layer.
+        verbose: print each replacement (and each layer kept by ``min_compression``) and the parameter totals
+            before and after to stderr.
         **layer_kwargs: passed to the new layers (e.g. ``nblocks=2``, ``init="ortho"``; ``k_in``, ``seed``).
 
     The new layers take the replaced layer's device and dtype. Parameter counts: compare
@@ -95,6 +102,10 @@ def replace_linear(
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if filter is not None and not callable(filter):
         raise TypeError("filter must be a callable (name, module) -> bool")
+    if isinstance(min_compression, bool) or not isinstance(min_compression, (int, float)) or not (
+        min_compression >= 0
+    ):
+        raise ValueError(f"min_compression must be a number >= 0, got {min_compression!r}")
     before = sum(p.numel() for p in model.parameters())
     targets = [
         (name, module)
@@ -103,14 +114,19 @@ def replace_linear(
     ]
     log: list[str] = []
     replacement_root: nn.Module | None = None
+    replaced = 0
     for name, linear in targets:
-        new = _build(linear, kind, init_from_dense, polish_steps, layer_kwargs)
+        new = _build(linear, kind, layer_kwargs)
         old_params = sum(p.numel() for p in linear.parameters())
         new_params = sum(p.numel() for p in new.parameters())
-        log.append(
-            f"  {name or '<model>'}: Linear({linear.in_features}, {linear.out_features}) {old_params} -> "
-            f"{type(new).__name__} {new_params} parameters"
-        )
+        label = f"  {name or '<model>'}: Linear({linear.in_features}, {linear.out_features}) {old_params}"
+        if new_params * min_compression > old_params:
+            log.append(f"{label} parameters kept ({type(new).__name__} would have {new_params})")
+            continue
+        if init_from_dense:
+            _init_from_dense_(new, linear, polish_steps)
+        log.append(f"{label} -> {type(new).__name__} {new_params} parameters")
+        replaced += 1
         if name == "":
             replacement_root = new
             continue
@@ -120,7 +136,9 @@ def replace_linear(
     result = replacement_root if replacement_root is not None else model
     if verbose:
         after = sum(p.numel() for p in result.parameters())
-        print(f"replace_linear: {len(targets)} layer(s) replaced by {kind}", file=sys.stderr)
+        kept = len(targets) - replaced
+        print(f"replace_linear: {replaced} layer(s) replaced by {kind}"
+              + (f", {kept} kept by min_compression={min_compression}" if kept else ""), file=sys.stderr)
         for line in log:
             print(line, file=sys.stderr)
         print(f"  parameters: {before} -> {after} ({before / max(after, 1):.2f}x fewer)", file=sys.stderr)

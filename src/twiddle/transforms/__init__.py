@@ -11,6 +11,12 @@ chirp-z (DFT family) or a power-of-two circulant embedding (circulant, Toeplitz,
   :func:`idst`.
 * Structured matrices: :func:`circulant`, :func:`toeplitz`, :func:`conv1d_circular`, :func:`conv2d_circular`.
 * Others: :func:`hadamard`, :func:`haar`, :func:`fastfood`, :func:`acdc`, :func:`permutation_to_butterfly`.
+
+Precision is chosen at construction: ``dtype=torch.float64`` computes the twiddles in double precision (complex128
+for the complex ones; float64 transforms match scipy.fft to about 1e-15). Converting a module afterwards
+(``.to(torch.complex128)``) converts the stored float32-accurate values, it does not recompute them (errors stay
+near 1e-7), and ``.double()`` / ``.float()`` follow PyTorch in converting real tensors only, leaving complex
+twiddles as they are: build the transform in the precision you want.
 """
 
 from ._benes import permutation_to_butterfly
