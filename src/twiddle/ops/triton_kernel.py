@@ -16,7 +16,10 @@ adding its twiddle gradients into its own slice (summed in a fixed order afterwa
 complex128 are computed in float64, float32/float16/bfloat16 and complex64 in float32. Complex tensors are read
 through their real views, every value carried as a (real part, imaginary part) pair of tiles; the kernels take
 ``CPLX`` (and ``CONJ``, conjugated twiddles) as compile-time flags, so a real call compiles to the same program as
-without complex support. No Triton specialization on the batch size: one compilation per shape.
+without complex support. No Triton specialization on the batch size: one compilation per shape. Input and output
+permutations (``in_perm`` / ``out_perm`` of :func:`twiddle.ops.butterfly_multiply`) are column maps read by the
+loads of x and the incoming gradient and the stores of the result and x's gradient (``IN_MAP`` / ``OUT_MAP``,
+compile-time flags: a call without them compiles to the program without them).
 
 Host cost matters at small batches: calls that need no gradient launch the forward directly; other eager calls go
 through a ``torch.autograd.Function`` (a custom op's dispatch costs several times more per call; under
