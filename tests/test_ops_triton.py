@@ -250,3 +250,36 @@ def test_launch_cache_compiles_once_per_specialization_and_passes_constexprs_in_
     assert calls[1] == ("compiled", (5, 1, 1), (x, 48, 8, 2, 1))
     assert calls[2][0] == "jit"
     assert len(calls) == 3
+
+
+def test_output_permutation_map_is_kept_per_tensor_and_version():
+    """The Triton path's column map for ``out_perm`` (its inverse, extended by the identity for a transposed call's
+    wider slabs) is computed once per permutation tensor and recomputed when that tensor changes or is replaced."""
+    import gc
+
+    import torch
+
+    from twiddle.ops import triton_kernel as tk
+
+    def expected(q, columns):
+        inverse = torch.empty_like(q)
+        inverse[q] = torch.arange(q.numel())
+        return torch.cat([inverse, torch.arange(q.numel(), columns)])
+
+    q = torch.randperm(13)
+    first = tk._out_map(q, 13)
+    assert torch.equal(first, expected(q, 13))
+    assert tk._out_map(q, 13) is first  # kept
+    assert torch.equal(tk._out_map(q, 16), expected(q, 16))  # a transposed call's 16-wide slabs
+    q[:] = torch.randperm(13)  # modified in place: recomputed
+    assert torch.equal(tk._out_map(q, 13), expected(q, 13))
+    for _ in range(3):  # new tensors (possibly at a freed tensor's address): never a stale map
+        del q
+        gc.collect()
+        q = torch.randperm(13)
+        assert torch.equal(tk._out_map(q, 13), expected(q, 13))
+    with torch.inference_mode():
+        r = torch.randperm(13)
+    assert r.is_inference()
+    assert torch.equal(tk._out_map(r, 13), expected(r, 13))
+    assert tk._out_map(None, 13) is None

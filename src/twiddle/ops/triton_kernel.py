@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 
 import torch
 
@@ -790,15 +791,33 @@ def _constexprs_cached(geometry: tuple[int, int], increasing_stride: bool, trans
                 CONJ=int(conjugate and is_complex), **dict(extra))
 
 
+# out_perm -> its column map, kept for the permutation tensors that modules pass on every call (a transform's
+# buffers), which would otherwise cost an argsort (a kernel launch and a sort) per call. An entry is used only while
+# the same tensor object is alive (weak reference) and unmodified (version counter); inference tensors, which
+# track no version, are not kept.
+_OUT_MAPS: dict[tuple[int, int], tuple] = {}
+_OUT_MAPS_LIMIT = 64
+
+
 def _out_map(out_perm: torch.Tensor | None, columns: int) -> torch.Tensor | None:
     """Where the kernels store (or read the gradient of) each of their ``columns`` result columns under the output
     permutation ``out_perm`` (``y = z[..., out_perm]``): its inverse, extended by the identity over the columns
     past ``out_perm``'s (a transposed call's slabs are ``n`` wide and cut to ``out_size`` afterwards)."""
     if out_perm is None:
         return None
+    key = (id(out_perm), columns)
+    trackable = not out_perm.is_inference()
+    if trackable:
+        entry = _OUT_MAPS.get(key)
+        if entry is not None and entry[0]() is out_perm and entry[1] == out_perm._version:
+            return entry[2]
     inverse = torch.argsort(out_perm)
     if columns > inverse.numel():
         inverse = torch.cat([inverse, torch.arange(inverse.numel(), columns, device=inverse.device)])
+    if trackable:
+        if len(_OUT_MAPS) >= _OUT_MAPS_LIMIT:
+            _OUT_MAPS.clear()
+        _OUT_MAPS[key] = (weakref.ref(out_perm), out_perm._version, inverse)
     return inverse
 
 
