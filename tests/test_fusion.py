@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from twiddle import Butterfly, transforms
-from twiddle._fusion import _fused_perm, permute_then_apply, run_fused
+from twiddle._fusion import _fused_perm, run_fused
 from twiddle.factorize.result import PermutedButterfly
 from twiddle.permutations import FixedPermutation
 
@@ -136,9 +136,9 @@ def test_only_the_plain_classes_are_fused():
     assert _fused_perm(FixedPermutation(torch.randperm(8)), Butterfly(8, 16)) is not None
     assert _fused_perm(FixedPermutation(perm), Butterfly(8, 16)) is None  # sizes disagree: the layer's error
     x = torch.randn(3, 16)
-    torch.testing.assert_close(permute_then_apply(Logged(perm), layer, x), layer(x[:, perm] * 2))
+    torch.testing.assert_close(run_fused((Logged(perm), layer), x), layer(x[:, perm] * 2))
     with pytest.raises(ValueError, match="in_features=8"):
-        permute_then_apply(FixedPermutation(perm), Butterfly(8, 16), x)
+        run_fused((FixedPermutation(perm), Butterfly(8, 16)), x)
 
 
 def test_run_fused_handles_trailing_and_consecutive_permutations():

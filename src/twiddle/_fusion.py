@@ -19,7 +19,7 @@ from torch.nn.modules import module as _module
 from .butterfly import Butterfly
 from .permutations import FixedPermutation
 
-__all__ = ["permute_then_apply", "run_fused"]
+__all__ = ["run_fused"]
 
 _PERM_FORWARD = FixedPermutation.forward
 _BUTTERFLY_FORWARD = Butterfly.forward
@@ -72,14 +72,6 @@ def _fused_out_perm(layer: nn.Module, perm: nn.Module) -> torch.Tensor | None:
     if not _plain_butterfly(layer) or layer.bias is not None:
         return None
     return _plain_perm(perm, layer.out_features)
-
-
-def permute_then_apply(perm: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``layer(perm(x))``, as one kernel call where the pair can be fused."""
-    index = _fused_perm(perm, layer)
-    if index is not None:
-        return layer._forward_permuted(x, index)
-    return layer(perm(x))
 
 
 def run_fused(steps: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:

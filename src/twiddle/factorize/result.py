@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .._fusion import permute_then_apply
+from .._fusion import run_fused
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
 
@@ -59,7 +59,7 @@ class PermutedButterfly(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first
-        y = permute_then_apply(self.permutation, self.butterfly, x)
+        y = run_fused((self.permutation, self.butterfly), x)
         for stage in self.then:
             y = stage(y)
         return y.real if self.real_output and y.is_complex() else y
