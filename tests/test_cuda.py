@@ -140,6 +140,9 @@ def test_gradcheck_on_cuda(dtype):
     if dtype.is_complex:  # the Hermitian adjoint: conjugated twiddles, transposed
         assert torch.autograd.gradcheck(
             lambda t, x: butterfly_multiply(t, x, out_size=7, transpose=True, conjugate=True), (t, x[:, :6]))
+    # second derivatives (create_graph=True: the first ones come from the reference's autograd)
+    perm = torch.randperm(13, device=CUDA)
+    assert torch.autograd.gradgradcheck(lambda t, x: butterfly_multiply(t, x, out_size=13, out_perm=perm), (t, x))
 
 
 @needs_triton

@@ -160,6 +160,58 @@ def test_triton_kernel_logic_in_the_interpreter_every_size(variant):
     _run_interpreter_check(variant, "real", "full")
 
 
+DOUBLE_BACKWARD_CHECK = textwrap.dedent(
+    """
+    import itertools, torch
+    from twiddle.ops import triton_kernel as tk
+    from twiddle.ops import butterfly_multiply_reference
+    torch.manual_seed(0)
+
+    def derivatives(multiply, t, x, bias, g):
+        # first derivatives with create_graph=True, then the gradient of a penalty on them
+        t, x, bias = (v.clone().requires_grad_() for v in (t, x, bias))
+        y = multiply(t, x, bias)
+        gt, gx, gb = torch.autograd.grad(y, (t, x, bias), g, create_graph=True)
+        penalty = gt.abs().pow(2).sum() + gx.abs().pow(2).sum() + (gx * x.detach()).real.sum()
+        return (gt, gx, gb, *torch.autograd.grad(penalty, (t, x)))
+
+    worst = 0.0
+    for dtype, tr, permuted, call in itertools.product((torch.float64, torch.complex128), (False, True),
+                                                      (False, True), ("eager", "op")):
+        n, out, conj = 16, 13, dtype.is_complex
+        t = torch.randn(2, 1, 4, 8, 2, 2, dtype=dtype)
+        x = torch.randn(5, 30 if tr else 16, dtype=dtype)
+        bias, g = torch.randn(out, dtype=dtype), torch.randn(5, out, dtype=dtype)
+        p, q = (torch.randperm(x.shape[1]), torch.randperm(out)) if permuted else (None, None)
+
+        def reference(t, x, bias):
+            y = butterfly_multiply_reference(t, x if p is None else x[:, p], True, out_size=out, transpose=tr,
+                                             conjugate=conj)
+            return (y if q is None else y[:, q]) + bias
+
+        def triton(t, x, bias):
+            if call == "eager":
+                return tk.triton_butterfly_multiply(t, x, True, out_size=out, transpose=tr, bias=bias,
+                                                    conjugate=conj, in_perm=p, out_perm=q)
+            return tk._triton_op(t, x, bias, True, tr, out, conj, p, q)
+
+        for a, b in zip(derivatives(triton, t, x, bias, g), derivatives(reference, t, x, bias, g)):
+            worst = max(worst, ((a - b).norm() / b.norm()).item())
+    print(worst)
+    """
+)
+
+
+def test_triton_double_backward_in_the_interpreter():
+    """create_graph=True through both differentiable Triton entry points (eager autograd.Function and the custom
+    op): the first derivatives are differentiable and the second ones equal the reference multiply's."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", DOUBLE_BACKWARD_CHECK], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert float(out.stdout.split()[-1]) < 1e-12
+
+
 def test_variant_choice():
     from twiddle.ops.triton_kernel import UNROLLED_MAX_N, choose_variant
 

@@ -92,7 +92,7 @@ from dataclasses import dataclass
 import torch
 
 from .._validate import nonnegative_int, positive_int
-from ..ops import _kernel_mode, butterfly_multiply, fused_cpu, prepare_kernel
+from ..ops import _kernel_mode, butterfly_multiply, fused_cpu, prepare_kernel, transform_active
 from ._alternating import AlternatingFit
 from ._gauss_newton import levenberg_marquardt
 
@@ -222,7 +222,8 @@ def relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     Level by level (block sizes n, n/2, ..., 4): blend the block with its even/odd separation by ``p₀``, then each
     half with its reversal by ``p₁`` and ``p₂``. Real float32/float64 CPU tensors use the fused kernel
     (``csrc/relaxed_permute_cpu.cpp``, a row at a time in cache), everything else the PyTorch composition
-    (:func:`_relaxed_permute_reference`; also under ``TWIDDLE_KERNEL=reference``)."""
+    (:func:`_relaxed_permute_reference`; also under ``TWIDDLE_KERNEL=reference`` and ``torch.func`` transforms).
+    Differentiable to any order (a backward under ``create_graph=True`` differentiates the composition)."""
     if x.is_complex():
         T, B, n = x.shape
         parts = torch.view_as_real(x).permute(0, 1, 3, 2).reshape(T, 2 * B, n)
@@ -234,6 +235,7 @@ def relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         and x.dtype in (torch.float32, torch.float64)
         and x.shape[-1] >= 4
         and _kernel_mode() != "reference"
+        and not transform_active()
         and fused_cpu.available()
     ):
         return fused_cpu.fused_relaxed_permute(x, probs)

@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 
 from ..permutations import check_permutation, gather_last
 from . import fused_cpu
 from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_checked
 
-__all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel"]
+__all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel", "transform_active"]
 
 # computed in single precision and rounded once on output
 _LOW_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
@@ -71,14 +72,33 @@ def _kernel_mode() -> str:
     return os.environ.get("TWIDDLE_KERNEL", "auto")
 
 
+_functorch_level = torch._C._functorch.maybe_current_level
+
+
+def transform_active() -> bool:
+    """True while a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``, ...) or
+    forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active. The fast kernels' autograd is reverse
+    mode only and opaque to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the
+    multiply then runs the reference, whose tensor operations every transform understands."""
+    return _functorch_level() is not None or _forward_ad._current_level >= 0
+
+
 def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
-    """Name of the kernel :func:`butterfly_multiply` would use for these tensors."""
+    """Name of the kernel :func:`butterfly_multiply` would use for these tensors (``reference`` while
+    :func:`transform_active`)."""
     mode = _kernel_mode()
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
     # ONNX export traces the model (torch.jit tracing, or torch.export under the dynamo exporter); the export
     # flag itself is slower to read, so it is read only while tracing
     compiling = torch.compiler.is_compiling()
+    if not compiling and transform_active():
+        if mode == "fused":
+            raise RuntimeError(
+                "TWIDDLE_KERNEL=fused but a torch.func transform or forward-mode AD is active, which the fused "
+                "kernels do not support (the multiply runs the reference kernel there under TWIDDLE_KERNEL=auto)"
+            )
+        return "reference"
     if (compiling or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
         # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
         if x.is_complex() or twiddle.is_complex():
@@ -140,8 +160,9 @@ def butterfly_multiply(
       kernels' store; the reference gathers afterwards.
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
-    any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle`` and
-    ``x`` (first derivatives; the reference kernel also supports higher ones).
+    any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle``, ``x``
+    and ``bias`` to any order: the fast kernels' backward computes first derivatives; under ``create_graph=True``
+    it takes them from the reference multiply's autograd instead, so that they can be differentiated again.
     """
     _, m, out = check_multiply_args(twiddle, x, transpose, out_size)
     if bias is not None:

@@ -4,7 +4,10 @@ The C++ op takes the twiddle in the user's layout ``(nstacks, nblocks, log_n, n/
 and data as real views with a trailing 2) and handles transpose, conjugate, padding, stacks and truncation
 itself, and adds an optional bias in its final store, so autograd and ``torch.compile`` see a single op. Its
 autograd kernel is C++ (no Python on the hot path). Backward recomputes activations inside the kernel and returns
-both gradients in one pass; double backward is not supported (use the reference kernel).
+both gradients in one pass. Under ``create_graph=True`` (double backward) it asks for
+``torch.ops.twiddle.butterfly_multiply_backward_differentiable`` instead, registered here: the same gradients from
+the reference multiply's autograd (:func:`twiddle.ops.reference.reference_multiply_vjp`), which autograd can
+differentiate again.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import _cpu_build
+from .reference import reference_multiply_vjp
 
 __all__ = ["available", "fused_butterfly_multiply", "fused_relaxed_permute", "SUPPORTED_DTYPES"]
 
@@ -40,6 +44,10 @@ def _register() -> None:
         return torch.empty_like(twiddle), torch.empty_like(x), grad.new_empty((out_size if bias_grad else 0,)
                                                                                + tuple(grad.shape[2:]))
 
+    torch.library.impl("twiddle::butterfly_multiply_backward_differentiable", "CompositeImplicitAutograd")(
+        _differentiable_backward
+    )
+
     @torch.library.register_fake("twiddle::relaxed_permute")
     def _(x, probs):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -50,6 +58,33 @@ def _register() -> None:
                 torch.empty_like(probs, memory_format=torch.contiguous_format))
 
     _registered = True
+
+
+def _complex_view(t: torch.Tensor) -> torch.Tensor:
+    """A real view with a trailing (re, im) pair as the complex tensor it holds (differentiable)."""
+    if t.stride(-1) != 1 or any(st % 2 for st in t.stride()[:-1]):
+        t = t.contiguous()
+    return torch.view_as_complex(t)
+
+
+def _differentiable_backward(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False,
+                             in_perm=None, out_perm=None):
+    """``twiddle::butterfly_multiply_backward_differentiable``: ``twiddle::butterfly_multiply_backward``'s results
+    (same arguments: real views for complex tensors) as differentiable tensor operations, which the C++ autograd
+    kernel calls when the backward runs with ``create_graph=True``."""
+    complex_ = twiddle.dim() == 7
+    grad = grad.to(x.dtype)
+    tw = _complex_view(twiddle) if complex_ else twiddle
+    xv = _complex_view(x) if x.dim() == 3 else x
+    g = _complex_view(grad) if complex_ else grad
+    g_twiddle, g_x, _ = reference_multiply_vjp(tw, xv, g, increasing_stride, transpose, conjugate, out_size, False,
+                                               in_perm, out_perm)
+    if complex_:  # (the gradient of conjugated twiddles comes back as a lazily conjugated tensor)
+        g_twiddle = torch.view_as_real(g_twiddle.resolve_conj())
+        if g_x.is_complex():
+            g_x = torch.view_as_real(g_x.resolve_conj())
+    g_bias = grad.sum(0) if bias_grad else grad.new_zeros((0,) + tuple(grad.shape[2:]))
+    return g_twiddle, g_x, g_bias
 
 
 def butterfly_multiply_op(
@@ -97,7 +132,8 @@ def butterfly_multiply_op(
 
 
 class _RelaxedPermute(torch.autograd.Function):
-    """``torch.ops.twiddle.relaxed_permute`` with its fused backward (first derivatives only)."""
+    """``torch.ops.twiddle.relaxed_permute`` with its fused backward; under ``create_graph=True`` the backward
+    differentiates the PyTorch composition instead, so that its results can be differentiated again."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -105,16 +141,21 @@ class _RelaxedPermute(torch.autograd.Function):
         return torch.ops.twiddle.relaxed_permute(x, probs)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, probs = ctx.saved_tensors
-        return torch.ops.twiddle.relaxed_permute_backward(x, probs, grad)
+        if not torch.is_grad_enabled():
+            return torch.ops.twiddle.relaxed_permute_backward(x, probs, grad)
+        from ..factorize.gradient import _relaxed_permute_reference  # (imported here: factorize imports ops)
+
+        xi = x if x.requires_grad else x.detach().requires_grad_()
+        pi = probs if probs.requires_grad else probs.detach().requires_grad_()
+        return torch.autograd.grad(_relaxed_permute_reference(xi, pi), (xi, pi), grad, create_graph=True)
 
 
 def fused_relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     """The relaxed permutation (:func:`twiddle.factorize.gradient.relaxed_permute`) by the fused kernel: ``x``
     ``(T, B, n)`` real float32/float64 on the CPU, ``n`` a power of two >= 4, ``probs`` ``(T, levels, 3)`` (cast to
-    ``x``'s dtype). Differentiable in both (first derivatives)."""
+    ``x``'s dtype). Differentiable in both, to any order (see :class:`_RelaxedPermute`)."""
     return _RelaxedPermute.apply(x, probs.to(x.dtype))
 
 

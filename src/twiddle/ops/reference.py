@@ -9,8 +9,15 @@ from __future__ import annotations
 import torch
 
 from .._layout import block_directions, check_twiddle, factor_stride
+from ..permutations import gather_last
 
-__all__ = ["butterfly_multiply_reference", "reference_multiply_checked", "apply_factor", "check_multiply_args"]
+__all__ = [
+    "butterfly_multiply_reference",
+    "reference_multiply_checked",
+    "reference_multiply_vjp",
+    "apply_factor",
+    "check_multiply_args",
+]
 
 
 def apply_factor(x: torch.Tensor, factor: torch.Tensor, stride: int) -> torch.Tensor:
@@ -117,3 +124,37 @@ def reference_multiply_checked(
         t_rev = t.flip(1, 2).transpose(-1, -2)
         y = _run_blocks(x.reshape(batch, nstacks, n), t_rev, not last_increasing).sum(dim=1)
     return y[:, :out].reshape(*lead, out)
+
+
+def reference_multiply_vjp(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    increasing_stride: bool,
+    transpose: bool,
+    conjugate: bool,
+    out_size: int,
+    bias_grad: bool,
+    in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The multiply's first derivatives as a differentiable function of ``twiddle``, ``x`` and ``grad``: what the
+    fast kernels' backward returns, computed through the reference so that autograd can differentiate it again
+    (``create_graph=True``: gradient penalties, Hessian-vector products, second-order meta-learning).
+
+    For ``y = z[:, out_perm] + bias`` with ``z`` the butterfly applied to ``x[:, in_perm]`` (2-D ``x`` ``(batch, m)``,
+    ``grad`` ``(batch, out_size)``, arguments validated), returns ``(dL/dtwiddle, dL/dx, dL/dbias)`` for
+    ``dL/dy = grad``; the last is ``grad.sum(0)`` when ``bias_grad`` and None otherwise. A real ``x`` with complex
+    twiddles gets a real gradient."""
+    with torch.enable_grad():
+        # a tensor that does not require grad needs no derivative through it: a detached leaf stands in for it, so
+        # that autograd.grad can still take the gradient with respect to it
+        t = twiddle if twiddle.requires_grad else twiddle.detach().requires_grad_()
+        xi = x if x.requires_grad else x.detach().requires_grad_()
+        xp = xi if in_perm is None else gather_last(xi, in_perm)
+        y = reference_multiply_checked(t, xp, increasing_stride, xp.shape[:-1], xp.shape[-1], out_size, transpose,
+                                       conjugate)
+        if out_perm is not None:
+            y = gather_last(y, out_perm)
+        g_twiddle, g_x = torch.autograd.grad(y, (t, xi), grad, create_graph=True)
+    return g_twiddle, g_x, grad.sum(0) if bias_grad else None

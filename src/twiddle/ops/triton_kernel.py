@@ -38,6 +38,8 @@ import weakref
 
 import torch
 
+from .reference import reference_multiply_vjp
+
 try:  # Triton is optional: without it CUDA tensors use the reference multiply.
     import triton
     import triton.language as tl
@@ -923,6 +925,15 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
     return gt.to(twiddle.dtype), gx_slabs[0] if gx_slabs.shape[0] == 1 else gx_slabs.sum(0)
 
 
+def _differentiable_gradients(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm):
+    """The twiddle's and x's gradients as differentiable tensor operations, for a backward under
+    ``create_graph=True`` (the kernels' gradients are not differentiable): from the reference multiply's autograd,
+    the same values as :func:`triton_backward`'s."""
+    gt, gx, _ = reference_multiply_vjp(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, False,
+                                       in_perm, out_perm)
+    return gt, gx
+
+
 if HAVE_TRITON:
 
     @torch.library.custom_op("twiddle::butterfly_multiply_triton", mutates_args=())
@@ -955,7 +966,10 @@ if HAVE_TRITON:
 
     def _backward(ctx, grad):
         twiddle, x, in_perm, out_perm = ctx.saved_tensors
-        gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
+        if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (see _differentiable_gradients)
+            gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
+        else:
+            gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
         return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None, None, None
 
     _triton_op.register_autograd(_backward, setup_context=_setup)
@@ -974,11 +988,13 @@ if HAVE_TRITON:
                                   in_perm=in_perm, out_perm=out_perm)
 
         @staticmethod
-        @torch.autograd.function.once_differentiable
         def backward(ctx, grad):
             twiddle, x, in_perm, out_perm = ctx.saved_tensors
-            gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate, in_perm=in_perm,
-                                     out_perm=out_perm)
+            if torch.is_grad_enabled():  # create_graph=True
+                gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, ctx.conjugate, in_perm, out_perm)
+            else:
+                gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate, in_perm=in_perm,
+                                         out_perm=out_perm)
             return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None, None, None
 
 

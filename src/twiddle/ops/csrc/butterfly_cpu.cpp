@@ -1813,18 +1813,20 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("twiddle::butterfly_multiply_backward", "")
                          .typed<decltype(butterfly_multiply_backward)>();
-    // create_graph=True runs this with grad mode on: the kernel's gradients are not differentiable, so refuse
-    // instead of returning silently wrong (zero) higher derivatives.
-    TORCH_CHECK(!at::GradMode::is_enabled(),
-                "twiddle's fused butterfly kernel does not support double backward (create_graph=True); "
-                "set TWIDDLE_KERNEL=reference to use the pure-PyTorch multiply, which does");
+    // create_graph=True runs this with grad mode on, and the gradients must then be differentiable themselves:
+    // the kernel's are not, so they come from the reference multiply's autograd instead
+    // (twiddle::butterfly_multiply_backward_differentiable, implemented in Python by twiddle.ops.fused_cpu).
+    static auto differentiable_op = c10::Dispatcher::singleton()
+                                        .findSchemaOrThrow("twiddle::butterfly_multiply_backward_differentiable", "")
+                                        .typed<decltype(butterfly_multiply_backward)>();
     const auto saved = ctx->get_saved_variables();
     const bool bias_grad = ctx->saved_data["bias_grad"].toBool();
     const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    auto [gtw, gx, gbias] = op.call(saved[0], saved[1], grads[0], ctx->saved_data["increasing_stride"].toBool(),
-                                    ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
-                                    ctx->saved_data["out_size"].toInt(), bias_grad, optional(saved[2]),
-                                    optional(saved[3]));
+    auto& chosen = at::GradMode::is_enabled() ? differentiable_op : op;
+    auto [gtw, gx, gbias] = chosen.call(saved[0], saved[1], grads[0], ctx->saved_data["increasing_stride"].toBool(),
+                                        ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
+                                        ctx->saved_data["out_size"].toInt(), bias_grad, optional(saved[2]),
+                                        optional(saved[3]));
     return {gtw,          gx,           bias_grad ? gbias : at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -1857,6 +1859,10 @@ TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply(Tensor twiddle, Tensor x, Tensor? bias, bool increasing_stride, bool transpose, "
         "bool conjugate, int out_size, Tensor? in_perm=None, Tensor? out_perm=None) -> Tensor");
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
+        "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
+        "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
+  // the same gradients as differentiable tensor operations (double backward); its kernel is registered from Python
+  m.def("butterfly_multiply_backward_differentiable(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
         "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
 }

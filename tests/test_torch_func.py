@@ -1,0 +1,113 @@
+"""torch.func transforms (grad, vmap, jvp, jacrev, hessian), forward-mode AD and higher derivatives through the
+modules, checked against their dense matrices in float64.
+
+The fast kernels' autograd is reverse mode only and opaque to functorch, so while a transform or forward-mode AD is
+active the multiply runs the reference (``twiddle.ops.transform_active``); outside them the fast kernel runs as
+before. Before this routing, ``torch.func.jvp`` through the fused CPU op returned a zero tangent without an error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
+
+from twiddle import Butterfly, TruncatedButterflyLinear, transforms
+from twiddle.factorize.gradient import _relaxed_permute_reference, relaxed_permute
+from twiddle.ops import fused_cpu, kernel_for, transform_active
+
+D = torch.float64
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().norm() / b.abs().norm().clamp_min(1e-300)).item()
+
+
+def modules():
+    """(name, module, input dtype) for a module of each family, small sizes that are not powers of two included."""
+    torch.manual_seed(0)
+    return [
+        ("butterfly", Butterfly(12, 20, nblocks=2, dtype=D), D),
+        ("complex butterfly", Butterfly(8, 8, complex=True, dtype=torch.complex128), torch.complex128),
+        ("fft", transforms.fft(16, norm="ortho", dtype=D), torch.complex128),
+        ("dst", transforms.dst(16, type=2, dtype=D), D),
+        ("truncated", TruncatedButterflyLinear(16, 6, dtype=D), D),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=[m[0] for m in modules()])
+def test_jvp_jacrev_and_forward_ad_match_the_dense_matrix(index):
+    name, module, dtype = modules()[index]
+    m = module.in_features if hasattr(module, "in_features") else module.in_shape[-1]
+    W = module.to_dense().to(dtype if dtype.is_complex else D)
+    x = torch.randn(3, m, dtype=dtype)
+    v = torch.randn(3, m, dtype=dtype)
+    _, tangent = jvp(module, (x,), (v,))
+    assert rel(tangent, v @ W.T) < 1e-12
+    if dtype.is_complex:  # the Jacobian of the real and imaginary parts at a real input: Re W and Im W
+        jac = jacrev(lambda z: torch.view_as_real(module(z.to(dtype))))(x[0].real)
+        expected = torch.view_as_real(W).permute(0, 2, 1)
+    else:
+        jac, expected = jacrev(module)(x[0]), W
+    assert rel(jac, expected) < 1e-12
+    with fwAD.dual_level():
+        y = module(fwAD.make_dual(x, v))
+        assert rel(fwAD.unpack_dual(y).tangent, v @ W.T) < 1e-12
+
+
+def test_per_sample_gradients_by_vmap_of_grad_equal_a_loop_over_samples():
+    """The Opacus / functorch recipe: vmap(grad(loss)) over samples, against one autograd backward per sample (which
+    runs the fused kernel)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Butterfly(12, 16, dtype=D), torch.nn.Tanh(), TruncatedButterflyLinear(16, 3, dtype=D))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    x, target = torch.randn(5, 12, dtype=D), torch.randn(5, 3, dtype=D)
+
+    def loss(p, xi, ti):
+        return (functional_call(model, p, (xi.unsqueeze(0),)) - ti).pow(2).sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, target)
+    for i in range(5):
+        model.zero_grad()
+        (model(x[i : i + 1]) - target[i]).pow(2).sum().backward()
+        for name, p in model.named_parameters():
+            assert rel(per_sample[name][i], p.grad) < 1e-12, name
+
+
+def test_hessian_with_respect_to_the_input_matches_the_closed_form():
+    """f(x) = Σ sin(W x + b): H = Wᵀ diag(-sin(W x + b)) W."""
+    torch.manual_seed(0)
+    layer = Butterfly(10, 10, dtype=D)
+    W, b = layer.to_dense(), layer.bias.detach()
+    x = torch.randn(10, dtype=D)
+    H = hessian(lambda z: layer(z).sin().sum())(x)
+    assert rel(H, W.T @ torch.diag(-torch.sin(W @ x + b)) @ W) < 1e-12
+
+
+def test_the_fast_kernel_runs_outside_transforms_and_the_reference_inside(monkeypatch):
+    t = torch.randn(1, 1, 3, 4, 2, 2, dtype=D)
+    x = torch.randn(2, 8, dtype=D)
+    assert fused_cpu.available() and not transform_active()
+    assert kernel_for(t, x) == "fused-cpu"
+    seen = []
+    vmap(lambda row: seen.append((transform_active(), kernel_for(t, row))) or row)(x)
+    jvp(lambda row: seen.append((transform_active(), kernel_for(t, row))) or row, (x,), (x,))
+    with fwAD.dual_level():
+        seen.append((transform_active(), kernel_for(t, x)))
+    assert seen == [(True, "reference")] * 3
+    assert kernel_for(t, x) == "fused-cpu"
+    monkeypatch.setenv("TWIDDLE_KERNEL", "fused")  # the fused kernel cannot run there: an error, as elsewhere
+    with pytest.raises(RuntimeError, match="torch.func transform or forward-mode AD"):
+        vmap(lambda row: kernel_for(t, row))(x)
+
+
+def test_relaxed_permutation_under_transforms_and_double_backward():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, dtype=D, requires_grad=True)
+    probs = torch.rand(2, 3, 3, dtype=D, requires_grad=True)
+    v = torch.randn_like(x)
+    _, tangent = jvp(lambda z: relaxed_permute(z, probs.detach()), (x.detach(),), (v,))
+    assert rel(tangent, _relaxed_permute_reference(v, probs.detach())) < 1e-12  # linear in x
+    # the fused op under create_graph=True: second derivatives by finite differences
+    assert torch.autograd.gradgradcheck(fused_cpu.fused_relaxed_permute, (x, probs))
