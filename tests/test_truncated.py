@@ -134,6 +134,36 @@ def test_truncated_linear_fit_dense_solves_least_squares():
     torch.testing.assert_close(j2t.T @ residual @ j1.T, torch.zeros(6, 8), atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("prune", [False, True])
+def test_reset_parameters_restores_the_seeded_state_and_completes_meta_device_init(prune):
+    """As nn.Linear: build on the meta device (no memory), ``to_empty`` then ``reset_parameters`` gives the module
+    that direct construction gives (J from its seed; W̃ and the bias from the global random state); after training,
+    ``reset_parameters`` restores J's seeded values, pruned again where the module was made pruned."""
+    torch.manual_seed(0)
+    direct = TruncatedButterflyLinear(50, 30, seed=2)
+    j = TruncatedButterfly(100, 20, seed=3, prune=prune)
+    with torch.device("meta"):
+        lazy = TruncatedButterflyLinear(50, 30, seed=2)
+        lazy_j = TruncatedButterfly(100, 20, seed=3, prune=prune)
+    assert lazy.j_in.kept.is_meta and lazy.inner.weight.is_meta
+    lazy, lazy_j = lazy.to_empty(device="cpu"), lazy_j.to_empty(device="cpu")
+    torch.manual_seed(0)
+    lazy.reset_parameters()
+    lazy_j.reset_parameters()
+    for a, b in ((direct, lazy), (j, lazy_j)):
+        state = a.state_dict()
+        assert state.keys() == b.state_dict().keys()
+        assert all(torch.equal(v, state[k]) for k, v in b.state_dict().items())
+    saved = {k: v.clone() for k, v in j.state_dict().items()}
+    with torch.no_grad():
+        j.twiddle.add_(1.0)
+        j.kept.zero_()
+    j.reset_parameters()
+    assert all(torch.equal(v, saved[k]) for k, v in j.state_dict().items())
+    if prune:
+        assert not j.alive_mask().all() and (j.twiddle[~j.alive_mask()] == 0).all()
+
+
 def test_truncated_linear_trains_like_a_linear_layer():
     torch.manual_seed(0)
     layer = TruncatedButterflyLinear(32, 16, k_in=8, k_out=8)

@@ -77,24 +77,26 @@ class TruncatedButterfly(nn.Module):
         if init not in TRUNCATED_INITS:
             raise ValueError(f"init must be one of {TRUNCATED_INITS}, got {init!r}")
         self.init = init
+        self.pruned = bool(prune)
+        self.register_buffer("kept", torch.empty(self.out_features, dtype=torch.long, device=device))
+        with torch.random.fork_rng(devices=[]):  # (the global random state is left as it was)
+            self.butterfly = Butterfly(self.in_features, self.n, bias=False, init=init, device=device, dtype=dtype)
+        self.butterfly.display_name = "TruncatedButterfly"
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Set the kept subset and the twiddles to what the constructor draws from ``seed`` (the same values on
+        every call, whatever the global random state; after ``to_empty()`` from the meta device too), pruned if
+        the module was made with ``prune=True``."""
         gen = torch.Generator().manual_seed(self.seed)
-        kept = torch.randperm(self.n, generator=gen)[: self.out_features].sort().values
-        self.register_buffer("kept", kept.to(device))
+        self.kept.copy_(torch.randperm(self.n, generator=gen)[: self.out_features].sort().values)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.butterfly = Butterfly(
-                self.in_features,
-                self.n,
-                bias=False,
-                init=init,
-                device=device,
-                dtype=dtype,
-            )
-        self.butterfly.display_name = "TruncatedButterfly"
-        if init != "randn" and self.butterfly.log_n > 0:  # (n = 1: nothing to scale, n / ℓ = 1)
-            with torch.no_grad():
-                self.butterfly.twiddle[:, 0, 0] *= math.sqrt(self.n / self.out_features)
-        if prune:
+            self.butterfly.reset_parameters()
+        if self.init != "randn" and self.butterfly.log_n > 0:  # (n = 1: nothing to scale, n / ℓ = 1)
+            self.butterfly.twiddle[:, 0, 0] *= math.sqrt(self.n / self.out_features)
+        if self.pruned and not self.twiddle.is_meta:  # (on the meta device there are no values to prune)
             self.prune_()
 
     @property
@@ -151,9 +153,11 @@ class TruncatedButterfly(nn.Module):
         return int(self.alive_mask().sum())
 
     def prune_(self) -> TruncatedButterfly:
-        """Zero the weights that reach no kept output (in place); returns ``self``."""
+        """Zero the weights that reach no kept output (in place; :meth:`reset_parameters` prunes again from then
+        on); returns ``self``."""
         with torch.no_grad():
             self.twiddle.mul_(self.alive_mask().to(self.twiddle.dtype))
+        self.pruned = True
         return self
 
     def extra_repr(self) -> str:
@@ -261,10 +265,22 @@ class TruncatedButterflyLinear(nn.Module):
         self.inner = nn.Linear(self.k_in, self.k_out, bias=False, device=device, dtype=dtype)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
-            bound = 1 / math.sqrt(self.in_features)
-            nn.init.uniform_(self.bias, -bound, bound)
         else:
             self.register_parameter("bias", None)
+        self._reset_bias()
+
+    def reset_parameters(self) -> None:
+        """Re-initialize as the constructor does: ``J1`` and ``J2`` from their seeds, ``W̃`` and the bias as
+        ``nn.Linear`` draws them (from the global random state)."""
+        self.j_in.reset_parameters()
+        self.j_out.reset_parameters()
+        self.inner.reset_parameters()
+        self._reset_bias()
+
+    def _reset_bias(self) -> None:
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.in_features:
