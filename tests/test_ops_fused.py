@@ -549,7 +549,38 @@ def test_double_backward_through_the_fused_op(case):
         )
 
     inputs = (t, x) + ((bias,) if bias is not None else ())
+    assert_differentiable_gradients(f, inputs)
+
+
+def assert_differentiable_gradients(f, inputs):
+    """The first derivatives under create_graph=True equal the kernel's (gradgradcheck alone would accept wrong
+    ones: it checks the second derivatives of whatever function the first derivatives are), and their own
+    derivatives match finite differences."""
+    y = f(*inputs)
+    w = torch.randn_like(y)
+    plain = torch.autograd.grad(y, inputs, w, retain_graph=True)
+    graph = torch.autograd.grad(y, inputs, w, create_graph=True)
+    for a, b in zip(graph, plain, strict=True):
+        assert rel(a.detach(), b) < 1e-12
+    assert graph[0].requires_grad and graph[1].requires_grad  # (the bias's, the sum of w, is a constant)
     assert torch.autograd.gradgradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_double_backward_with_tied_twiddles(dtype):
+    """The same twiddles applied twice (the second call's input depends on them): the backward's gradients are
+    partial derivatives along each argument, so second derivatives still match finite differences."""
+    t = (torch.randn(twiddle_shape(1, 2, 8), dtype=dtype) / 2**0.5).requires_grad_()
+    x = torch.randn(3, 8, dtype=dtype, requires_grad=True)
+    perm = torch.randperm(8)
+
+    def f(t, x):
+        once = fused_cpu.fused_butterfly_multiply(t, x, True, out_size=8, transpose=False, conjugate=False,
+                                                  in_perm=perm)
+        return fused_cpu.fused_butterfly_multiply(t, once.tanh() if not dtype.is_complex else once * once, False,
+                                                  out_size=8, transpose=True, conjugate=dtype.is_complex)
+
+    assert_differentiable_gradients(f, (t, x))
 
 
 def test_double_backward_matches_the_reference_and_keeps_first_derivatives_on_the_kernel(monkeypatch):

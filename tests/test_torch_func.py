@@ -109,5 +109,13 @@ def test_relaxed_permutation_under_transforms_and_double_backward():
     v = torch.randn_like(x)
     _, tangent = jvp(lambda z: relaxed_permute(z, probs.detach()), (x.detach(),), (v,))
     assert rel(tangent, _relaxed_permute_reference(v, probs.detach())) < 1e-12  # linear in x
-    # the fused op under create_graph=True: second derivatives by finite differences
-    assert torch.autograd.gradgradcheck(fused_cpu.fused_relaxed_permute, (x, probs))
+    # the fused op under create_graph=True, once and applied twice with the same weights (the second input depends
+    # on them): first derivatives equal to the kernel's, second ones by finite differences
+    for f in (fused_cpu.fused_relaxed_permute,
+              lambda x, p: fused_cpu.fused_relaxed_permute(fused_cpu.fused_relaxed_permute(x, p).sin(), p)):
+        y = f(x, probs)
+        w = torch.randn_like(y)
+        plain = torch.autograd.grad(y, (x, probs), w, retain_graph=True)
+        graph = torch.autograd.grad(y, (x, probs), w, create_graph=True)
+        assert all(rel(a.detach(), b) < 1e-12 for a, b in zip(graph, plain, strict=True))
+        assert torch.autograd.gradgradcheck(f, (x, probs))

@@ -5,9 +5,9 @@ and data as real views with a trailing 2) and handles transpose, conjugate, padd
 itself, and adds an optional bias in its final store, so autograd and ``torch.compile`` see a single op. Its
 autograd kernel is C++ (no Python on the hot path). Backward recomputes activations inside the kernel and returns
 both gradients in one pass. Under ``create_graph=True`` (double backward) it asks for
-``torch.ops.twiddle.butterfly_multiply_backward_differentiable`` instead, registered here: the same gradients from
-the reference multiply's autograd (:func:`twiddle.ops.reference.reference_multiply_vjp`), which autograd can
-differentiate again.
+``torch.ops.twiddle.butterfly_multiply_backward_differentiable`` instead, registered here: the same gradients as
+differentiable operations (:mod:`twiddle.ops._higher_order`: the input's by the fast multiply's adjoint, the
+twiddles' by the reference's autograd), which autograd can differentiate again.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from . import _cpu_build
-from .reference import reference_multiply_vjp
+from ._higher_order import differentiable_gradients
+from .reference import _partial_handle
 
 __all__ = ["available", "fused_butterfly_multiply", "fused_relaxed_permute", "SUPPORTED_DTYPES"]
 
@@ -68,21 +69,28 @@ def _complex_view(t: torch.Tensor) -> torch.Tensor:
 
 
 def _differentiable_backward(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False,
-                             in_perm=None, out_perm=None):
+                             in_perm=None, out_perm=None, twiddle_grad=True, x_grad=True):
     """``twiddle::butterfly_multiply_backward_differentiable``: ``twiddle::butterfly_multiply_backward``'s results
-    (same arguments: real views for complex tensors) as differentiable tensor operations, which the C++ autograd
-    kernel calls when the backward runs with ``create_graph=True``."""
+    (same arguments: real views for complex tensors) as differentiable tensor operations
+    (:func:`twiddle.ops._higher_order.differentiable_gradients`), which the C++ autograd kernel calls when the
+    backward runs with ``create_graph=True``. ``twiddle_grad`` / ``x_grad``: whether that backward needs the
+    gradient (an empty tensor stands for one it does not)."""
     complex_ = twiddle.dim() == 7
     grad = grad.to(x.dtype)
     tw = _complex_view(twiddle) if complex_ else twiddle
     xv = _complex_view(x) if x.dim() == 3 else x
     g = _complex_view(grad) if complex_ else grad
-    g_twiddle, g_x, _ = reference_multiply_vjp(tw, xv, g, increasing_stride, transpose, conjugate, out_size, False,
-                                               in_perm, out_perm)
-    if complex_:  # (the gradient of conjugated twiddles comes back as a lazily conjugated tensor)
+    g_twiddle, g_x = differentiable_gradients(tw, xv, g, increasing_stride, transpose, conjugate, out_size, in_perm,
+                                              out_perm, need_twiddle=twiddle_grad, need_x=x_grad)
+    # (the gradient of conjugated twiddles can come back as a lazily conjugated tensor)
+    if g_twiddle is None:
+        g_twiddle = twiddle.new_empty(0)
+    elif complex_:
         g_twiddle = torch.view_as_real(g_twiddle.resolve_conj())
-        if g_x.is_complex():
-            g_x = torch.view_as_real(g_x.resolve_conj())
+    if g_x is None:
+        g_x = x.new_empty(0)
+    elif g_x.is_complex():
+        g_x = torch.view_as_real(g_x.resolve_conj())
     g_bias = grad.sum(0) if bias_grad else grad.new_zeros((0,) + tuple(grad.shape[2:]))
     return g_twiddle, g_x, g_bias
 
@@ -147,8 +155,7 @@ class _RelaxedPermute(torch.autograd.Function):
             return torch.ops.twiddle.relaxed_permute_backward(x, probs, grad)
         from ..factorize.gradient import _relaxed_permute_reference  # (imported here: factorize imports ops)
 
-        xi = x if x.requires_grad else x.detach().requires_grad_()
-        pi = probs if probs.requires_grad else probs.detach().requires_grad_()
+        xi, pi = _partial_handle(x), _partial_handle(probs)
         return torch.autograd.grad(_relaxed_permute_reference(xi, pi), (xi, pi), grad, create_graph=True)
 
 

@@ -134,27 +134,36 @@ def reference_multiply_vjp(
     transpose: bool,
     conjugate: bool,
     out_size: int,
-    bias_grad: bool,
     in_perm: torch.Tensor | None = None,
     out_perm: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The multiply's first derivatives as a differentiable function of ``twiddle``, ``x`` and ``grad``: what the
-    fast kernels' backward returns, computed through the reference so that autograd can differentiate it again
-    (``create_graph=True``: gradient penalties, Hessian-vector products, second-order meta-learning).
+    *,
+    need_twiddle: bool = True,
+    need_x: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The multiply's first derivatives as a differentiable function of ``twiddle``, ``x`` and ``grad``, from the
+    reference's autograd (``create_graph=True``), so that autograd can differentiate them again.
 
-    For ``y = z[:, out_perm] + bias`` with ``z`` the butterfly applied to ``x[:, in_perm]`` (2-D ``x`` ``(batch, m)``,
-    ``grad`` ``(batch, out_size)``, arguments validated), returns ``(dL/dtwiddle, dL/dx, dL/dbias)`` for
-    ``dL/dy = grad``; the last is ``grad.sum(0)`` when ``bias_grad`` and None otherwise. A real ``x`` with complex
-    twiddles gets a real gradient."""
+    For ``y = z[:, out_perm]`` with ``z`` the butterfly applied to ``x[:, in_perm]`` (2-D ``x`` ``(batch, m)``,
+    ``grad`` ``(batch, out_size)``, arguments validated), returns ``(dL/dtwiddle, dL/dx)`` for ``dL/dy = grad``,
+    each None where not asked for. A real ``x`` with complex twiddles gets a real gradient."""
+    wanted = [need_twiddle, need_x]
+    if not any(wanted):
+        return None, None
     with torch.enable_grad():
-        # a tensor that does not require grad needs no derivative through it: a detached leaf stands in for it, so
-        # that autograd.grad can still take the gradient with respect to it
-        t = twiddle if twiddle.requires_grad else twiddle.detach().requires_grad_()
-        xi = x if x.requires_grad else x.detach().requires_grad_()
+        t, xi = _partial_handle(twiddle), _partial_handle(x)
         xp = xi if in_perm is None else gather_last(xi, in_perm)
         y = reference_multiply_checked(t, xp, increasing_stride, xp.shape[:-1], xp.shape[-1], out_size, transpose,
                                        conjugate)
         if out_perm is not None:
             y = gather_last(y, out_perm)
-        g_twiddle, g_x = torch.autograd.grad(y, (t, xi), grad, create_graph=True)
-    return g_twiddle, g_x, grad.sum(0) if bias_grad else None
+        inputs = [v for v, w in zip((t, xi), wanted, strict=True) if w]
+        grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
+    return tuple(next(grads) if w else None for w in wanted)  # type: ignore[return-value]
+
+
+def _partial_handle(t: torch.Tensor) -> torch.Tensor:
+    """A new tensor equal to ``t`` to take a gradient with respect to: a partial derivative, along this argument
+    only (``t`` itself would give the total derivative where another argument depends on ``t``, as an incoming
+    gradient does on the twiddles), still connected to ``t`` for higher derivatives; where ``t`` needs no
+    derivative, a detached leaf."""
+    return t.view_as(t) if t.requires_grad else t.detach().requires_grad_()

@@ -38,7 +38,7 @@ import weakref
 
 import torch
 
-from .reference import reference_multiply_vjp
+from ._higher_order import differentiable_gradients
 
 try:  # Triton is optional: without it CUDA tensors use the reference multiply.
     import triton
@@ -925,13 +925,13 @@ def triton_backward(twiddle: torch.Tensor, x: torch.Tensor, grad: torch.Tensor, 
     return gt.to(twiddle.dtype), gx_slabs[0] if gx_slabs.shape[0] == 1 else gx_slabs.sum(0)
 
 
-def _differentiable_gradients(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm):
-    """The twiddle's and x's gradients as differentiable tensor operations, for a backward under
-    ``create_graph=True`` (the kernels' gradients are not differentiable): from the reference multiply's autograd,
-    the same values as :func:`triton_backward`'s."""
-    gt, gx, _ = reference_multiply_vjp(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, False,
-                                       in_perm, out_perm)
-    return gt, gx
+def _differentiable_gradients(twiddle, x, grad, increasing_stride, transpose, out_size, conjugate, in_perm, out_perm,
+                              needs):
+    """The twiddle's and x's gradients (``needs``: the backward's ``needs_input_grad``; None where not needed) as
+    differentiable tensor operations, for a backward under ``create_graph=True`` (the kernels' gradients are not
+    differentiable): :func:`twiddle.ops._higher_order.differentiable_gradients`."""
+    return differentiable_gradients(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, in_perm,
+                                    out_perm, need_twiddle=needs[0], need_x=needs[1])
 
 
 if HAVE_TRITON:
@@ -967,7 +967,7 @@ if HAVE_TRITON:
     def _backward(ctx, grad):
         twiddle, x, in_perm, out_perm = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiable gradients (see _differentiable_gradients)
-            gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
+            gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, in_perm, out_perm, ctx.needs_input_grad)
         else:
             gt, gx = _triton_backward_op(twiddle, x, grad, *ctx.flags, in_perm, out_perm)
         return gt, gx, grad.sum(0) if ctx.has_bias else None, None, None, None, None, None, None
@@ -991,7 +991,8 @@ if HAVE_TRITON:
         def backward(ctx, grad):
             twiddle, x, in_perm, out_perm = ctx.saved_tensors
             if torch.is_grad_enabled():  # create_graph=True
-                gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, ctx.conjugate, in_perm, out_perm)
+                gt, gx = _differentiable_gradients(twiddle, x, grad, *ctx.flags, ctx.conjugate, in_perm, out_perm,
+                                                   ctx.needs_input_grad)
             else:
                 gt, gx = triton_backward(twiddle, x, grad, *ctx.flags, conjugate=ctx.conjugate, in_perm=in_perm,
                                          out_perm=out_perm)

@@ -1813,20 +1813,32 @@ class ButterflyFunction : public torch::autograd::Function<ButterflyFunction> {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("twiddle::butterfly_multiply_backward", "")
                          .typed<decltype(butterfly_multiply_backward)>();
-    // create_graph=True runs this with grad mode on, and the gradients must then be differentiable themselves:
-    // the kernel's are not, so they come from the reference multiply's autograd instead
-    // (twiddle::butterfly_multiply_backward_differentiable, implemented in Python by twiddle.ops.fused_cpu).
-    static auto differentiable_op = c10::Dispatcher::singleton()
-                                        .findSchemaOrThrow("twiddle::butterfly_multiply_backward_differentiable", "")
-                                        .typed<decltype(butterfly_multiply_backward)>();
     const auto saved = ctx->get_saved_variables();
     const bool bias_grad = ctx->saved_data["bias_grad"].toBool();
     const auto optional = [](const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; };
-    auto& chosen = at::GradMode::is_enabled() ? differentiable_op : op;
-    auto [gtw, gx, gbias] = chosen.call(saved[0], saved[1], grads[0], ctx->saved_data["increasing_stride"].toBool(),
-                                        ctx->saved_data["transpose"].toBool(), ctx->saved_data["conjugate"].toBool(),
-                                        ctx->saved_data["out_size"].toInt(), bias_grad, optional(saved[2]),
-                                        optional(saved[3]));
+    const bool increasing_stride = ctx->saved_data["increasing_stride"].toBool();
+    const bool transpose = ctx->saved_data["transpose"].toBool();
+    const bool conjugate = ctx->saved_data["conjugate"].toBool();
+    const int64_t out_size = ctx->saved_data["out_size"].toInt();
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: the gradients must be differentiable themselves, and the kernel's are not; they come
+      // from twiddle::butterfly_multiply_backward_differentiable (implemented in Python, twiddle.ops.fused_cpu:
+      // the input's by the fast multiply's adjoint, the twiddles' by the reference), asked only for those needed
+      static auto differentiable_op =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("twiddle::butterfly_multiply_backward_differentiable", "")
+              .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, bool, bool, bool, int64_t, bool,
+                  const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, bool, bool)>();
+      const bool twiddle_grad = ctx->needs_input_grad(0), x_grad = ctx->needs_input_grad(1);
+      auto [gtw, gx, gbias] = differentiable_op.call(saved[0], saved[1], grads[0], increasing_stride, transpose,
+                                                     conjugate, out_size, bias_grad, optional(saved[2]),
+                                                     optional(saved[3]), twiddle_grad, x_grad);
+      return {twiddle_grad ? gtw : at::Tensor(), x_grad ? gx : at::Tensor(), bias_grad ? gbias : at::Tensor(),
+              at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+    auto [gtw, gx, gbias] = op.call(saved[0], saved[1], grads[0], increasing_stride, transpose, conjugate, out_size,
+                                    bias_grad, optional(saved[2]), optional(saved[3]));
     return {gtw,          gx,           bias_grad ? gbias : at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -1861,10 +1873,11 @@ TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
         "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
-  // the same gradients as differentiable tensor operations (double backward); its kernel is registered from Python
+  // the same gradients as differentiable tensor operations (double backward; those of twiddle_grad / x_grad only,
+  // an empty tensor for the other); its kernel is registered from Python
   m.def("butterfly_multiply_backward_differentiable(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
-        "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
+        "Tensor? out_perm=None, bool twiddle_grad=True, bool x_grad=True) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {
