@@ -9,7 +9,7 @@ Cases (a ``Butterfly(n, n)`` layer, input ``(batch, n)``, loss ``Σ tanh(layer(x
   the parameters (WGAN-GP): the input gradient is the multiply's adjoint on the fast kernel.
 * ``penalty on every gradient``: ``‖∂L/∂x‖² + ‖∂L/∂θ‖²`` backward: the twiddles' gradient comes from the reference.
 * ``per-sample gradients``: ``vmap(grad(loss))`` over the batch (functorch: the reference multiply runs).
-* ``jvp``: ``torch.func.jvp`` of the layer (forward mode: the reference).
+* ``jvp``: ``torch.func.jvp`` of the layer along the input (forward mode alone: the fast kernel's tangent rule).
 
     python benchmarks/higher_order.py                       # n = 1024, batch 256 (per-sample: batch 64)
     python benchmarks/higher_order.py --n 4096 --batch 64 --out benchmarks/out

@@ -1,9 +1,10 @@
-"""torch.func transforms (grad, vmap, jvp, jacrev, hessian), forward-mode AD and higher derivatives through the
-modules, checked against their dense matrices in float64.
+"""torch.func transforms (grad, vmap, jvp, jacrev, jacfwd, hessian), forward-mode AD and higher derivatives through
+the modules, checked against their dense matrices and the reference multiply in float64.
 
-The fast kernels' autograd is reverse mode only and opaque to functorch, so while a transform or forward-mode AD is
-active the multiply runs the reference (``twiddle.ops.transform_active``); outside them the fast kernel runs as
-before. Before this routing, ``torch.func.jvp`` through the fused CPU op returned a zero tangent without an error.
+The fast kernels' C++ autograd is opaque to functorch, so while a transform is active the multiply runs the
+reference (``twiddle.ops.transform_active``), except forward mode alone on real tensors, which runs the fast kernel
+with a tangent rule (``twiddle.ops._forward_mode``); outside transforms the fast kernel runs as before. Before this,
+``torch.func.jvp`` through the fused CPU op returned a zero tangent without an error.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from torch.func import functional_call, grad, hessian, jacrev, jvp, vmap
+from torch.func import functional_call, grad, hessian, jacfwd, jacrev, jvp, vmap
 
 from twiddle import Butterfly, TruncatedButterflyLinear, transforms
 from twiddle.factorize.gradient import _relaxed_permute_reference, relaxed_permute
@@ -50,6 +51,7 @@ def test_jvp_jacrev_and_forward_ad_match_the_dense_matrix(index):
         expected = torch.view_as_real(W).permute(0, 2, 1)
     else:
         jac, expected = jacrev(module)(x[0]), W
+        assert rel(jacfwd(module)(x[0]), W) < 1e-12
     assert rel(jac, expected) < 1e-12
     with fwAD.dual_level():
         y = module(fwAD.make_dual(x, v))
@@ -92,14 +94,56 @@ def test_the_fast_kernel_runs_outside_transforms_and_the_reference_inside(monkey
     assert kernel_for(t, x) == "fused-cpu"
     seen = []
     vmap(lambda row: seen.append((transform_active(), kernel_for(t, row))) or row)(x)
+    grad(lambda row: seen.append((transform_active(), kernel_for(t, row))) or row.sum())(x)
+    vmap(lambda row: jvp(lambda r: seen.append((transform_active(), kernel_for(t, r))) or r, (row,), (row,)))(x)
+    assert seen == [(True, "reference")] * 3
+    seen.clear()  # forward mode alone: the fast kernel, through its tangent rule
     jvp(lambda row: seen.append((transform_active(), kernel_for(t, row))) or row, (x,), (x,))
     with fwAD.dual_level():
         seen.append((transform_active(), kernel_for(t, x)))
-    assert seen == [(True, "reference")] * 3
+    assert seen == [(True, "fused-cpu")] * 2
     assert kernel_for(t, x) == "fused-cpu"
     monkeypatch.setenv("TWIDDLE_KERNEL", "fused")  # the fused kernel cannot run there: an error, as elsewhere
-    with pytest.raises(RuntimeError, match="torch.func transform or forward-mode AD"):
+    with pytest.raises(RuntimeError, match="torch.func transform"):
         vmap(lambda row: kernel_for(t, row))(x)
+
+
+@pytest.mark.parametrize("dtype", [D, torch.complex128])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_forward_mode_through_the_fast_kernel_equals_the_reference(dtype, transpose, monkeypatch):
+    """Tangents along the input and the twiddles (torch.func.jvp and forward_ad), permutations and truncation, and
+    a reverse-mode backward of primal and tangent taken inside a dual level: the fast kernel's tangent rule (real
+    dtypes; complex ones run the reference) against the reference multiply's forward mode."""
+    from twiddle.ops import butterfly_multiply
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 2, 3, 4, 2, 2, dtype=dtype, requires_grad=True)
+    m, out = (13, 7) if transpose else (7, 13)
+    x = torch.randn(5, m, dtype=dtype, requires_grad=True)
+    p, q = torch.randperm(m), torch.randperm(out)
+    dt, dx = torch.randn_like(t), torch.randn_like(x)
+
+    def f(tw, z):
+        return butterfly_multiply(tw, z, out_size=out, transpose=transpose, conjugate=dtype.is_complex, in_perm=p,
+                                  out_perm=q)
+
+    def results():
+        primal, along_both = jvp(f, (t, x), (dt, dx))
+        along_x = jvp(lambda z: f(t, z), (x,), (dx,))[1]
+        with fwAD.dual_level():
+            y = f(fwAD.make_dual(t, dt), fwAD.make_dual(x, dx))
+            value, tangent = fwAD.unpack_dual(y)
+            loss = value.abs().pow(2).sum() + (tangent * tangent.conj()).real.sum()
+            g = torch.autograd.grad(loss, (t, x))
+        return (primal, along_both, along_x, tangent, *g)
+
+    fast = results()
+    with fwAD.dual_level():
+        assert kernel_for(t, x) == ("reference" if dtype.is_complex else "fused-cpu")
+    monkeypatch.setenv("TWIDDLE_KERNEL", "reference")
+    reference = results()
+    for a, b in zip(fast, reference, strict=True):
+        assert rel(a.detach(), b.detach()) < 1e-12
 
 
 def test_relaxed_permutation_under_transforms_and_double_backward():

@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from ..permutations import check_permutation, gather_last
-from . import fused_cpu
+from . import _forward_mode, fused_cpu
 from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_checked
 
 __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel", "transform_active"]
@@ -77,15 +77,24 @@ _functorch_level = torch._C._functorch.maybe_current_level
 
 def transform_active() -> bool:
     """True while a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``, ...) or
-    forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active. The fast kernels' autograd is reverse
-    mode only and opaque to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the
-    multiply then runs the reference, whose tensor operations every transform understands."""
+    forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active. The fast kernels' C++ autograd is opaque
+    to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the multiply then runs the
+    reference, whose tensor operations every transform understands; forward-mode AD alone (one ``torch.func.jvp``
+    level, or a ``dual_level``) on real tensors goes through a wrapper that gives the fast kernels a tangent rule
+    instead (:mod:`twiddle.ops._forward_mode`)."""
     return _functorch_level() is not None or _forward_ad._current_level >= 0
 
 
 def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
-    """Name of the kernel :func:`butterfly_multiply` would use for these tensors (``reference`` while
-    :func:`transform_active`)."""
+    """Name of the kernel :func:`butterfly_multiply` would use for these tensors: ``fused-cpu``, ``triton`` or
+    ``reference`` (the reference while a ``torch.func`` transform is active, see :func:`transform_active`, except
+    forward-mode AD alone on real tensors, which the fast kernels serve)."""
+    return _choose_kernel(twiddle, x)[0]
+
+
+def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor) -> tuple[str, bool]:
+    """``(kernel, forward_mode)``: :func:`kernel_for`'s answer, and whether the call must go through the
+    forward-mode wrapper (:mod:`twiddle.ops._forward_mode`): only forward-mode AD is active and a fast kernel fits."""
     mode = _kernel_mode()
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
@@ -93,12 +102,17 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     # flag itself is slower to read, so it is read only while tracing
     compiling = torch.compiler.is_compiling()
     if not compiling and transform_active():
+        if mode != "reference" and _forward_mode.forward_mode_only():
+            fast = _fast_kernel(twiddle, x, compiling)
+            if fast is not None and _forward_mode.fits(fast, twiddle, x):
+                return fast, True
         if mode == "fused":
             raise RuntimeError(
-                "TWIDDLE_KERNEL=fused but a torch.func transform or forward-mode AD is active, which the fused "
-                "kernels do not support (the multiply runs the reference kernel there under TWIDDLE_KERNEL=auto)"
+                "TWIDDLE_KERNEL=fused but a torch.func transform (other than forward-mode AD alone, for the tensors' "
+                "native dtypes) is active, which the fused kernels do not support (the multiply runs the reference "
+                "kernel there under TWIDDLE_KERNEL=auto)"
             )
-        return "reference"
+        return "reference", False
     if (compiling or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
         # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
         if x.is_complex() or twiddle.is_complex():
@@ -106,9 +120,22 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
                 "ONNX has no complex tensors: a module with complex twiddles (complex=True, fft/ifft/dct/dst/"
                 "hartley/circulant transforms, complex factorizations) cannot be exported; real butterflies can"
             )
-        return "reference"
+        return "reference", False
     if mode == "reference":
-        return "reference"
+        return "reference", False
+    fast = _fast_kernel(twiddle, x, compiling)
+    if fast is not None:
+        return fast, False
+    if mode == "fused":
+        raise RuntimeError(
+            f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype "
+            f"{torch.promote_types(x.dtype, twiddle.dtype)}, kernel loaded: {fused_cpu.is_loaded()})"
+        )
+    return "reference", False
+
+
+def _fast_kernel(twiddle: torch.Tensor, x: torch.Tensor, compiling: bool) -> str | None:
+    """``fused-cpu`` or ``triton`` where one serves these tensors' device and dtype, else None."""
     if x.is_cpu and twiddle.is_cpu:  # the common case first: this runs on every call of every layer
         dtype = x.dtype if x.dtype == twiddle.dtype else torch.promote_types(x.dtype, twiddle.dtype)
         fits = dtype in fused_cpu.SUPPORTED_DTYPES or dtype in _LOW_PRECISION
@@ -118,12 +145,7 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
             return "fused-cpu"
     elif x.is_cuda and twiddle.is_cuda and _have_triton():
         return "triton"
-    if mode == "fused":
-        raise RuntimeError(
-            f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype "
-            f"{torch.promote_types(x.dtype, twiddle.dtype)}, kernel loaded: {fused_cpu.is_loaded()})"
-        )
-    return "reference"
+    return None
 
 
 def butterfly_multiply(
@@ -161,8 +183,10 @@ def butterfly_multiply(
 
     Real ``x`` with complex twiddles (or the reverse) is promoted to the complex dtype, following torch's rules;
     any number of leading dimensions is allowed. Returns ``(..., out_size)``. Differentiable in ``twiddle``, ``x``
-    and ``bias`` to any order: the fast kernels' backward computes first derivatives; under ``create_graph=True``
-    it takes them from the reference multiply's autograd instead, so that they can be differentiated again.
+    and ``bias`` to any order: under ``create_graph=True`` the fast kernels' backward returns differentiable
+    gradients (x's by the adjoint multiply on the fast kernel, the twiddles' through the reference; see
+    :mod:`twiddle.ops._higher_order`). While a ``torch.func`` transform or forward-mode AD is active the reference
+    runs (:func:`transform_active`).
     """
     _, m, out = check_multiply_args(twiddle, x, transpose, out_size)
     if bias is not None:
@@ -223,7 +247,10 @@ def _multiply_checked(
     """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
     ``(..., m)``, the result ``(..., out)``; ``in_perm`` / ``out_perm`` checked int64 permutations of ``0..m-1`` /
     ``0..out-1`` on ``x``'s device, or None."""
-    kernel = kernel_for(twiddle, x)
+    kernel, forward_mode = _choose_kernel(twiddle, x)
+    if forward_mode:
+        return _forward_mode.multiply(kernel, twiddle, x, increasing_stride, m, out, transpose, conjugate, bias,
+                                      in_perm, out_perm)
     if kernel == "fused-cpu":
         # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
         # ones as real views, taken by the extension's entry), a 2-D input; everything else (promotion, low
