@@ -197,15 +197,6 @@ DOUBLE_BACKWARD_CHECK = textwrap.dedent(
 
         for a, b in zip(derivatives(triton, t, x, bias, g), derivatives(reference, t, x, bias, g)):
             worst = max(worst, ((a - b).norm() / b.norm()).item())
-        if not conj and call == "eager":  # forward mode through the Triton forward (real tensors)
-            from torch.func import jvp
-            from twiddle.ops import _forward_mode
-            def forward_mode(t, x):
-                return _forward_mode.multiply("triton", t, x, True, x.shape[1], out, tr, False, bias, p, q)
-            dt, dx = torch.randn_like(t), torch.randn_like(x)
-            for a, b in zip(jvp(forward_mode, (t, x), (dt, dx)), jvp(lambda t, x: reference(t, x, bias), (t, x),
-                                                                      (dt, dx))):
-                worst = max(worst, ((a - b).norm() / b.norm()).item())
     print(worst)
     """
 )

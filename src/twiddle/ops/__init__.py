@@ -22,9 +22,9 @@ import os
 import torch
 import torch.autograd.forward_ad as _forward_ad
 
-from ..permutations import check_permutation, gather_last
+from ..permutations import check_permutation
 from . import _forward_mode, fused_cpu
-from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_checked
+from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_permuted
 
 __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel", "transform_active"]
 
@@ -80,15 +80,15 @@ def transform_active() -> bool:
     forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active. The fast kernels' C++ autograd is opaque
     to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the multiply then runs the
     reference, whose tensor operations every transform understands; forward-mode AD alone (one ``torch.func.jvp``
-    level, or a ``dual_level``) on real tensors goes through a wrapper that gives the fast kernels a tangent rule
-    instead (:mod:`twiddle.ops._forward_mode`)."""
+    level, or a ``dual_level``) on real CPU tensors goes through a wrapper that gives the fused kernel a tangent
+    rule instead (:mod:`twiddle.ops._forward_mode`)."""
     return _functorch_level() is not None or _forward_ad._current_level >= 0
 
 
 def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     """Name of the kernel :func:`butterfly_multiply` would use for these tensors: ``fused-cpu``, ``triton`` or
     ``reference`` (the reference while a ``torch.func`` transform is active, see :func:`transform_active`, except
-    forward-mode AD alone on real tensors, which the fast kernels serve)."""
+    forward-mode AD alone on real CPU tensors, which the fused kernel serves)."""
     return _choose_kernel(twiddle, x)[0]
 
 
@@ -249,8 +249,8 @@ def _multiply_checked(
     ``0..out-1`` on ``x``'s device, or None."""
     kernel, forward_mode = _choose_kernel(twiddle, x)
     if forward_mode:
-        return _forward_mode.multiply(kernel, twiddle, x, increasing_stride, m, out, transpose, conjugate, bias,
-                                      in_perm, out_perm)
+        return _forward_mode.multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm,
+                                      out_perm)
     if kernel == "fused-cpu":
         # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
         # ones as real views, taken by the extension's entry), a 2-D input; everything else (promotion, low
@@ -266,11 +266,7 @@ def _multiply_checked(
                 twiddle, x, bias, increasing_stride, transpose, conjugate, out, in_perm, out_perm
             )
     elif kernel == "reference":
-        if in_perm is not None:
-            x = gather_last(x, in_perm)
-        y = reference_multiply_checked(twiddle, x, increasing_stride, x.shape[:-1], m, out, transpose, conjugate)
-        if out_perm is not None:
-            y = gather_last(y, out_perm)
+        y = reference_multiply_permuted(twiddle, x, increasing_stride, out, transpose, conjugate, in_perm, out_perm)
         return y if bias is None else y + bias
     # one dtype throughout (the common case) needs no promotion; a 2-D input no reshape
     if x.dtype == twiddle.dtype and (bias is None or bias.dtype == x.dtype):

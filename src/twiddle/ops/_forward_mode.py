@@ -2,8 +2,8 @@
 
 The fused CPU op's autograd kernel is C++ and has no tangent rule, so under forward mode it would drop the tangent.
 While forward mode is the only transform active (one ``torch.func.jvp`` level, or a ``forward_ad.dual_level``
-without ``torch.func``), a real multiply goes through :class:`_ForwardModeMultiply` instead (complex ones run the
-reference, see :func:`fits`), whose tangent rule is
+without ``torch.func``), a real multiply on the CPU goes through :class:`_ForwardModeMultiply` instead (complex
+ones and CUDA tensors run the reference, see :func:`fits`), whose tangent rule is
 
     ẏ = M(t) ẋ + (∂M/∂t · ṫ) x,
 
@@ -20,7 +20,7 @@ import torch.autograd.forward_ad as _forward_ad
 
 from . import fused_cpu
 from ._higher_order import differentiable_gradients
-from .reference import _partial_handle, reference_multiply_checked
+from .reference import _partial_handle, reference_multiply_permuted
 
 __all__ = ["forward_mode_only", "fits", "multiply"]
 
@@ -37,20 +37,17 @@ def forward_mode_only() -> bool:
 
 
 def fits(kernel: str, twiddle: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether the wrapper serves these tensors: real float32/float64, one dtype (no promotion or low-precision
-    casts). Complex ones run the reference: a reverse-mode pass through a complex tangent computed here trips an
-    internal assertion of PyTorch's forward-mode views (torch 2.13)."""
-    return x.dtype == twiddle.dtype and twiddle.dtype in (torch.float32, torch.float64)
+    """Whether the wrapper serves these tensors: the fused CPU kernel, real float32/float64, one dtype (no
+    promotion or low-precision casts). Complex tensors and the Triton path run the reference: a reverse pass through
+    a tangent computed here tripped an internal assertion of torch's forward-mode views (torch 2.13) for complex
+    tensors, and for the Triton op's own backward on transposed calls (seen in Triton's interpreter)."""
+    return kernel == "fused-cpu" and x.dtype == twiddle.dtype and twiddle.dtype in (torch.float32, torch.float64)
 
 
-def _run(kernel, twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm):
-    """The fast kernel's forward, no autograd: ``(batch, m) -> (batch, out)``."""
-    if kernel == "fused-cpu":
-        return fused_cpu.butterfly_multiply_op(twiddle, x, None, increasing_stride, transpose, conjugate, out,
-                                               in_perm, out_perm)
-    from .triton_kernel import _triton_op  # (through the dispatcher, which unwraps torch.func's tensors)
-
-    return _triton_op(twiddle, x, None, increasing_stride, transpose, out, conjugate, in_perm, out_perm)
+def _run(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm):
+    """The fused CPU kernel's forward, no autograd: ``(batch, m) -> (batch, out)``."""
+    return fused_cpu.butterfly_multiply_op(twiddle, x, None, increasing_stride, transpose, conjugate, out, in_perm,
+                                           out_perm)
 
 
 def _along_twiddles(twiddle, d_twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm):
@@ -59,10 +56,7 @@ def _along_twiddles(twiddle, d_twiddle, x, increasing_stride, transpose, conjuga
     products: ``u ↦ Jᵀu`` is linear, and its gradient along ``d_twiddle`` with respect to ``u`` is ``J d_twiddle``."""
 
     def apply(t):
-        xp = x if in_perm is None else x[:, in_perm]
-        y = reference_multiply_checked(t, xp, increasing_stride, xp.shape[:-1], xp.shape[-1], out, transpose,
-                                       conjugate)
-        return y if out_perm is None else y[:, out_perm]
+        return reference_multiply_permuted(t, x, increasing_stride, out, transpose, conjugate, in_perm, out_perm)
 
     if torch._C._functorch.get_interpreter_stack():
         return torch.func.jvp(apply, (twiddle,), (d_twiddle,))[1]
@@ -77,30 +71,30 @@ def _along_twiddles(twiddle, d_twiddle, x, increasing_stride, transpose, conjuga
 
 
 class _ForwardModeMultiply(torch.autograd.Function):
-    """``y = M(twiddle) x[:, in_perm]`` then ``[:, out_perm]`` by a fast kernel, with a tangent rule (see the
+    """``y = M(twiddle) x[:, in_perm]`` then ``[:, out_perm]`` by the fused CPU kernel, with a tangent rule (see the
     module docstring); 2-D ``x``."""
 
     @staticmethod
-    def forward(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm, kernel):
-        return _run(kernel, twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
+    def forward(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm):
+        return _run(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm, kernel = inputs
+        twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm = inputs
         ctx.set_materialize_grads(False)  # (an input without a tangent gets None in jvp, not zeros)
         ctx.save_for_forward(twiddle, x)
         ctx.save_for_backward(twiddle, x)
         ctx.perms = (in_perm, out_perm)
-        ctx.flags = (increasing_stride, transpose, conjugate, out, kernel)
+        ctx.flags = (increasing_stride, transpose, conjugate, out)
 
     @staticmethod
     def jvp(ctx, d_twiddle, d_x, *_):
         twiddle, x = ctx.saved_tensors
         in_perm, out_perm = ctx.perms
-        increasing_stride, transpose, conjugate, out, kernel = ctx.flags
+        increasing_stride, transpose, conjugate, out = ctx.flags
         tangent = None
         if d_x is not None:
-            tangent = _run(kernel, twiddle, d_x, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
+            tangent = _run(twiddle, d_x, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
         if d_twiddle is not None:
             part = _along_twiddles(twiddle, d_twiddle, x, increasing_stride, transpose, conjugate, out, in_perm,
                                    out_perm)
@@ -114,20 +108,19 @@ class _ForwardModeMultiply(torch.autograd.Function):
     def backward(ctx, grad):
         twiddle, x = ctx.saved_tensors
         in_perm, out_perm = ctx.perms
-        increasing_stride, transpose, conjugate, out, _ = ctx.flags
+        increasing_stride, transpose, conjugate, out = ctx.flags
         g_twiddle, g_x = differentiable_gradients(
             twiddle, x, grad, increasing_stride, transpose, conjugate, out, in_perm, out_perm,
             need_twiddle=ctx.needs_input_grad[0], need_x=ctx.needs_input_grad[1],
         )
-        return g_twiddle, g_x, None, None, None, None, None, None, None
+        return g_twiddle, g_x, None, None, None, None, None, None
 
 
-def multiply(kernel, twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm, out_perm):
+def multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm, out_perm):
     """:func:`twiddle.ops._multiply_checked` for a call under forward-mode AD alone: ``x`` ``(..., m)`` ->
-    ``(..., out)`` by ``kernel`` (for which :func:`fits` holds), with tangents."""
+    ``(..., out)`` by the fused CPU kernel (for tensors where :func:`fits` holds), with tangents."""
     x2 = x if x.ndim == 2 else x.reshape(-1, m)
-    y = _ForwardModeMultiply.apply(twiddle, x2, increasing_stride, transpose, conjugate, out, in_perm, out_perm,
-                                   kernel)
+    y = _ForwardModeMultiply.apply(twiddle, x2, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
     if x.ndim != 2:
         y = y.reshape(*x.shape[:-1], out)
     return y if bias is None else y + bias

@@ -14,6 +14,7 @@ from ..permutations import gather_last
 __all__ = [
     "butterfly_multiply_reference",
     "reference_multiply_checked",
+    "reference_multiply_permuted",
     "reference_multiply_vjp",
     "apply_factor",
     "check_multiply_args",
@@ -126,6 +127,25 @@ def reference_multiply_checked(
     return y[:, :out].reshape(*lead, out)
 
 
+def reference_multiply_permuted(
+    twiddle: torch.Tensor,
+    x: torch.Tensor,
+    increasing_stride: bool,
+    out: int,
+    transpose: bool,
+    conjugate: bool,
+    in_perm: torch.Tensor | None = None,
+    out_perm: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(B · x[..., in_perm])[..., out_perm]`` by the reference (arguments validated; ``x`` ``(..., m)``, the result
+    ``(..., out)``): the input and output permutations gathered around :func:`reference_multiply_checked`."""
+    if in_perm is not None:
+        x = gather_last(x, in_perm)
+    y = reference_multiply_checked(twiddle, x, increasing_stride, x.shape[:-1], x.shape[-1], out, transpose,
+                                   conjugate)
+    return y if out_perm is None else gather_last(y, out_perm)
+
+
 def reference_multiply_vjp(
     twiddle: torch.Tensor,
     x: torch.Tensor,
@@ -151,11 +171,7 @@ def reference_multiply_vjp(
         return None, None
     with torch.enable_grad():
         t, xi = _partial_handle(twiddle), _partial_handle(x)
-        xp = xi if in_perm is None else gather_last(xi, in_perm)
-        y = reference_multiply_checked(t, xp, increasing_stride, xp.shape[:-1], xp.shape[-1], out_size, transpose,
-                                       conjugate)
-        if out_perm is not None:
-            y = gather_last(y, out_perm)
+        y = reference_multiply_permuted(t, xi, increasing_stride, out_size, transpose, conjugate, in_perm, out_perm)
         inputs = [v for v, w in zip((t, xi), wanted, strict=True) if w]
         grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
     return tuple(next(grads) if w else None for w in wanted)  # type: ignore[return-value]
