@@ -8,7 +8,7 @@ import pytest
 import scipy.fft
 import scipy.linalg
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import twiddle
@@ -129,3 +129,60 @@ def test_factorization_is_deterministic(name):
     a, b = twiddle.factorize(m), twiddle.factorize(m)
     assert torch.equal(a.module.butterfly.twiddle, b.module.butterfly.twiddle)
     assert torch.equal(a.permutation, b.permutation)
+
+
+@settings(max_examples=40, deadline=None)
+@given(log_n=st.integers(0, 5), nstacks=st.integers(1, 3), nblocks=st.integers(1, 3), transpose=st.booleans(),
+       increasing=st.booleans(), complex_=st.booleans(), bias=st.booleans(), permuted=st.booleans(),
+       data=st.data())
+def test_higher_derivatives_and_forward_mode_equal_the_reference(log_n, nstacks, nblocks, transpose, increasing,
+                                                                 complex_, bias, permuted, data):
+    """Through the public multiply with the default (fused) kernel: first derivatives under create_graph=True
+    equal the plain ones; a second derivative (a penalty on both first derivatives, differentiated) and a
+    forward-mode tangent equal the reference kernel's."""
+    import os
+
+    import torch.autograd.forward_ad as fwAD
+
+    from twiddle.ops import butterfly_multiply
+
+    n = 1 << log_n
+    dtype = torch.complex128 if complex_ else torch.float64
+    in_limit, out_limit = (nstacks * n, n) if transpose else (n, nstacks * n)
+    m = data.draw(st.integers(1, in_limit), label="m")
+    out = data.draw(st.integers(1, out_limit), label="out")
+    t = torch.randn(nstacks, nblocks, log_n, n // 2, 2, 2, dtype=dtype, requires_grad=True)
+    x = torch.randn(3, m, dtype=dtype, requires_grad=True)
+    b = torch.randn(out, dtype=dtype, requires_grad=True) if bias else None
+    p, q = (torch.randperm(m), torch.randperm(out)) if permuted else (None, None)
+    w, dt, dx = torch.randn(3, out, dtype=dtype), torch.randn_like(t), torch.randn_like(x)
+
+    def f(tw, z):
+        return butterfly_multiply(tw, z, increasing, out_size=out, transpose=transpose, conjugate=complex_,
+                                  bias=b, in_perm=p, out_perm=q)
+
+    def derivatives():
+        y = f(t, x)
+        unused = dict(allow_unused=True, materialize_grads=True)  # (n = 1: no factor uses the twiddles)
+        plain = torch.autograd.grad(y, (t, x), w, retain_graph=True, **unused)
+        graph = torch.autograd.grad(y, (t, x), w, create_graph=True, **unused)
+        penalty = sum(g.abs().pow(2).sum() for g in graph)
+        second = torch.autograd.grad(penalty, (t, x), **unused)
+        with fwAD.dual_level():
+            tangent = fwAD.unpack_dual(f(fwAD.make_dual(t, dt), fwAD.make_dual(x, dx))).tangent
+        return plain, graph, second, tangent
+
+    fast = derivatives()
+    previous = os.environ.get("TWIDDLE_KERNEL")
+    os.environ["TWIDDLE_KERNEL"] = "reference"
+    try:
+        reference = derivatives()
+    finally:
+        if previous is None:
+            os.environ.pop("TWIDDLE_KERNEL")
+        else:
+            os.environ["TWIDDLE_KERNEL"] = previous
+    for a, b_ in zip(fast[0], fast[1], strict=True):
+        assert _rel(b_, a) < 1e-12
+    for a, b_ in zip((*fast[1], *fast[2], fast[3]), (*reference[1], *reference[2], reference[3]), strict=True):
+        assert _rel(a, b_) < 1e-10

@@ -58,6 +58,8 @@ def _along_twiddles(twiddle, d_twiddle, x, increasing_stride, transpose, conjuga
     def apply(t):
         return reference_multiply_permuted(t, x, increasing_stride, out, transpose, conjugate, in_perm, out_perm)
 
+    if twiddle.numel() == 0:  # (n = 1: no factor, nothing depends on the twiddles)
+        return x.new_zeros(x.shape[0], out, dtype=torch.promote_types(twiddle.dtype, x.dtype))
     if torch._C._functorch.get_interpreter_stack():
         return torch.func.jvp(apply, (twiddle,), (d_twiddle,))[1]
     # (the products stay differentiable in the twiddles, x and the tangent, for a reverse-mode pass through it)

@@ -173,7 +173,9 @@ def reference_multiply_vjp(
         t, xi = _partial_handle(twiddle), _partial_handle(x)
         y = reference_multiply_permuted(t, xi, increasing_stride, out_size, transpose, conjugate, in_perm, out_perm)
         inputs = [v for v, w in zip((t, xi), wanted, strict=True) if w]
-        grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True))
+        # (n = 1: no factor uses the twiddles, whose gradient is then zero)
+        grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True,
+                                         materialize_grads=True))
     return tuple(next(grads) if w else None for w in wanted)  # type: ignore[return-value]
 
 
