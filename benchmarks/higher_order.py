@@ -9,6 +9,7 @@ Cases (a ``Butterfly(n, n)`` layer, input ``(batch, n)``, loss ``Σ tanh(layer(x
   the parameters (WGAN-GP): the input gradient is the multiply's adjoint on the fast kernel.
 * ``penalty on every gradient``: ``‖∂L/∂x‖² + ‖∂L/∂θ‖²`` backward: the twiddles' gradient comes from the reference.
 * ``per-sample gradients``: ``vmap(grad(loss))`` over the batch (functorch: the reference multiply runs).
+* ``vmap of the forward``: ``torch.vmap(layer)(x)`` under ``torch.no_grad`` (the fused op's batching rule).
 * ``jvp``: ``torch.func.jvp`` of the layer along the input (forward mode alone: the fast kernel's tangent rule).
 
     python benchmarks/higher_order.py                       # n = 1024, batch 256 (per-sample: batch 64)
@@ -64,6 +65,10 @@ def cases(layer: torch.nn.Module, x: torch.Tensor, per_sample_batch: int) -> dic
     def per_sample():
         vmap(grad(loss), in_dims=(None, 0))(detached, few)
 
+    def vmapped():
+        with torch.no_grad():
+            vmap(layer)(x)
+
     tangent = torch.randn_like(x)
 
     def forward_mode():
@@ -72,7 +77,7 @@ def cases(layer: torch.nn.Module, x: torch.Tensor, per_sample_batch: int) -> dic
 
     return {"forward+backward": plain, "input-gradient penalty": input_penalty,
             "penalty on every gradient": full_penalty, f"per-sample gradients (batch {per_sample_batch})": per_sample,
-            "jvp": forward_mode}
+            "vmap of the forward (no gradients)": vmapped, "jvp": forward_mode}
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def test_hessian_with_respect_to_the_input_matches_the_closed_form():
 
 
 def test_the_fast_kernel_runs_outside_transforms_and_the_reference_inside(monkeypatch):
-    t = torch.randn(1, 1, 3, 4, 2, 2, dtype=D)
+    t = torch.randn(1, 1, 3, 4, 2, 2, dtype=D, requires_grad=True)  # (vmap with no gradient needed: see below)
     x = torch.randn(2, 8, dtype=D)
     assert fused_cpu.available() and not transform_active()
     assert kernel_for(t, x) == "fused-cpu"
@@ -163,3 +163,42 @@ def test_relaxed_permutation_under_transforms_and_double_backward():
         graph = torch.autograd.grad(y, (x, probs), w, create_graph=True)
         assert all(rel(a.detach(), b) < 1e-12 for a, b in zip(graph, plain, strict=True))
         assert torch.autograd.gradgradcheck(f, (x, probs))
+
+
+def test_vmap_without_gradients_runs_the_fused_kernel_through_its_batching_rule():
+    """torch.vmap alone where nothing needs a gradient (inference, ensembles): the fused op's batching rule, one call
+    for a batched input (nested vmaps too, a transform's permutations included), a call per member for batched
+    twiddles; the same values as plain calls. With gradients needed the reference runs (and is still right)."""
+    from torch.func import stack_module_state
+
+    torch.manual_seed(0)
+    layer = Butterfly(12, 20, nblocks=2, dtype=D)
+    fft = transforms.fft(16, dtype=D)
+    x = torch.randn(4, 3, 12, dtype=D)
+    z = torch.randn(5, 16, dtype=torch.complex128)
+    seen = []
+
+    def spy(t, row):
+        seen.append(kernel_for(t, row))
+        return row
+
+    with torch.no_grad():
+        assert rel(vmap(layer)(x), layer(x)) < 1e-14
+        assert rel(vmap(vmap(layer))(x), layer(x)) < 1e-14
+        assert rel(vmap(fft)(z), torch.fft.fft(z)) < 1e-12
+        vmap(lambda row: spy(layer.twiddle, row))(x)
+        # an ensemble: three layers' parameters stacked, one input for all (x not batched) or one each
+        members = [Butterfly(12, 20, dtype=D) for _ in range(3)]
+        params, buffers = stack_module_state(members)
+
+        def run(p, b, inputs):
+            return functional_call(members[0], (p, b), (inputs,))
+
+        shared = vmap(run, in_dims=(0, 0, None))(params, buffers, x[0])
+        each = vmap(run)(params, buffers, x[:3])
+        for i, member in enumerate(members):
+            assert rel(shared[i], member(x[0])) < 1e-14
+            assert rel(each[i], member(x[i])) < 1e-14
+    vmap(lambda row: spy(layer.twiddle, row))(x)  # the twiddles require grad: the reference
+    assert seen == ["fused-cpu", "reference"]
+    assert rel(vmap(layer)(x), layer(x)) < 1e-12

@@ -92,9 +92,10 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
     return _choose_kernel(twiddle, x)[0]
 
 
-def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor) -> tuple[str, bool]:
+def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[str, bool]:
     """``(kernel, forward_mode)``: :func:`kernel_for`'s answer, and whether the call must go through the
-    forward-mode wrapper (:mod:`twiddle.ops._forward_mode`): only forward-mode AD is active and a fast kernel fits."""
+    forward-mode wrapper (:mod:`twiddle.ops._forward_mode`): only forward-mode AD is active and a fast kernel fits.
+    Under ``torch.vmap`` alone, where no gradient is needed, the fused CPU op runs through its batching rule."""
     mode = _kernel_mode()
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
@@ -106,6 +107,9 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor) -> tuple[str, bool]:
             fast = _fast_kernel(twiddle, x, compiling)
             if fast is not None and _forward_mode.fits(fast, twiddle, x):
                 return fast, True
+        elif mode != "reference" and _vmap_without_gradients(twiddle, x, bias):
+            if _fast_kernel(twiddle, x, compiling) == "fused-cpu":
+                return "fused-cpu", False
         if mode == "fused":
             raise RuntimeError(
                 "TWIDDLE_KERNEL=fused but a torch.func transform (other than forward-mode AD alone, for the tensors' "
@@ -132,6 +136,20 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor) -> tuple[str, bool]:
             f"{torch.promote_types(x.dtype, twiddle.dtype)}, kernel loaded: {fused_cpu.is_loaded()})"
         )
     return "reference", False
+
+
+_VMAP = torch._C._functorch.TransformType.Vmap
+
+
+def _vmap_without_gradients(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """True when every active transform is ``torch.vmap`` and nothing here needs a gradient (the fused op's C++
+    autograd kernel cannot run on vmap's tensors; its batching rule serves the rest)."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    if _forward_ad._current_level >= 0 or not all(level.key() == _VMAP for level in stack):
+        return False
+    return not torch.is_grad_enabled() or not (
+        twiddle.requires_grad or x.requires_grad or (bias is not None and bias.requires_grad)
+    )
 
 
 def _fast_kernel(twiddle: torch.Tensor, x: torch.Tensor, compiling: bool) -> str | None:
@@ -247,7 +265,7 @@ def _multiply_checked(
     """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
     ``(..., m)``, the result ``(..., out)``; ``in_perm`` / ``out_perm`` checked int64 permutations of ``0..m-1`` /
     ``0..out-1`` on ``x``'s device, or None."""
-    kernel, forward_mode = _choose_kernel(twiddle, x)
+    kernel, forward_mode = _choose_kernel(twiddle, x, bias)
     if forward_mode:
         return _forward_mode.multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm,
                                       out_perm)

@@ -48,6 +48,7 @@ def _register() -> None:
     torch.library.impl("twiddle::butterfly_multiply_backward_differentiable", "CompositeImplicitAutograd")(
         _differentiable_backward
     )
+    torch.library.register_vmap("twiddle::butterfly_multiply", _batched_multiply)
 
     @torch.library.register_fake("twiddle::relaxed_permute")
     def _(x, probs):
@@ -93,6 +94,31 @@ def _differentiable_backward(twiddle, x, grad, increasing_stride, transpose, con
         g_x = torch.view_as_real(g_x.resolve_conj())
     g_bias = grad.sum(0) if bias_grad else grad.new_zeros((0,) + tuple(grad.shape[2:]))
     return g_twiddle, g_x, g_bias
+
+
+def _batched_multiply(info, in_dims, twiddle, x, bias, increasing_stride, transpose, conjugate, out_size, in_perm=None,
+                      out_perm=None):
+    """``torch.vmap``'s rule for ``twiddle::butterfly_multiply`` (the dispatcher runs the op this way only where no
+    gradient is needed: see ``twiddle.ops._choose_kernel``). A batched ``x`` with everything else shared is one call
+    on ``vmapped × batch`` rows; anything else batched (an ensemble's twiddles, say) is a call per vmapped entry."""
+    op = torch.ops.twiddle.butterfly_multiply.default
+    dims = tuple(in_dims) + (None,) * (9 - len(in_dims))  # one per argument, non-tensors included
+    twiddle_dim, x_dim, bias_dim, in_dim, out_dim = dims[0], dims[1], dims[2], dims[7], dims[8]
+    if x_dim is not None and twiddle_dim is None and bias_dim is None and in_dim is None and out_dim is None:
+        rows = x.movedim(x_dim, 0)
+        y = op(twiddle, rows.reshape(-1, *rows.shape[2:]), bias, increasing_stride, transpose, conjugate, out_size,
+               in_perm, out_perm)
+        return y.reshape(rows.shape[0], rows.shape[1], *y.shape[1:]), 0
+
+    def entry(t, dim, i):
+        return t if dim is None else t.select(dim, i)
+
+    results = [
+        op(entry(twiddle, twiddle_dim, i), entry(x, x_dim, i), entry(bias, bias_dim, i), increasing_stride, transpose,
+           conjugate, out_size, entry(in_perm, in_dim, i), entry(out_perm, out_dim, i))
+        for i in range(info.batch_size)
+    ]
+    return torch.stack(results), 0
 
 
 def butterfly_multiply_op(
