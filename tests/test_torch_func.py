@@ -202,3 +202,9 @@ def test_vmap_without_gradients_runs_the_fused_kernel_through_its_batching_rule(
     vmap(lambda row: spy(layer.twiddle, row))(x)  # the twiddles require grad: the reference
     assert seen == ["fused-cpu", "reference"]
     assert rel(vmap(layer)(x), layer(x)) < 1e-12
+    # frozen parameters, an input that requires grad outside vmap: the batching rule's call records the graph below
+    frozen = Butterfly(12, 20, dtype=D).requires_grad_(False)
+    xx = x.clone().requires_grad_()
+    vmap(frozen)(xx).pow(2).sum().backward()
+    W = frozen.to_dense()
+    assert rel(xx.grad, 2 * (x @ W.T + frozen.bias) @ W) < 1e-12
