@@ -79,17 +79,18 @@ def transform_active() -> bool:
     """True while a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``, ...) or
     forward-mode AD (``torch.autograd.forward_ad.dual_level``) is active. The fast kernels' C++ autograd is opaque
     to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the multiply then runs the
-    reference, whose tensor operations every transform understands; forward-mode AD alone (one ``torch.func.jvp``
-    level, or a ``dual_level``) on real CPU tensors goes through a wrapper that gives the fused kernel a tangent
-    rule instead (:mod:`twiddle.ops._forward_mode`)."""
+    reference, whose tensor operations every transform understands. Two exceptions run the fused CPU kernel:
+    forward-mode AD alone (one ``torch.func.jvp`` level, or a ``dual_level``) on real tensors, through a wrapper
+    with a tangent rule (:mod:`twiddle.ops._forward_mode`), and ``torch.vmap`` alone where no gradient is needed,
+    through the op's batching rule."""
     return _functorch_level() is not None or _forward_ad._current_level >= 0
 
 
-def kernel_for(twiddle: torch.Tensor, x: torch.Tensor) -> str:
+def kernel_for(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> str:
     """Name of the kernel :func:`butterfly_multiply` would use for these tensors: ``fused-cpu``, ``triton`` or
-    ``reference`` (the reference while a ``torch.func`` transform is active, see :func:`transform_active`, except
-    forward-mode AD alone on real CPU tensors, which the fused kernel serves)."""
-    return _choose_kernel(twiddle, x)[0]
+    ``reference`` (the reference while a ``torch.func`` transform is active, with the exceptions that
+    :func:`transform_active` lists; ``bias`` counts there: whether it needs a gradient)."""
+    return _choose_kernel(twiddle, x, bias)[0]
 
 
 def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[str, bool]:
@@ -112,9 +113,9 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | 
                 return "fused-cpu", False
         if mode == "fused":
             raise RuntimeError(
-                "TWIDDLE_KERNEL=fused but a torch.func transform (other than forward-mode AD alone, for the tensors' "
-                "native dtypes) is active, which the fused kernels do not support (the multiply runs the reference "
-                "kernel there under TWIDDLE_KERNEL=auto)"
+                "TWIDDLE_KERNEL=fused but a torch.func transform is active that the fused kernels do not support "
+                "here (they serve forward-mode AD alone on real CPU tensors, and vmap alone where no gradient is "
+                "needed; the multiply runs the reference kernel there under TWIDDLE_KERNEL=auto)"
             )
         return "reference", False
     if (compiling or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
