@@ -113,6 +113,9 @@ def test_relaxed_permutation_op_checks_its_arguments():
 
 
 def test_fused_relaxed_permutation_under_torch_compile():
+    from twiddle.ops import fused_cpu
+
+    assert fused_cpu.available()  # (loaded before tracing: torch.compile never builds it)
     x = torch.randn(2, 3, 16, dtype=torch.float64)
     probs = torch.rand(2, 3, 3, dtype=torch.float64, requires_grad=True)
     compiled = torch.compile(lambda x, p: relaxed_permute(x, p).pow(2).sum(), fullgraph=True)

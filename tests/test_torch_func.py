@@ -208,3 +208,17 @@ def test_vmap_without_gradients_runs_the_fused_kernel_through_its_batching_rule(
     vmap(frozen)(xx).pow(2).sum().backward()
     W = frozen.to_dense()
     assert rel(xx.grad, 2 * (x @ W.T + frozen.bias) @ W) < 1e-12
+
+
+def test_transforms_inside_torch_compile():
+    """torch.compile around a transform: the routing still applies (dynamo breaks the graph at the transform check,
+    so the transform's body runs eagerly); before, a compiled jvp returned a zero tangent without an error."""
+    torch.manual_seed(0)
+    layer = Butterfly(16, 16, dtype=D)
+    x, v = torch.randn(4, 16, dtype=D), torch.randn(4, 16, dtype=D)
+    W = layer.to_dense()
+    tangent = torch.compile(lambda z: jvp(layer, (z,), (v,))[1], backend="aot_eager")(x)
+    assert rel(tangent, v @ W.T) < 1e-12
+    params = {k: p.detach() for k, p in layer.named_parameters()}
+    g = torch.compile(grad(lambda p, z: functional_call(layer, p, (z,)).pow(2).sum()), backend="aot_eager")(params, x)
+    assert rel(g["bias"], 2 * (x @ W.T + layer.bias).sum(0)) < 1e-12

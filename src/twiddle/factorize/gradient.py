@@ -236,7 +236,8 @@ def relaxed_permute(x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         and x.shape[-1] >= 4
         and _kernel_mode() != "reference"
         and not transform_active()
-        and fused_cpu.available()
+        # (while torch.compile traces, never build or take the build lock: the kernel only if already loaded)
+        and (fused_cpu.is_loaded() if torch.compiler.is_compiling() else fused_cpu.available())
     ):
         return fused_cpu.fused_relaxed_permute(x, probs)
     return _relaxed_permute_reference(x, probs)

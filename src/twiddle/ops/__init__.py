@@ -103,7 +103,10 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | 
     # ONNX export traces the model (torch.jit tracing, or torch.export under the dynamo exporter); the export
     # flag itself is slower to read, so it is read only while tracing
     compiling = torch.compiler.is_compiling()
-    if not compiling and transform_active():
+    # (checked while torch.compile traces too: outside transforms it folds away; inside one, dynamo breaks the graph
+    # here and the transform's body runs eagerly, where this routing applies; a fused kernel traced into a compiled
+    # jvp would drop the tangent)
+    if transform_active():
         if mode != "reference" and _forward_mode.forward_mode_only():
             fast = _fast_kernel(twiddle, x, compiling)
             if fast is not None and _forward_mode.fits(fast, twiddle, x):
