@@ -8,7 +8,8 @@ Cases (a ``Butterfly(n, n)`` layer, input ``(batch, n)``, loss ``Σ tanh(layer(x
 * ``input-gradient penalty``: ``gx = ∂L/∂x`` with ``create_graph=True``, then ``mean((‖gx‖ - 1)²)`` backward to
   the parameters (WGAN-GP): the input gradient is the multiply's adjoint on the fast kernel.
 * ``penalty on every gradient``: ``‖∂L/∂x‖² + ‖∂L/∂θ‖²`` backward: the twiddles' gradient comes from the reference.
-* ``per-sample gradients``: ``vmap(grad(loss))`` over the batch (functorch: the reference multiply runs).
+* ``per-sample gradients``: ``vmap(grad(loss))`` over the batch, detached parameters (the fused ops through their
+  vmap rules; the backward a call per sample).
 * ``vmap of the forward``: ``torch.vmap(layer)(x)`` under ``torch.no_grad`` (the fused op's batching rule).
 * ``jvp``: ``torch.func.jvp`` of the layer along the input (forward mode alone: the fast kernel's tangent rule).
 

@@ -310,7 +310,7 @@ def test_triton_dispatch_hands_the_permutations_to_the_kernel(real_input, monkey
                                          conjugate=conjugate)
         return y[:, out_perm] + bias
 
-    monkeypatch.setattr(ops, "_choose_kernel", lambda twiddle, x, bias=None: ("triton", False))
+    monkeypatch.setattr(ops, "_choose_kernel", lambda twiddle, x, bias=None: ("triton", ""))
     monkeypatch.setattr(triton_kernel, "triton_butterfly_multiply", stand_in)
     n = 16
     t = torch.randn(twiddle_shape(1, 1, n), dtype=torch.complex128)

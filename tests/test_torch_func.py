@@ -3,7 +3,7 @@ the modules, checked against their dense matrices and the reference multiply in 
 
 The fast kernels' C++ autograd is opaque to functorch, so while a transform is active the multiply runs the
 reference (``twiddle.ops.transform_active``), except forward mode alone on real tensors, which runs the fast kernel
-with a tangent rule (``twiddle.ops._forward_mode``); outside transforms the fast kernel runs as before. Before this,
+with a tangent rule (``twiddle.ops._functorch``); outside transforms the fast kernel runs as before. Before this,
 ``torch.func.jvp`` through the fused CPU op returned a zero tangent without an error.
 """
 
@@ -69,12 +69,63 @@ def test_per_sample_gradients_by_vmap_of_grad_equal_a_loop_over_samples():
     def loss(p, xi, ti):
         return (functional_call(model, p, (xi.unsqueeze(0),)) - ti).pow(2).sum()
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, target)
+    seen = []
+
+    def spied(p, xi, ti):
+        seen.append(kernel_for(p["0.twiddle"], xi))
+        return loss(p, xi, ti)
+
+    per_sample = vmap(grad(spied), in_dims=(None, 0, 0))(params, x, target)
+    assert seen == ["fused-cpu"]  # (detached parameters: the fused op, batched by its vmap rules)
     for i in range(5):
         model.zero_grad()
         (model(x[i : i + 1]) - target[i]).pow(2).sum().backward()
         for name, p in model.named_parameters():
             assert rel(per_sample[name][i], p.grad) < 1e-12, name
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_per_sample_gradients_of_the_functional_multiply_with_permutations(transpose):
+    from twiddle.ops import butterfly_multiply
+
+    torch.manual_seed(0)
+    t = torch.randn(2, 2, 3, 4, 2, 2, dtype=D)
+    m, out = (13, 7) if transpose else (7, 13)
+    x, w = torch.randn(6, m, dtype=D), torch.randn(6, out, dtype=D)
+    p, q = torch.randperm(m), torch.randperm(out)
+
+    def loss(tw, xi, wi):
+        y = butterfly_multiply(tw, xi[None], out_size=out, transpose=transpose, in_perm=p, out_perm=q)
+        return (y.sin() * wi).sum()
+
+    per_sample = vmap(grad(loss, argnums=(0, 1)), in_dims=(None, 0, 0))(t, x, w)
+    for i in range(6):
+        tt, xx = t.clone().requires_grad_(), x[i].clone().requires_grad_()
+        expected = torch.autograd.grad(loss(tt, xx, w[i]), (tt, xx))
+        assert rel(per_sample[0][i], expected[0]) < 1e-12 and rel(per_sample[1][i], expected[1]) < 1e-12
+
+
+def test_torch_func_grad_of_parameters_tracked_outside_keeps_the_outer_graph(monkeypatch):
+    """MAML written with torch.func: grad(loss)(params) with parameters that require grad, the gradients used in an
+    update, the meta-loss differentiated from outside: the reference runs (the fused op's gradients under a grad
+    transform are not differentiable again), and the meta-gradient equals the reference kernel's."""
+    torch.manual_seed(0)
+    model = Butterfly(16, 16, dtype=D)
+    x, x2 = torch.randn(3, 16, dtype=D), torch.randn(3, 16, dtype=D)
+
+    def loss(p, z):
+        return functional_call(model, p, (z,)).pow(2).sum()
+
+    def meta_gradient():
+        params = dict(model.named_parameters())
+        g = grad(loss)(params, x)
+        adapted = {k: params[k] - 0.1 * g[k] for k in params}
+        return torch.autograd.grad(loss(adapted, x2), list(params.values()))
+
+    fast = meta_gradient()
+    monkeypatch.setenv("TWIDDLE_KERNEL", "reference")
+    for a, b in zip(fast, meta_gradient(), strict=True):
+        assert rel(a, b) < 1e-12
 
 
 def test_hessian_with_respect_to_the_input_matches_the_closed_form():

@@ -23,7 +23,7 @@ import torch
 import torch.autograd.forward_ad as _forward_ad
 
 from ..permutations import check_permutation
-from . import _forward_mode, fused_cpu
+from . import _functorch, fused_cpu
 from .reference import butterfly_multiply_reference, check_multiply_args, reference_multiply_permuted
 
 __all__ = ["butterfly_multiply", "butterfly_multiply_reference", "kernel_for", "prepare_kernel", "transform_active"]
@@ -81,7 +81,7 @@ def transform_active() -> bool:
     to these transforms (they would fail, or, for a forward-mode tangent, drop it), so the multiply then runs the
     reference, whose tensor operations every transform understands. Two exceptions run the fused CPU kernel:
     forward-mode AD alone (one ``torch.func.jvp`` level, or a ``dual_level``) on real tensors, through a wrapper
-    with a tangent rule (:mod:`twiddle.ops._forward_mode`), and ``torch.vmap`` alone where no gradient is needed,
+    with a tangent rule (:mod:`twiddle.ops._functorch`), and ``torch.vmap`` alone where no gradient is needed,
     through the op's batching rule."""
     return _functorch_level() is not None or _forward_ad._current_level >= 0
 
@@ -93,10 +93,11 @@ def kernel_for(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None
     return _choose_kernel(twiddle, x, bias)[0]
 
 
-def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[str, bool]:
-    """``(kernel, forward_mode)``: :func:`kernel_for`'s answer, and whether the call must go through the
-    forward-mode wrapper (:mod:`twiddle.ops._forward_mode`): only forward-mode AD is active and a fast kernel fits.
-    Under ``torch.vmap`` alone, where no gradient is needed, the fused CPU op runs through its batching rule."""
+def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> tuple[str, str]:
+    """``(kernel, wrapper)``: :func:`kernel_for`'s answer, and the ``torch.func`` wrapper the call must go through
+    (:mod:`twiddle.ops._functorch`), or ``""``: ``"forward"`` where only forward-mode AD is active, ``"grad"`` under
+    one ``torch.func.grad`` level and ``vmap`` levels (per-sample gradients); under ``torch.vmap`` alone, where no
+    gradient is needed, the fused CPU op runs as it is, through its batching rule."""
     mode = _kernel_mode()
     if mode not in ("auto", "reference", "fused"):
         raise ValueError(f"TWIDDLE_KERNEL must be auto, reference or fused, got {mode!r}")
@@ -107,20 +108,24 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | 
     # here and the transform's body runs eagerly, where this routing applies; a fused kernel traced into a compiled
     # jvp would drop the tangent)
     if transform_active():
-        if mode != "reference" and _forward_mode.forward_mode_only():
+        if mode != "reference" and _functorch.forward_mode_only():
             fast = _fast_kernel(twiddle, x, compiling)
-            if fast is not None and _forward_mode.fits(fast, twiddle, x):
-                return fast, True
+            if fast is not None and _functorch.fits(fast, twiddle, x):
+                return fast, "forward"
         elif mode != "reference" and _vmap_without_gradients(twiddle, x, bias):
             if _fast_kernel(twiddle, x, compiling) == "fused-cpu":
-                return "fused-cpu", False
+                return "fused-cpu", ""
+        elif mode != "reference" and _functorch.single_grad_with_vmaps(twiddle, x, bias):
+            fast = _fast_kernel(twiddle, x, compiling)
+            if fast is not None and _functorch.fits(fast, twiddle, x):
+                return fast, "grad"
         if mode == "fused":
             raise RuntimeError(
                 "TWIDDLE_KERNEL=fused but a torch.func transform is active that the fused kernels do not support "
                 "here (they serve forward-mode AD alone on real CPU tensors, and vmap alone where no gradient is "
                 "needed; the multiply runs the reference kernel there under TWIDDLE_KERNEL=auto)"
             )
-        return "reference", False
+        return "reference", ""
     if (compiling or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export():
         # ONNX has no butterfly operator: export the reference multiply's plain tensor operations
         if x.is_complex() or twiddle.is_complex():
@@ -128,18 +133,18 @@ def _choose_kernel(twiddle: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | 
                 "ONNX has no complex tensors: a module with complex twiddles (complex=True, fft/ifft/dct/dst/"
                 "hartley/circulant transforms, complex factorizations) cannot be exported; real butterflies can"
             )
-        return "reference", False
+        return "reference", ""
     if mode == "reference":
-        return "reference", False
+        return "reference", ""
     fast = _fast_kernel(twiddle, x, compiling)
     if fast is not None:
-        return fast, False
+        return fast, ""
     if mode == "fused":
         raise RuntimeError(
             f"TWIDDLE_KERNEL=fused but the fused kernel cannot run here (device {x.device}, dtype "
             f"{torch.promote_types(x.dtype, twiddle.dtype)}, kernel loaded: {fused_cpu.is_loaded()})"
         )
-    return "reference", False
+    return "reference", ""
 
 
 _VMAP = torch._C._functorch.TransformType.Vmap
@@ -269,10 +274,10 @@ def _multiply_checked(
     """Dispatch with arguments already validated (modules that own their twiddles call this directly): ``x`` is
     ``(..., m)``, the result ``(..., out)``; ``in_perm`` / ``out_perm`` checked int64 permutations of ``0..m-1`` /
     ``0..out-1`` on ``x``'s device, or None."""
-    kernel, forward_mode = _choose_kernel(twiddle, x, bias)
-    if forward_mode:
-        return _forward_mode.multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm,
-                                      out_perm)
+    kernel, wrapper = _choose_kernel(twiddle, x, bias)
+    if wrapper:
+        run = _functorch.grad_transform_multiply if wrapper == "grad" else _functorch.multiply
+        return run(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm, out_perm)
     if kernel == "fused-cpu":
         # the common case, checked first with cheap identity tests: one dtype the kernel runs natively (complex
         # ones as real views, taken by the extension's entry), a 2-D input; everything else (promotion, low

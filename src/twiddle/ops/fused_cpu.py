@@ -49,6 +49,7 @@ def _register() -> None:
         _differentiable_backward
     )
     torch.library.register_vmap("twiddle::butterfly_multiply", _batched_multiply)
+    torch.library.register_vmap("twiddle::butterfly_multiply_backward", _batched_multiply_backward)
 
     @torch.library.register_fake("twiddle::relaxed_permute")
     def _(x, probs):
@@ -119,6 +120,24 @@ def _batched_multiply(info, in_dims, twiddle, x, bias, increasing_stride, transp
         for i in range(info.batch_size)
     ]
     return torch.stack(results), 0
+
+
+def _batched_multiply_backward(info, in_dims, twiddle, x, grad, increasing_stride, transpose, conjugate, out_size,
+                               bias_grad=False, in_perm=None, out_perm=None):
+    """``torch.vmap``'s rule for ``twiddle::butterfly_multiply_backward``: a call per vmapped entry, so that each
+    gets its own twiddle (and bias) gradient, as per-sample gradients need."""
+    op = torch.ops.twiddle.butterfly_multiply_backward.default
+    dims = tuple(in_dims) + (None,) * (10 - len(in_dims))
+
+    def entry(t, dim, i):
+        return t if dim is None else t.select(dim, i)
+
+    results = [
+        op(entry(twiddle, dims[0], i), entry(x, dims[1], i), entry(grad, dims[2], i), increasing_stride, transpose,
+           conjugate, out_size, bias_grad, entry(in_perm, dims[8], i), entry(out_perm, dims[9], i))
+        for i in range(info.batch_size)
+    ]
+    return tuple(torch.stack(parts) for parts in zip(*results, strict=True)), (0, 0, 0)
 
 
 def butterfly_multiply_op(

@@ -1,16 +1,23 @@
-"""Forward-mode AD (``torch.func.jvp``, ``torch.autograd.forward_ad``) through the fast kernels.
+"""``torch.func`` and forward-mode AD through the fused CPU kernel.
 
-The fused CPU op's autograd kernel is C++ and has no tangent rule, so under forward mode it would drop the tangent.
-While forward mode is the only transform active (one ``torch.func.jvp`` level, or a ``forward_ad.dual_level``
-without ``torch.func``), a real multiply on the CPU goes through :class:`_ForwardModeMultiply` instead (complex
-ones and CUDA tensors run the reference, see :func:`fits`), whose tangent rule is
+The fused op's autograd kernel is C++: functorch cannot see through it (``grad``, ``jacrev`` fail), and forward mode
+would drop the tangent. ``twiddle.ops._choose_kernel`` therefore runs the reference multiply under transforms,
+except in three cases served here (real CPU tensors of one dtype, see :func:`fits`):
 
-    ẏ = M(t) ẋ + (∂M/∂t · ṫ) x,
+* Forward mode alone (one ``torch.func.jvp`` level, or a ``forward_ad.dual_level`` without ``torch.func``):
+  :class:`_ForwardModeMultiply`, whose tangent rule is
 
-the first term the same fast multiply applied to the tangent (the map is linear in ``x``), the second the
-reference multiply's forward mode, computed only when the twiddles carry a tangent (``torch.func.jacfwd`` of the
-parameters, say). The bias is added outside, by torch. Its reverse-mode rule returns
-:func:`twiddle.ops._higher_order.differentiable_gradients`. Every other transform runs the reference multiply.
+      ẏ = M(t) ẋ + (∂M/∂t · ṫ) x,
+
+  the first term the same fast multiply applied to the tangent (the map is linear in ``x``), the second the
+  reference multiply's forward mode, computed only when the twiddles carry a tangent. Its reverse-mode rule returns
+  :func:`twiddle.ops._higher_order.differentiable_gradients`.
+* One ``torch.func.grad`` level with any ``vmap`` levels (per-sample gradients), parameters not tracked by autograd
+  outside: :class:`_GradTransformMultiply`, forward and backward by the fused ops, which ``vmap`` batches through
+  their rules (``twiddle.ops.fused_cpu``: the backward's gives each vmapped entry its own twiddle gradient).
+* ``torch.vmap`` alone where no gradient is needed: the fused op as it is, through its batching rule (not here).
+
+The bias is added outside the wrappers, by torch.
 """
 
 from __future__ import annotations
@@ -123,6 +130,70 @@ def multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, 
     ``(..., out)`` by the fused CPU kernel (for tensors where :func:`fits` holds), with tangents."""
     x2 = x if x.ndim == 2 else x.reshape(-1, m)
     y = _ForwardModeMultiply.apply(twiddle, x2, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
+    if x.ndim != 2:
+        y = y.reshape(*x.shape[:-1], out)
+    return y if bias is None else y + bias
+
+
+_GRAD = torch._C._functorch.TransformType.Grad
+_VMAP = torch._C._functorch.TransformType.Vmap
+
+
+def single_grad_with_vmaps(*tensors: torch.Tensor | None) -> bool:
+    """True when the active transforms are one ``torch.func.grad`` (or ``vjp``) level and any number of ``vmap``
+    levels and nothing else (``vmap(grad(loss))``: per-sample gradients), and none of ``tensors`` is tracked by
+    autograd outside the transforms (``grad(loss)(params, x)`` with parameters that require grad, as in MAML written
+    with ``torch.func``, differentiates the gradients again from outside)."""
+    stack = torch._C._functorch.get_interpreter_stack()
+    if not stack or _forward_ad._current_level >= 0:
+        return False
+    kinds = [level.key() for level in stack]
+    if kinds.count(_GRAD) != 1 or not all(k in (_GRAD, _VMAP) for k in kinds):
+        return False
+    return not torch.is_grad_enabled() or not any(t is not None and _base(t).requires_grad for t in tensors)
+
+
+def _base(t: torch.Tensor) -> torch.Tensor:
+    """The plain tensor under every ``torch.func`` wrapper of ``t``."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(t):
+        t = torch._C._functorch.get_unwrapped(t)
+    return t
+
+
+class _GradTransformMultiply(torch.autograd.Function):
+    """The multiply under one ``torch.func.grad`` level (and any ``vmap`` levels): forward and backward by the fused
+    op, which ``vmap`` batches through its rules (the backward's rule gives each vmapped entry its own twiddle
+    gradient: per-sample gradients). Its gradients are not differentiable again: used only where no further
+    transform could differentiate them (see :func:`single_grad_with_vmaps`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm):
+        return _run(twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        twiddle, x, increasing_stride, transpose, conjugate, out, in_perm, out_perm = inputs
+        ctx.save_for_backward(twiddle, x)
+        ctx.perms = (in_perm, out_perm)
+        ctx.flags = (increasing_stride, transpose, conjugate, out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        twiddle, x = ctx.saved_tensors
+        in_perm, out_perm = ctx.perms
+        increasing_stride, transpose, conjugate, out = ctx.flags
+        g_twiddle, g_x, _ = torch.ops.twiddle.butterfly_multiply_backward(
+            twiddle, x, grad, increasing_stride, transpose, conjugate, out, False, in_perm, out_perm
+        )
+        return g_twiddle, g_x, None, None, None, None, None, None
+
+
+def grad_transform_multiply(twiddle, x, increasing_stride, m, out, transpose, conjugate, bias, in_perm, out_perm):
+    """:func:`multiply`'s counterpart under :func:`single_grad_with_vmaps` (real CPU tensors of one dtype)."""
+    x2 = x if x.ndim == 2 else x.reshape(-1, m)
+    y = _GradTransformMultiply.apply(twiddle, x2, increasing_stride, transpose, conjugate, out, in_perm, out_perm)
     if x.ndim != 2:
         y = y.reshape(*x.shape[:-1], out)
     return y if bias is None else y + bias
