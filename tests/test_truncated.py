@@ -280,6 +280,61 @@ def test_replace_linear_keeps_layers_a_butterfly_would_make_larger(capsys):
     torch.testing.assert_close(head.weight, before, rtol=0, atol=0)
 
 
+def test_replace_linear_replaces_a_shared_layer_everywhere_by_one_shared_layer(capsys):
+    """A layer that sits at several places (tied blocks) becomes one layer at all of them: before, only its first
+    place was replaced, the model kept the dense layer elsewhere (more parameters than before) and lost the tie."""
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(64, 64)
+            self.block = nn.Sequential(self.first, nn.ReLU())
+            self.again = self.first
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.again(self.block(x))
+
+    model = Tied()
+    asked = []
+    replace_linear(model, filter=lambda name, m: asked.append(name) or True, verbose=True)
+    assert asked == ["first"]
+    assert isinstance(model.first, Butterfly) and model.block[0] is model.first and model.again is model.first
+    assert sum(p.numel() for p in model.parameters()) == model.first.parameter_count().structured == 832
+    assert "(also at block.0, again)" in capsys.readouterr().err
+    model = Tied()
+    replace_linear(model, filter=lambda name, m: name != "first")  # asked once: stays at all places
+    assert type(model.first) is nn.Linear and model.block[0] is model.first and model.again is model.first
+
+
+@pytest.mark.parametrize("kind", ["butterfly", "truncated"])
+def test_replaced_transformer_encoders_run_in_eval_mode_as_in_training(kind):
+    """torch's encoder layer takes a fused inference path in eval mode without gradients that reads
+    linear1.weight (an AttributeError for a butterfly), and the encoder turns a padded batch into a nested tensor
+    for it; replace_linear keeps such modules on their module path."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True)
+    replace_linear(encoder, kind, min_compression=0)
+    assert all(not isinstance(m.linear1, nn.Linear) for m in encoder.layers)
+    assert type(encoder.layers[0].self_attn.out_proj) is nn.modules.linear.NonDynamicallyQuantizableLinear  # stays
+    x = torch.randn(3, 7, 64)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    train_out = encoder(x, src_key_padding_mask=pad)
+    one_layer = encoder.layers[0](x)
+    encoder.eval()
+    with torch.no_grad():
+        eval_out = encoder(x, src_key_padding_mask=pad)
+        eval_layer = encoder.layers[0](x)
+    keep = ~pad
+    torch.testing.assert_close(eval_out[keep], train_out[keep].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eval_layer, one_layer.detach(), rtol=1e-5, atol=1e-5)
+    # a layer on its own
+    alone = replace_linear(nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True), kind,
+                           min_compression=0).eval()
+    with torch.no_grad():
+        assert alone(torch.randn(2, 3, 32)).shape == (2, 3, 32)
+
+
 def test_replace_linear_passes_layer_options():
     model = replace_linear(nn.Sequential(nn.Linear(16, 16)), "butterfly", nblocks=2, init="ortho")
     assert model[0].nblocks == 2 and model[0].init == "ortho"

@@ -61,6 +61,26 @@ def _init_from_dense_(layer: nn.Module, linear: nn.Linear, polish_steps: int) ->
             layer.bias.copy_(linear.bias.to(layer.bias.dtype))
 
 
+def _leave_fused_transformer_paths(model: nn.Module) -> None:
+    """Keep torch's transformer encoder modules whose feed-forward layers were replaced on their module path.
+
+    In eval mode without gradients, ``nn.TransformerEncoderLayer`` runs a fused kernel that reads
+    ``linear1.weight`` and ``linear2.weight`` directly (an ``AttributeError`` for a butterfly layer), and
+    ``nn.TransformerEncoder`` with a padding mask turns its input into a nested tensor for it. The fused path is
+    taken only where the layer's ``activation_relu_or_gelu`` flag is set (its own forward computes ``activation``
+    either way) and the encoder's ``use_nested_tensor`` is true: both are cleared where a layer was replaced.
+    """
+    def replaced(layer: nn.Module) -> bool:
+        return not (isinstance(getattr(layer, "linear1", None), nn.Linear)
+                    and isinstance(getattr(layer, "linear2", None), nn.Linear))
+
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and replaced(module):
+            module.activation_relu_or_gelu = 0
+        elif isinstance(module, nn.TransformerEncoder) and any(replaced(layer) for layer in module.layers):
+            module.use_nested_tensor = False
+
+
 def replace_linear(
     model: nn.Module,
     kind: str = "butterfly",
@@ -79,7 +99,9 @@ def replace_linear(
         model: any module.
         kind: ``"butterfly"`` (:class:`~twiddle.Butterfly`) or ``"truncated"``
             (:class:`~twiddle.TruncatedButterflyLinear`, the ``J2ᵀ W̃ J1`` layer).
-        filter: ``filter(qualified_name, linear) -> bool`` picks the layers to replace (default: all).
+        filter: ``filter(qualified_name, linear) -> bool`` picks the layers to replace (default: all). A layer
+            that sits at several places of the model (shared, as in tied blocks) is asked about once, under its
+            first name, and is replaced at all of them by one shared layer.
         init_from_dense: start from the dense weights instead of a fresh init. ``butterfly``: the hierarchical
             projection of the (zero-padded) weight, then ``polish_steps`` L-BFGS iterations of least squares
             (only the least squares for ``nblocks > 1`` or complex layers). ``truncated``: ``W̃`` is the
@@ -92,6 +114,11 @@ def replace_linear(
         verbose: print each replacement (and each layer kept by ``min_compression``) and the parameter totals
             before and after to stderr.
         **layer_kwargs: passed to the new layers (e.g. ``nblocks=2``, ``init="ortho"``; ``k_in``, ``seed``).
+
+    Only exact ``nn.Linear`` instances are replaced: subclasses (``nn.MultiheadAttention``'s ``out_proj``, whose
+    weight the attention kernel reads directly; quantized or LoRA layers) stay. In ``nn.TransformerEncoderLayer``
+    and ``nn.TransformerEncoder`` modules whose feed-forward layers are replaced, torch's fused inference path
+    (which reads ``linear1.weight``) is switched off, so that they run in eval mode as in training.
 
     The new layers take the replaced layer's device and dtype. Parameter counts: compare
     ``sum(p.numel() for p in model.parameters())`` before and after, or pass ``verbose=True``.
@@ -107,11 +134,18 @@ def replace_linear(
     ):
         raise ValueError(f"min_compression must be a number >= 0, got {min_compression!r}")
     before = sum(p.numel() for p in model.parameters())
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if type(module) is nn.Linear and (filter is None or filter(name, module))
-    ]
+    # Every place a layer sits: a layer shared by several parents (tied blocks) gets one replacement, shared the
+    # same way, or stays everywhere; the filter sees it under its first name.
+    places: dict[int, list[str]] = {}
+    targets: list[tuple[str, nn.Linear]] = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        if type(module) is not nn.Linear:
+            continue
+        if id(module) not in places:
+            places[id(module)] = []
+            if filter is None or filter(name, module):
+                targets.append((name, module))
+        places[id(module)].append(name)
     log: list[str] = []
     replacement_root: nn.Module | None = None
     replaced = 0
@@ -119,7 +153,10 @@ def replace_linear(
         new = _build(linear, kind, layer_kwargs)
         old_params = sum(p.numel() for p in linear.parameters())
         new_params = sum(p.numel() for p in new.parameters())
-        label = f"  {name or '<model>'}: Linear({linear.in_features}, {linear.out_features}) {old_params}"
+        shared = places[id(linear)][1:]
+        label = f"  {name or '<model>'}: Linear({linear.in_features}, {linear.out_features}) {old_params}" + (
+            f" (also at {', '.join(shared)})" if shared else ""
+        )
         if new_params * min_compression > old_params:
             log.append(f"{label} parameters kept ({type(new).__name__} would have {new_params})")
             continue
@@ -130,9 +167,12 @@ def replace_linear(
         if name == "":
             replacement_root = new
             continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, new)
+        for place in places[id(linear)]:
+            parent_name, _, attr = place.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, new)
+    if replaced and replacement_root is None:
+        _leave_fused_transformer_paths(model)
     result = replacement_root if replacement_root is not None else model
     if verbose:
         after = sum(p.numel() for p in result.parameters())
