@@ -75,9 +75,15 @@ def test_factor_npy_and_summary(capsys, tmp_path):
     np.save(path, np.array([[1.0, 1.0], [1.0, -1.0]]))
     assert main(["factor", str(path), "--permutation", "identity"]) == 0
     assert "relative error" in capsys.readouterr().out
+    # any shape: zero-padded, to the least power of two or to --size
+    np.save(path, np.random.default_rng(0).standard_normal((3, 5)))
+    assert main(["factor", str(path), "--size", "16", "--json", "--out", str(tmp_path / "m.safetensors")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shape"] == [3, 5] and out["n"] == 16
 
 
-@pytest.mark.parametrize("argv", [["factor", "fourier", "-n", "8"], ["factor", "dft"], ["factor", "dft", "-n", "6"]])
+@pytest.mark.parametrize("argv", [["factor", "fourier", "-n", "8"], ["factor", "dft"],
+                                  ["factor", "dft", "-n", "8", "--size", "6"]])
 def test_factor_bad_input(argv):
     with pytest.raises(SystemExit):
         main(argv)

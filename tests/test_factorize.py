@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from twiddle import Butterfly
-from twiddle.factorize import LIFTS, TARGETS, complex_lift, factorize, load_matrix, target_matrix
+from twiddle.factorize import LIFTS, TARGETS, PermutedButterfly, complex_lift, factorize, load_matrix, target_matrix
 from twiddle.factorize.hierarchical import ORDERS, hierarchical_twiddle
 from twiddle.permutations import PERMUTATION_NAMES, bitreversal_permutation, named_permutation
 
@@ -127,12 +127,11 @@ def test_dct_target_matches_scipy():
 
 
 @pytest.mark.parametrize("matrix,match", [
-    (torch.ones(4, 8), "square"),
+    (torch.ones(4), "2-D"),
     (torch.ones(0, 0), "empty"),
+    (torch.ones(3, 0), "empty"),
     (torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "NaN"),
     (torch.tensor([[1.0, float("inf")], [0.0, 1.0]]), "NaN or Inf"),
-    (torch.ones(6, 6), "power of two"),
-    (torch.ones(1, 1), "power of two"),
 ])
 def test_bad_matrices(matrix, match):
     with pytest.raises(ValueError, match=match):
@@ -145,7 +144,7 @@ def test_bad_arguments(tmp_path):
         factorize(M, method="magic")
     with pytest.raises(ValueError, match="permutation must be"):
         factorize(M, permutation="shuffle")
-    with pytest.raises(ValueError, match="4 entries but the matrix is 8"):
+    with pytest.raises(ValueError, match="4 entries but the butterfly is 8 × 8"):
         factorize(M, permutation=[0, 1, 2, 3])
     with pytest.raises(ValueError, match="order"):
         factorize(M, order="diagonal")
@@ -245,3 +244,73 @@ def test_lift_bad_input():
 @pytest.mark.parametrize("name", ["dct", "dst", "hartley"])
 def test_real_transforms_through_a_lift_at_1024(name):
     assert factorize(target_matrix(name, 1024)).relative_error < 1e-12
+
+
+# ------------------------------------------------------------------------------------ any shape (zero padding)
+
+
+@pytest.mark.parametrize("rows,cols", [(100, 128), (128, 100), (100, 77), (64, 128)])
+def test_a_block_of_a_butterfly_is_recovered_exactly_from_its_zero_padding(rows, cols):
+    """Masking rows or columns of B P gives a butterfly again, so the zero-padded block of an exact BP matrix
+    (here the 128-point DFT, bit-reversed) is factored exactly, and the module maps cols inputs to rows outputs."""
+    M = target_matrix("dft", 128)[:rows, :cols]
+    result = factorize(M)
+    module = result.module
+    assert result.relative_error < 1e-12 and result.rmse < 1e-13
+    assert (module.in_features, module.out_features, module.size) == (cols, rows, 128)
+    x = torch.randn(3, 2, cols, dtype=torch.float64).to(torch.complex128)
+    y = module(x)
+    assert y.shape == (3, 2, rows) and y.is_contiguous()
+    torch.testing.assert_close(y, x @ M.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(module.to_dense(), M, rtol=1e-12, atol=1e-12)
+    info = result.to_dict()
+    assert info["shape"] == [rows, cols] and info["n"] == 128
+    assert f"{rows}×{cols} (zero-padded to 128×128)" in result.summary()
+
+
+def test_a_block_is_fitted_as_its_zero_padding_with_the_error_measured_on_the_block():
+    """The block's best fit is the padded matrix's restricted to it; the closed form is not exactly optimal, and
+    what it puts outside the block does not count: the block's error is at most the padded matrix's. Real
+    matrices with lifts, a given permutation, real twiddles only."""
+    torch.manual_seed(0)
+    M = torch.randn(20, 27, dtype=torch.float64)
+    padded = torch.zeros(32, 32, dtype=torch.float64)
+    padded[:20, :27] = M
+    for options in ({}, {"permutation": "bitrev"}, {"complex": False}):
+        block, square = factorize(M, **options), factorize(padded, **options)
+        assert block.permutation_name == square.permutation_name
+        assert block.relative_error <= square.relative_error + 1e-12
+        torch.testing.assert_close(block.module.to_dense(), square.module.to_dense()[:20, :27])
+        err = float((block.module.to_dense() - M).norm())
+        assert block.relative_error == pytest.approx(err / float(M.norm()), rel=1e-12)
+        assert block.rmse == pytest.approx(err / (20 * 27) ** 0.5, rel=1e-12)
+
+
+def test_size_asks_for_a_larger_butterfly_and_small_shapes_work():
+    M = target_matrix("dft", 128)[:64, :64]  # a 64 x 64 matrix: not a 64-point butterfly, a block of a 128-point one
+    assert factorize(M).relative_error > 0.1
+    result = factorize(M, size=128)
+    assert result.relative_error < 1e-12 and result.module.size == 128
+    one = factorize(torch.tensor([[3.0]]))  # 1 x 1: a 2-point butterfly
+    assert one.module.size == 2 and one.relative_error < 1e-15
+    torch.testing.assert_close(one.module(torch.tensor([[2.0]], dtype=torch.float64)),
+                               torch.tensor([[6.0]], dtype=torch.float64))
+
+
+def test_a_padded_module_saves_and_loads_with_its_sizes(tmp_path):
+    module = factorize(torch.randn(12, 30, dtype=torch.float64), permutation="bp").module
+    module.save(tmp_path / "m.safetensors")
+    loaded = PermutedButterfly.load(tmp_path / "m.safetensors")
+    assert (loaded.in_features, loaded.out_features) == (30, 12)
+    x = torch.randn(4, 30, dtype=torch.float64)
+    torch.testing.assert_close(loaded(x), module(x), rtol=0, atol=0)
+    assert "in_features=30, out_features=12, n=32" in repr(loaded)
+
+
+def test_the_gradient_method_fits_a_block_through_its_zero_padding():
+    M = target_matrix("dft", 8)[:6, :5]  # a block of the 8-point DFT: an exact padded BP fit exists
+    result = factorize(M, method="gradient", time_budget=60)
+    assert (result.module.in_features, result.module.out_features) == (5, 6)
+    assert result.rmse < 1e-4
+    x = torch.randn(2, 5, dtype=torch.float64).to(torch.complex128)
+    torch.testing.assert_close(result.module(x), x @ M.T, rtol=1e-4, atol=1e-4)

@@ -163,7 +163,8 @@ def _factor(args: argparse.Namespace) -> int:
         if args.method == "gradient":
             extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json,
                          model=args.model, polish=args.polish, polish_start=args.polish_start)
-        result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order, **extra)
+        result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order,
+                           size=args.size, **extra)
     except (ValueError, TypeError) as exc:
         raise SystemExit(f"twiddle factor: {exc}") from None
     info = {"target": name, **result.to_dict()}
@@ -241,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     factor = sub.add_parser("factor", help="butterfly factorization of a target matrix or a .npy file")
     factor.add_argument("target", help="dft, idft, dct, dst, hadamard, hartley, convolution, legendre, hilbert, "
-                        "randn, or a .npy file holding a square matrix")
+                        "randn, or a .npy file holding a matrix (any shape: zero-padded to a power of two)")
     factor.add_argument("-n", type=int, default=None, help="size of a named target")
+    factor.add_argument("--size", type=int, default=None,
+                        help="size of the butterfly (a power of two; default the least that holds the matrix)")
     factor.add_argument("--method", default="hierarchical", choices=FACTOR_METHODS)
     factor.add_argument("--permutation", default="auto", choices=("auto", "bp", "bpp") + PERMUTATION_NAMES,
                         help="auto: the 8 BP permutations, then their products (BPP) unless one is exact")

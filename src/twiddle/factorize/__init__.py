@@ -35,7 +35,7 @@ EXACT_TOLERANCE = 1e-10
 
 
 def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
-    """A square, finite, non-empty matrix as a float64/complex128 tensor; ``.npy`` paths are loaded.
+    """A finite, non-empty matrix (2-D, any shape) as a float64/complex128 tensor; ``.npy`` paths are loaded.
 
     Raises ValueError naming what is wrong (shape, emptiness, NaN/Inf) and TypeError for other types.
     """
@@ -52,11 +52,8 @@ def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
         matrix = torch.from_numpy(np.ascontiguousarray(matrix))
     if not isinstance(matrix, torch.Tensor):
         raise TypeError(f"matrix must be a torch.Tensor, a numpy array or a .npy path, got {type(matrix).__name__}")
-    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise ValueError(
-            f"matrix must be square (n × n), got shape {tuple(matrix.shape)}; pad a rectangular matrix with zeros "
-            "to a square power-of-two size first"
-        )
+    if matrix.dim() != 2:
+        raise ValueError(f"matrix must be 2-D (rows × columns), got shape {tuple(matrix.shape)}")
     if matrix.numel() == 0:
         raise ValueError("matrix is empty")
     m = matrix.detach().to("cpu")
@@ -102,31 +99,57 @@ def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int
         return [[(permutation, named_permutation(permutation, n))]]
     perm = check_permutation(permutation, name="permutation")
     if perm.numel() != n:
-        raise ValueError(f"permutation has {perm.numel()} entries but the matrix is {n} × {n}")
+        raise ValueError(f"permutation has {perm.numel()} entries but the butterfly is {n} × {n} (the matrix "
+                         "zero-padded to a power of two)")
     return [[("given", perm)]]
+
+
+def _padded_size(rows: int, cols: int) -> int:
+    """The least power of two >= 2 that holds a rows × cols matrix."""
+    return max(2, 1 << (max(rows, cols) - 1).bit_length())
+
+
+def _pad(m: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """``m`` (rows × cols) zero-padded to ``n × n`` (default: the least power of two >= 2 that holds it).
+
+    This loses nothing: for any butterfly ``B``, masking rows or columns of ``B P`` (multiplying by a diagonal
+    0/1 matrix on the left, or on the right, where ``P`` moves it onto ``B``'s columns) gives a butterfly again
+    (the mask is absorbed into the last or first factor), so the best ``B P`` for the padded matrix is, restricted
+    to the block, the best for ``m``, with the same error."""
+    rows, cols = m.shape
+    n = _padded_size(rows, cols) if n is None else n
+    if (rows, cols) == (n, n):
+        return m
+    padded = m.new_zeros(n, n)
+    padded[:rows, :cols] = m
+    return padded
 
 
 def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Tensor]]], order: str,
                          complex: bool | None, stop_early: bool,
-                         lifts: dict[str, torch.Tensor] | None = None) -> tuple[tuple, dict[str, float]]:
-    """Closed-form fits of ``m`` under each candidate permutation (and, for real ``m`` unless ``complex`` is False,
-    of its complex lifts). Returns ``(rel, err, name, perm, module, lift)`` of the best and every candidate's
-    relative error. Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit.
+                         lifts: dict[str, torch.Tensor] | None = None,
+                         size: int | None = None) -> tuple[tuple, dict[str, float]]:
+    """Closed-form fits of ``m`` (rows × cols; zero-padded to ``n × n``, see :func:`_pad`) under each candidate
+    permutation of ``n`` (and, for real ``m`` unless ``complex`` is False, of its complex lifts). Returns
+    ``(rel, err, name, perm, module, lift)`` of the best (errors on ``m``) and every candidate's relative error.
+    Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit.
 
-    The lifts are computed when first needed and kept in ``lifts`` (pass the same dict to reuse them across calls
-    on the same ``m``)."""
+    The lifts (of the padded matrix) are computed when first needed and kept in ``lifts`` (pass the same dict to
+    reuse them across calls on the same ``m``)."""
     lifts = {} if lifts is None else lifts
+    rows, cols = m.shape
+    padded = _pad(m, size)
 
     def lifted(kind: str) -> torch.Tensor:
         if kind not in lifts:
-            lifts[kind] = complex_lift(m, kind)
+            lifts[kind] = complex_lift(padded, kind)
         return lifts[kind]
 
     # the matrices to factor: M itself, then its complex lifts, whose real part is M
     kinds: list[str | None] = [None]
     if not m.is_complex() and complex is not False:
         kinds += list(LIFTS)
-    plain = m.to(torch.complex128) if complex else m
+    plain = padded.to(torch.complex128) if complex else padded
     norm = float(m.norm())
     best = None
     errors: dict[str, float] = {}
@@ -139,7 +162,8 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Ten
             continue
         work = plain if lift is None else lifted(lift)
         target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
-        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None)
+        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
+                                   in_features=cols, out_features=rows)
         with torch.no_grad():
             err = float((module.to_dense() - m).norm())
         rel = err / norm if norm > 0 else err
@@ -151,7 +175,7 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Ten
 
 
 def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
-                        start: float) -> FactorizationResult:
+                        start: float, size: int) -> FactorizationResult:
     if not (isinstance(permutation, str) and permutation == "auto"):
         raise ValueError("the gradient method learns its permutation; pass permutation='auto'")
     bar = None
@@ -167,20 +191,22 @@ def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, pr
             bar.update(1)
             bar.set_postfix(best_rmse=f"{rmse:.2e}")
 
+    padded = _pad(m, size)
     try:
-        fit = fit_bp(m, config, progress=callback)
+        fit = fit_bp(padded, config, progress=callback)
     finally:
         if bar is not None:
             bar.close()
-    n = m.shape[0]
+    rows, cols = m.shape
     (perm, tw), *rest = [(p, t.reshape(1, 1, *t.shape)) for p, t in zip(fit["perms"], fit["twiddles"], strict=True)]
-    module = PermutedButterfly(perm, tw, real_output=not m.is_complex(), then=rest)
+    module = PermutedButterfly(perm, tw, real_output=not m.is_complex(), then=rest, in_features=cols,
+                               out_features=rows)
     with torch.no_grad():
         err = float((module.to_dense() - m).norm())
     norm = float(m.norm())
     return FactorizationResult(
         module=module,
-        rmse=err / n,
+        rmse=err / (rows * cols) ** 0.5,
         relative_error=err / norm if norm > 0 else err,
         permutation=perm,
         permutation_name="learned",
@@ -206,21 +232,26 @@ def factorize(
     model: str = "bp",
     polish: str = "hierarchical",
     progress: bool = False,
+    size: int | None = None,
     **gradient_options,
 ) -> FactorizationResult:
-    """Factor ``matrix`` (n × n, n a power of two) as ``M ≈ B P``.
+    """Factor ``matrix`` as ``M ≈ B P``.
 
     Args:
-        matrix: tensor, numpy array or ``.npy`` path; real or complex.
+        matrix: tensor, numpy array or ``.npy`` path; real or complex; any shape ``rows × cols``. A matrix that is
+            not ``n × n`` with ``n`` a power of two is zero-padded to the least such ``n`` that holds it, which
+            loses nothing (masking rows or columns of a butterfly gives a butterfly: the best fit of the padded
+            matrix is the best fit of the block, with the same error); the module then takes ``cols`` inputs
+            (padding them) and returns ``rows`` outputs, and the errors are those of the block.
         method: ``"hierarchical"`` — the closed-form algorithm (one batched SVD per split; exact, to rounding, when
             ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP model with a
             learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
             real part of the complex model, as in the paper.
-        permutation: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and bit reversal among them —
-            then, unless one is exact, the products of two (the paper's BPP model); keep the best, stop at the
-            first exact one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only), ``"bpp"`` (the
-            products only; these two try every candidate), a name (``identity``,
-            ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
+        permutation: of the padded size ``n``: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and
+            bit reversal among them — then, unless one is exact, the products of two (the paper's BPP model); keep
+            the best, stop at the first exact one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only),
+            ``"bpp"`` (the products only; these two try every candidate), a name (``identity``, ``bitrev``,
+            ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
         complex: ``None`` (default): a complex matrix gets complex twiddles; a real one real twiddles and, if
@@ -235,6 +266,9 @@ def factorize(
         polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
             permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
             :mod:`twiddle.factorize.gradient`.
+        size: the butterfly's size ``n`` (a power of two; default the least that holds the matrix). A block of a
+            larger butterfly need not be a smaller butterfly: the top-left 64 × 64 block of the 128-point DFT is
+            exact at ``size=128``, not at 64.
         **gradient_options: further settings of the gradient method, the fields of
             :class:`~twiddle.factorize.gradient.GradientConfig` (``polish_start``, ``compare``, ``screen_steps``,
             ``logit_std``, ``probes``, ``steps_per_epoch``, ``lr_min``/``lr_max``, …).
@@ -244,7 +278,7 @@ def factorize(
         ``.lift``, ``.seconds``, ``.summary()``). Computation is in float64/complex128; ``module`` holds float64
         parameters (``.float()`` converts).
 
-    Non-square matrices and sizes that are not powers of two are refused with a ValueError (pad with zeros first).
+    Empty matrices, matrices with NaN or Inf entries and arrays that are not 2-D are refused with a ValueError.
     """
     prepare_kernel()  # a first use builds the fused kernel (once per machine): not part of ``.seconds``
     start = time.perf_counter()
@@ -253,10 +287,12 @@ def factorize(
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     m = load_matrix(matrix)
-    n = m.shape[0]
-    if n < 2 or n & (n - 1):
-        raise ValueError(f"the {method} method needs n a power of two >= 2, got n = {n}; pad the matrix with "
-                         "zeros to the next power of two")
+    n = _padded_size(*m.shape)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < n or size & (size - 1):
+            raise ValueError(f"size must be a power of two >= {n} (the matrix is {m.shape[0]} × {m.shape[1]}), "
+                             f"got {size!r}")
+        n = size
     if method == "gradient":
         trials = positive_int(trials, "trials")
         if not time_budget > 0:
@@ -268,17 +304,17 @@ def factorize(
             raise ValueError(f"unknown gradient options {unknown}; GradientConfig takes {sorted(fields - named)}")
         config = GradientConfig(trials=trials, time_budget=float(time_budget), seed=int(seed),
                                 target_rmse=target_rmse, model=model, polish=polish, **gradient_options)
-        return _factorize_gradient(m, permutation, config, progress, start)
+        return _factorize_gradient(m, permutation, config, progress, start, n)
     if gradient_options:
         raise ValueError(f"options {sorted(gradient_options)} apply to the gradient method only")
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
     stop_early = isinstance(permutation, str) and permutation == "auto"
-    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early)
+    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n)
     rel, err, name, perm, module, lift = best
     return FactorizationResult(
         module=module,
-        rmse=err / n,
+        rmse=err / (m.shape[0] * m.shape[1]) ** 0.5,
         relative_error=rel,
         permutation=perm,
         permutation_name=name,

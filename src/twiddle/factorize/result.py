@@ -25,15 +25,23 @@ class PermutedButterfly(nn.Module):
         twiddle: ``(1, 1, log2 n, n/2, 2, 2)`` twiddles of ``B`` (increasing stride).
         real_output: return the real part (a complex butterfly fitted to a real target, as in the 2019 paper).
         then: further ``(perm, twiddle)`` stages applied after this one, in order (kept in ``self.then``).
+        in_features, out_features: the sizes of a factored ``out × in`` matrix that was zero-padded to ``n × n``
+            (default ``n``): the input is zero-padded to ``n`` and the first ``out_features`` outputs are kept.
 
-    Shapes: ``(..., n) -> (..., n)``; runs on the fast butterfly kernel, each stage one call (the kernel gathers
-    ``x[..., perm]`` as it reads its input; see :mod:`twiddle._fusion`).
+    Shapes: ``(..., in_features) -> (..., out_features)``; runs on the fast butterfly kernel, each stage one call
+    (the kernel gathers ``x[..., perm]`` as it reads its input; see :mod:`twiddle._fusion`).
     """
 
     def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False, *,
-                 then: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> None:
+                 then: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), in_features: int | None = None,
+                 out_features: int | None = None) -> None:
         super().__init__()
         n = perm.numel()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= n):
+                raise ValueError(f"{name} must be an int in [1, n = {n}], got {value!r}")
+        self.in_features = n if in_features is None else in_features
+        self.out_features = n if out_features is None else out_features
         self.real_output = real_output
         self.permutation = FixedPermutation(perm)
         self.butterfly = Butterfly(
@@ -57,12 +65,24 @@ class PermutedButterfly(nn.Module):
         """Stored numbers of the butterflies (``2 n log2 n`` per stage, complex entries counted once)."""
         return self.butterfly.twiddle.numel() + sum(stage.parameter_count() for stage in self.then)
 
+    def extra_repr(self) -> str:
+        if (self.in_features, self.out_features) == (self.size, self.size):
+            return f"n={self.size}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, n={self.size}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.size
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"PermutedButterfly expected input with last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(x.shape)}")
+        if self.in_features < n:
+            x = nn.functional.pad(x, (0, n - self.in_features))
         # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first
         y = run_fused((self.permutation, self.butterfly), x)
         for stage in self.then:
             y = stage(y)
-        return y.real if self.real_output and y.is_complex() else y
+        y = y.real if self.real_output and y.is_complex() else y
+        return y[..., : self.out_features].contiguous() if self.out_features < n else y
 
     def _stages(self) -> list[PermutedButterfly]:
         return [self, *self.then]
@@ -80,7 +100,8 @@ class PermutedButterfly(nn.Module):
         complex_flags = "".join(str(int(stage.butterfly.complex)) for stage in self._stages())
         metadata = {"format": "twiddle.PermutedButterfly/1", "complex": complex_flags,
                     "real_output": str(int(self.real_output)), "n": str(self.size),
-                    "stages": str(len(self._stages()))}
+                    "stages": str(len(self._stages())), "in_features": str(self.in_features),
+                    "out_features": str(self.out_features)}
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -102,17 +123,21 @@ class PermutedButterfly(nn.Module):
                     tw = torch.view_as_complex(tw.contiguous())
                 stages.append((perm, tw))
         (perm, tw), *rest = stages
-        return cls(perm, tw, real_output=metadata["real_output"] == "1", then=rest)
+        n = perm.numel()  # files written before rectangular factorizations have no sizes: n x n
+        return cls(perm, tw, real_output=metadata["real_output"] == "1", then=rest,
+                   in_features=int(metadata.get("in_features", n)), out_features=int(metadata.get("out_features", n)))
 
     def to_dense(self) -> torch.Tensor:
-        """The ``n × n`` matrix ``M = … B₂ P₂ B P`` (its real part if ``real_output``) with
-        ``forward(x) == x @ M.T`` for real ``x``."""
+        """The ``out_features × in_features`` matrix ``M = … B₂ P₂ B P`` (its real part if ``real_output``; the
+        top-left block of the ``n × n`` product for a padded factorization) with ``forward(x) == x @ M.T`` for real
+        ``x``."""
         dense = self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
         for stage in self.then:
             inner = stage.to_dense()
             dense = inner.to(torch.promote_types(inner.dtype, dense.dtype)) @ dense.to(
                 torch.promote_types(inner.dtype, dense.dtype))
-        return dense.real if self.real_output and dense.is_complex() else dense
+        dense = dense.real if self.real_output and dense.is_complex() else dense
+        return dense[: self.out_features, : self.in_features]
 
 
 @dataclass
@@ -121,7 +146,7 @@ class FactorizationResult:
 
     Attributes:
         module: the :class:`PermutedButterfly` computing ``x ↦ B P x``.
-        rmse: root mean square entry error ``‖B P − M‖_F / n``.
+        rmse: root mean square entry error ``‖B P − M‖_F / √(rows · cols)`` (``/ n`` for an ``n × n`` matrix).
         relative_error: ``‖B P − M‖_F / ‖M‖_F``.
         permutation: the permutation ``perm`` (``(P x)[i] = x[perm[i]]``).
         permutation_name: its name (``bitrev``, ``bp101``, …) or ``"given"``.
@@ -154,6 +179,7 @@ class FactorizationResult:
             "method": self.method,
             "order": self.order,
             "n": self.module.size,
+            "shape": [self.module.out_features, self.module.in_features],
             "rmse": self.rmse,
             "relative_error": self.relative_error,
             "seconds": self.seconds,
@@ -175,10 +201,12 @@ class FactorizationResult:
         real = " (real part)" if self.module.real_output else ""
         if self.lift is not None:
             real = f" (real part of the '{self.lift}' complex lift)"
+        rows, cols = self.module.out_features, self.module.in_features
+        shape = f"{n}×{n}" if (rows, cols) == (n, n) else f"{rows}×{cols} (zero-padded to {n}×{n})"
         lines = [
-            f"{how} of a {n}×{n} matrix into a {what}{real} × permutation '{self.permutation_name}'",
+            f"{how} of a {shape} matrix into a {what}{real} × permutation '{self.permutation_name}'",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
-            f"  {self.params} parameters ({n * n} dense, {n * n / self.params:.1f}× fewer)",
+            f"  {self.params} parameters ({rows * cols} dense, {rows * cols / self.params:.1f}× fewer)",
         ]
         if self.candidates:
             best = sorted(self.candidates.items(), key=lambda kv: kv[1])
