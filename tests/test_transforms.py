@@ -465,3 +465,29 @@ def test_transform_compiles_without_graph_breaks():
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     x = torch.randn(4, 100)
     assert torch.allclose(compiled(x), module(x), atol=1e-6)
+
+
+def test_a_double_input_to_a_single_precision_transform_warns_once():
+    """A transform built in float32 holds float32-accurate twiddles: a float64 input gets ~1e-7 accuracy, not what
+    torch.fft / scipy.fft give. That was silent; now one warning per module says so and how to fix it."""
+    import warnings
+
+    x = torch.randn(3, 48, dtype=torch.float64)
+    single = transforms.fft(48)
+    with pytest.warns(UserWarning, match=r"fft holds single-precision values .* dtype=torch.float64"):
+        y = single(x)
+    assert float((y - torch.fft.fft(x)).abs().max()) > 1e-9  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        single(x)  # once per module
+        single(x.float())  # single-precision input: nothing to say
+        double = transforms.dct(48, dtype=torch.float64)
+        torch.testing.assert_close(double(x), torch.as_tensor(scipy.fft.dct(x.numpy(), type=2)), rtol=1e-12,
+                                   atol=1e-12)
+    converted = transforms.fft(48).double()  # .double() keeps complex twiddles as they are (documented)
+    with pytest.warns(UserWarning, match="single-precision"):
+        converted(x)
+    real_only = transforms.hadamard(64).double()  # real values: converted exactly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        real_only(torch.randn(2, 64, dtype=torch.float64))

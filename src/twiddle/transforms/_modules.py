@@ -8,6 +8,7 @@ transforms, and offers ``to_dense()`` and ``stored_numbers()``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -231,6 +232,29 @@ class Transform(nn.Module):
         self.steps = Pipeline(*steps)
         for p in self.parameters():
             p.requires_grad_(trainable)
+        self._single_precision: bool | None = None  # whether some stored values are single precision (cached)
+        self._warned_precision = False
+
+    def _apply(self, fn, recurse=True):  # .to(), .double(), ...: the stored precision may change
+        self._single_precision = None
+        return super()._apply(fn, recurse)
+
+    def _check_precision(self, x: torch.Tensor) -> None:
+        """Warn once when a double-precision input meets values stored in single precision: the result is then
+        only single-precision accurate (~1e-7), not what ``torch.fft`` / ``scipy.fft`` give in float64."""
+        if self._single_precision is None:
+            self._single_precision = any(
+                t.dtype in (torch.float32, torch.complex64, torch.float16, torch.bfloat16)
+                for t in (*self.parameters(), *self.buffers())
+            )
+        if self._single_precision:
+            self._warned_precision = True
+            warnings.warn(
+                f"twiddle.transforms: {self.name} holds single-precision values (accurate to ~1e-7) and got a "
+                f"{x.dtype} input, so its result is only single-precision accurate; build it with "
+                "dtype=torch.float64 for double precision (converting it afterwards does not recompute the values)",
+                stacklevel=5,  # the caller of the module (past forward and nn.Module's call machinery)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
@@ -244,6 +268,9 @@ class Transform(nn.Module):
             )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{self.name} expected a floating-point or complex input, got dtype {x.dtype}")
+        if x.dtype in (torch.float64, torch.complex128) and not self._warned_precision \
+                and not torch.compiler.is_compiling():  # (eager only: a warning would break a fullgraph compile)
+            self._check_precision(x)
         if self.real and x.is_complex():
             return torch.complex(self.steps(x.real), self.steps(x.imag))
         return self.steps(x)
