@@ -9,7 +9,7 @@ Cases (a ``Butterfly(n, n)`` layer, input ``(batch, n)``, loss ``Σ tanh(layer(x
   the parameters (WGAN-GP): the input gradient is the multiply's adjoint on the fast kernel.
 * ``penalty on every gradient``: ``‖∂L/∂x‖² + ‖∂L/∂θ‖²`` backward: the twiddles' gradient comes from the reference.
 * ``per-sample gradients``: ``vmap(grad(loss))`` over the batch, detached parameters (the fused ops through their
-  vmap rules; the backward a call per sample).
+  vmap rules; the backward one per-row call for all samples).
 * ``vmap of the forward``: ``torch.vmap(layer)(x)`` under ``torch.no_grad`` (the fused op's batching rule).
 * ``jvp``: ``torch.func.jvp`` of the layer along the input (forward mode alone: the fast kernel's tangent rule).
 

@@ -105,6 +105,73 @@ def test_per_sample_gradients_of_the_functional_multiply_with_permutations(trans
         assert rel(per_sample[0][i], expected[0]) < 1e-12 and rel(per_sample[1][i], expected[1]) < 1e-12
 
 
+@pytest.mark.parametrize("dtype,n,real_input", [
+    (torch.float32, 64, False),  # the AVX row layout at batch 1
+    (torch.float64, 16, False),
+    (torch.complex64, 32, False),
+    (torch.complex128, 8, True),  # a real input to complex twiddles
+])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_the_per_row_backward_op_gives_each_row_the_gradients_of_a_call_on_it_alone(dtype, n, real_input, transpose):
+    """twiddle::butterfly_multiply_backward_rows (per-sample gradients in one call) against the backward op called on
+    every row by itself: the same bits, with stacks, bias, input and output permutations."""
+    pytest.importorskip("twiddle.ops.fused_cpu")
+    if not fused_cpu.available():
+        pytest.skip("no fused CPU kernel")
+    torch.manual_seed(0)
+    complex_ = dtype.is_complex
+    real = torch.float32 if dtype in (torch.float32, torch.complex64) else torch.float64
+    in_size, out_size = (2 * n + 3, n - 1) if transpose else (n - 3, 2 * n + 1)
+    shape = (3, 1, n.bit_length() - 1, n // 2, 2, 2) + ((2,) if complex_ else ())
+    twiddle = torch.randn(shape, dtype=real)
+    x = torch.randn((7, in_size) + ((2,) if complex_ and not real_input else ()), dtype=real)
+    grad_out = torch.randn((7, out_size) + ((2,) if complex_ else ()), dtype=real)
+    in_perm, out_perm = torch.randperm(in_size), torch.randperm(out_size)
+    args = (True, transpose, False, out_size, True, in_perm, out_perm)
+    g_tw, g_x, g_bias = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x, grad_out, *args)
+    assert g_tw.shape == (7, *shape) and g_x.shape == x.shape and g_bias.shape[:2] == (7, out_size)
+    for r in range(7):
+        one = torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[r : r + 1], grad_out[r : r + 1], *args)
+        assert torch.equal(g_tw[r], one[0]) and torch.equal(g_x[r : r + 1], one[1]) and torch.equal(g_bias[r], one[2])
+    # a broadcast incoming gradient (stride 0 rows) and an empty batch
+    expanded = grad_out[:1].expand(7, *grad_out.shape[1:])
+    g_tw2, _, _ = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x, expanded, *args)
+    assert torch.equal(g_tw2[3], torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[3:4], grad_out[:1],
+                                                                               *args)[0])
+    empty = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x[:0], grad_out[:0], *args)
+    assert empty[0].shape == (0, *shape) and empty[2].shape[:2] == (0, out_size)
+
+
+def test_per_sample_gradients_of_entries_with_several_rows_and_jacrev():
+    """vmap(grad) where each sample is several rows (the per-row gradients summed per entry), nested vmaps, and
+    jacrev (the incoming gradient batched, the input shared), against loops of ordinary backward passes."""
+    torch.manual_seed(0)
+    layer = Butterfly(20, 24, dtype=D)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    x = torch.randn(4, 3, 20, dtype=D)  # 4 samples of 3 rows
+
+    def loss(p, xi):
+        return functional_call(layer, p, (xi,)).sin().sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(4):
+        layer.zero_grad()
+        loss(dict(layer.named_parameters()), x[i]).backward()
+        assert rel(per_sample["twiddle"][i], layer.twiddle.grad) < 1e-12
+        assert rel(per_sample["bias"][i], layer.bias.grad) < 1e-12
+    nested = vmap(vmap(grad(lambda p, z: loss(p, z[None])), in_dims=(None, 0)), in_dims=(None, 0))(params, x)
+    for i, j in ((0, 0), (3, 2)):  # (the per-row op's own vmap rule runs for the outer level)
+        layer.zero_grad()
+        loss(dict(layer.named_parameters()), x[i, j][None]).backward()
+        assert rel(nested["twiddle"][i, j], layer.twiddle.grad) < 1e-12
+    jac = jacrev(lambda p: functional_call(layer, p, (x[0],)))(params)  # d(3 x 24 outputs) / d(twiddle)
+    assert jac["twiddle"].shape == (3, 24, *layer.twiddle.shape)
+    for row, col in ((0, 0), (2, 17), (1, 23)):
+        layer.zero_grad()
+        layer(x[0])[row, col].backward()
+        assert rel(jac["twiddle"][row, col], layer.twiddle.grad) < 1e-12
+
+
 def test_torch_func_grad_of_parameters_tracked_outside_keeps_the_outer_graph(monkeypatch):
     """MAML written with torch.func: grad(loss)(params) with parameters that require grad, the gradients used in an
     update, the meta-loss differentiated from outside: the reference runs (the fused op's gradients under a grad

@@ -1749,14 +1749,14 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
 }
 
 // Gradients (twiddle, x, bias) of sum(grad * forward); the bias gradient (grad's column sums, taken while the kernel
-// reads grad anyway) only with bias_grad, else an empty tensor.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor& twiddle,
-                                                                           const at::Tensor& x, const at::Tensor& grad,
-                                                                           bool increasing_stride, bool transpose,
-                                                                           bool conjugate, int64_t out_size,
-                                                                           bool bias_grad,
-                                                                           const std::optional<at::Tensor>& in_perm,
-                                                                           const std::optional<at::Tensor>& out_perm) {
+// reads grad anyway) only with bias_grad, else an empty tensor. per_row: the twiddle and bias gradients of every
+// row of the batch on its own, shapes (batch, *twiddle.shape) and (batch, out_size[, 2]) (per-sample gradients);
+// each row's are bit for bit those of a call on that row alone.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_call(const at::Tensor& twiddle, const at::Tensor& x,
+                                                             const at::Tensor& grad, bool increasing_stride,
+                                                             bool transpose, bool conjugate, int64_t out_size,
+                                                             bool bias_grad, const std::optional<at::Tensor>& in_perm,
+                                                             const std::optional<at::Tensor>& out_perm, bool per_row) {
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
   const CallPermutations perms(P, in_perm, out_perm);
   TORCH_CHECK(grad.dim() == (P.complex ? 3 : 2) && grad.size(0) == P.batch && grad.size(1) == out_size &&
@@ -1770,18 +1770,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const
   P.g_col = gc.stride(1);
   P.g_comp = P.complex ? gc.stride(2) : 1;
   at::Tensor gx = at::empty_like(xc);  // every column is written by some stack (see input_cols; in_perm permutes)
-  at::Tensor gtw = P.batch > 0 ? at::empty_like(tw) : at::zeros_like(tw);  // backward_impl writes every entry
+  std::vector<int64_t> tw_shape = tw.sizes().vec();
   std::vector<int64_t> bias_shape = {bias_grad ? out_size : 0};
   if (P.complex) bias_shape.push_back(2);
+  if (per_row) {
+    tw_shape.insert(tw_shape.begin(), P.batch);
+    bias_shape.insert(bias_shape.begin(), P.batch);
+  }
+  // backward_impl writes every entry (of every row's)
+  at::Tensor gtw = P.batch > 0 ? at::empty(tw_shape, tw.options()) : at::zeros(tw_shape, tw.options());
   at::Tensor gbias = P.batch > 0 ? at::empty(bias_shape, x.options()) : at::zeros(bias_shape, x.options());
   if (P.batch > 0) {
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "twiddle_butterfly_multiply_backward", [&] {
-      backward_impl<scalar_t>(tw.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
-                              gx.data_ptr<scalar_t>(), gtw.data_ptr<scalar_t>(),
-                              bias_grad ? gbias.data_ptr<scalar_t>() : nullptr, P);
+      const scalar_t* twp = tw.data_ptr<scalar_t>();
+      const scalar_t* xp = xc.data_ptr<scalar_t>();
+      const scalar_t* gp = gc.data_ptr<scalar_t>();
+      scalar_t* gxp = gx.data_ptr<scalar_t>();
+      scalar_t* gtwp = gtw.data_ptr<scalar_t>();
+      scalar_t* gbp = bias_grad ? gbias.data_ptr<scalar_t>() : nullptr;
+      if (!per_row) return backward_impl<scalar_t>(twp, xp, gp, gxp, gtwp, gbp, P);
+      // one batch-1 backward per row, rows spread over the threads (each row's call then runs on its thread)
+      Plan row = P;
+      row.batch = 1;
+      const int64_t x_row = P.in_size * P.x_comps, tw_size = tw.numel(), bias_row = out_size * P.comps;
+      at::parallel_for(0, P.batch, std::max<int64_t>(1, grain_for(P, 1) / 4), [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r)
+          backward_impl<scalar_t>(twp, xp + r * x_row, gp + r * P.g_row, gxp + r * x_row, gtwp + r * tw_size,
+                                  gbp ? gbp + r * bias_row : nullptr, row);
+      });
     });
   }
   return {gtw, gx, gbias};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const at::Tensor& twiddle,
+                                                                           const at::Tensor& x, const at::Tensor& grad,
+                                                                           bool increasing_stride, bool transpose,
+                                                                           bool conjugate, int64_t out_size,
+                                                                           bool bias_grad,
+                                                                           const std::optional<at::Tensor>& in_perm,
+                                                                           const std::optional<at::Tensor>& out_perm) {
+  return backward_call(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad, in_perm,
+                       out_perm, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward_rows(
+    const at::Tensor& twiddle, const at::Tensor& x, const at::Tensor& grad, bool increasing_stride, bool transpose,
+    bool conjugate, int64_t out_size, bool bias_grad, const std::optional<at::Tensor>& in_perm,
+    const std::optional<at::Tensor>& out_perm) {
+  return backward_call(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad, in_perm,
+                       out_perm, true);
 }
 
 // ------------------------------------------------------------------------------------------------ autograd
@@ -1873,6 +1911,10 @@ TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
         "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
+  // the twiddle and bias gradients of every row on its own: (batch, *twiddle.shape), (batch, out_size[, 2])
+  m.def("butterfly_multiply_backward_rows(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
+        "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
+        "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
   // the same gradients as differentiable tensor operations (double backward; those of twiddle_grad / x_grad only,
   // an empty tensor for the other); its kernel is registered from Python
   m.def("butterfly_multiply_backward_differentiable(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
@@ -1883,6 +1925,7 @@ TORCH_LIBRARY(twiddle, m) {
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {
   m.impl("butterfly_multiply", &twiddle_cpu::butterfly_multiply);
   m.impl("butterfly_multiply_backward", &twiddle_cpu::butterfly_multiply_backward);
+  m.impl("butterfly_multiply_backward_rows", &twiddle_cpu::butterfly_multiply_backward_rows);
 }
 
 TORCH_LIBRARY_IMPL(twiddle, Autograd, m) {
