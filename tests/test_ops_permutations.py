@@ -353,3 +353,28 @@ def test_output_permutation_with_strided_incoming_gradients(dtype, layout, rows)
         results.append((tt.grad, xx.grad))
     for got, want in zip(*results, strict=True):
         assert rel(got, want) < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+@pytest.mark.parametrize("rows", [5, 20])
+def test_twiddle_gradient_with_permutations_on_reused_per_thread_buffers(dtype, rows):
+    """The kernel keeps per-thread scratch buffers from call to call, one slot per use; the twiddle gradient's
+    per-chunk sums once shared a slot with the permuted loads' spare tile, which overwrote them (a wrong twiddle
+    gradient with permutations on lane tiles). Repeated calls, against the reference."""
+    torch.manual_seed(0)
+    t = torch.randn(2, 2, 3, 4, 2, 2, dtype=dtype)
+    m, out = 7, 13
+    for _ in range(3):
+        x = torch.randn(rows, m, dtype=dtype)
+        g = torch.randn(rows, out, dtype=dtype)
+        p, q = torch.randperm(m), torch.randperm(out)
+        grads = []
+        for fused in (True, False):
+            tt = t.clone().requires_grad_()
+            if fused:
+                y = fused_cpu.fused_butterfly_multiply(tt, x, True, out_size=out, transpose=False, conjugate=False,
+                                                       in_perm=p, out_perm=q)
+            else:
+                y = butterfly_multiply_reference(tt, x[:, p], out_size=out)[:, q]
+            grads.append(torch.autograd.grad((y * g.conj()).real.sum(), tt)[0])
+        assert rel(grads[0], grads[1]) < TOL[dtype]
