@@ -51,6 +51,11 @@ def test_autoencoder_freezing_and_shapes():
     assert all(p.requires_grad for p in model.encoder.parameters())
     model.unfreeze_butterfly()
     assert all(p.requires_grad for p in model.butterfly.parameters())
+    double = ButterflyAutoencoder(100, 16, 3, seed=2, dtype=torch.float64)  # factory kwargs, as nn.Linear
+    assert all(p.dtype == torch.float64 for p in double.parameters())
+    x = torch.randn(4, 100, dtype=torch.float64)
+    assert double(x).dtype == torch.float64
+    assert ButterflyAutoencoder(8, 4, 2, device="meta").encoder.weight.is_meta
 
 
 def test_pca_loss_is_the_tail_of_the_spectrum():

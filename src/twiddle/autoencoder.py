@@ -26,20 +26,23 @@ class ButterflyAutoencoder(nn.Module):
     Args:
         n: input size. ell: ``ℓ``, the butterfly's kept outputs (``≤`` the padded ``n``). k: the bottleneck rank.
         m: output size (default ``n``: an autoencoder). seed: the butterfly's kept subset and FJLT draw.
-        init: the butterfly's init (``"fjlt"``, the paper's).
+        init: the butterfly's init (``"fjlt"``, the paper's). device, dtype: of the parameters (as ``nn.Linear``;
+        the dense parts, like ``nn.Linear``, take inputs of their dtype only).
 
     Shapes: ``(..., n) -> (..., m)``.
     """
 
-    def __init__(self, n: int, ell: int, k: int, m: int | None = None, *, seed: int = 0, init: str = "fjlt") -> None:
+    def __init__(self, n: int, ell: int, k: int, m: int | None = None, *, seed: int = 0, init: str = "fjlt",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.n, self.ell, self.k = positive_int(n, "n"), positive_int(ell, "ell"), positive_int(k, "k")
         self.m = self.n if m is None else positive_int(m, "m")
         if self.k > self.ell:
             raise ValueError(f"k must be at most ell={self.ell} (the bottleneck after the butterfly), got {k}")
-        self.butterfly = TruncatedButterfly(n, ell, seed=seed, init=init)
-        self.encoder = nn.Linear(self.ell, self.k, bias=False)
-        self.decoder = nn.Linear(self.k, self.m, bias=False)
+        factory = {"device": device, "dtype": dtype}
+        self.butterfly = TruncatedButterfly(n, ell, seed=seed, init=init, **factory)
+        self.encoder = nn.Linear(self.ell, self.k, bias=False, **factory)
+        self.decoder = nn.Linear(self.k, self.m, bias=False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(self.butterfly(x)))
