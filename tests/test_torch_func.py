@@ -106,16 +106,17 @@ def test_per_sample_gradients_of_the_functional_multiply_with_permutations(trans
 
 
 @pytest.mark.parametrize("dtype,n,real_input", [
-    (torch.float32, 64, False),  # the AVX row layout at batch 1
+    (torch.float32, 64, False),  # the AVX row layout for small groups
     (torch.float64, 16, False),
     (torch.complex64, 32, False),
     (torch.complex128, 8, True),  # a real input to complex twiddles
 ])
 @pytest.mark.parametrize("transpose", [False, True])
-def test_the_per_row_backward_op_gives_each_row_the_gradients_of_a_call_on_it_alone(dtype, n, real_input, transpose):
-    """twiddle::butterfly_multiply_backward_rows (per-sample gradients in one call) against the backward op called on
-    every row by itself: the same bits, with stacks, bias, input and output permutations."""
-    pytest.importorskip("twiddle.ops.fused_cpu")
+@pytest.mark.parametrize("group_rows", [1, 3])
+def test_the_grouped_backward_op_gives_each_group_the_gradients_of_a_call_on_it_alone(dtype, n, real_input, transpose,
+                                                                                        group_rows):
+    """twiddle::butterfly_multiply_backward_grouped (per-sample gradients in one call) against the backward op called
+    on every group of rows by itself: the same bits, with stacks, bias, input and output permutations."""
     if not fused_cpu.available():
         pytest.skip("no fused CPU kernel")
     torch.manual_seed(0)
@@ -124,26 +125,33 @@ def test_the_per_row_backward_op_gives_each_row_the_gradients_of_a_call_on_it_al
     in_size, out_size = (2 * n + 3, n - 1) if transpose else (n - 3, 2 * n + 1)
     shape = (3, 1, n.bit_length() - 1, n // 2, 2, 2) + ((2,) if complex_ else ())
     twiddle = torch.randn(shape, dtype=real)
-    x = torch.randn((7, in_size) + ((2,) if complex_ and not real_input else ()), dtype=real)
-    grad_out = torch.randn((7, out_size) + ((2,) if complex_ else ()), dtype=real)
+    rows = 6 * group_rows
+    x = torch.randn((rows, in_size) + ((2,) if complex_ and not real_input else ()), dtype=real)
+    grad_out = torch.randn((rows, out_size) + ((2,) if complex_ else ()), dtype=real)
     in_perm, out_perm = torch.randperm(in_size), torch.randperm(out_size)
-    args = (True, transpose, False, out_size, True, in_perm, out_perm)
-    g_tw, g_x, g_bias = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x, grad_out, *args)
-    assert g_tw.shape == (7, *shape) and g_x.shape == x.shape and g_bias.shape[:2] == (7, out_size)
-    for r in range(7):
-        one = torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[r : r + 1], grad_out[r : r + 1], *args)
-        assert torch.equal(g_tw[r], one[0]) and torch.equal(g_x[r : r + 1], one[1]) and torch.equal(g_bias[r], one[2])
-    # a broadcast incoming gradient (stride 0 rows) and an empty batch
-    expanded = grad_out[:1].expand(7, *grad_out.shape[1:])
-    g_tw2, _, _ = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x, expanded, *args)
-    assert torch.equal(g_tw2[3], torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[3:4], grad_out[:1],
-                                                                               *args)[0])
-    empty = torch.ops.twiddle.butterfly_multiply_backward_rows(twiddle, x[:0], grad_out[:0], *args)
-    assert empty[0].shape == (0, *shape) and empty[2].shape[:2] == (0, out_size)
+    op = torch.ops.twiddle.butterfly_multiply_backward_grouped
+    flags = (True, transpose, False, out_size)
+    args = (True, in_perm, out_perm)
+    g_tw, g_x, g_bias = op(twiddle, x, grad_out, *flags, group_rows, *args)
+    assert g_tw.shape == (6, *shape) and g_x.shape == x.shape and g_bias.shape[:2] == (6, out_size)
+    for q in range(6):
+        part = slice(q * group_rows, (q + 1) * group_rows)
+        one = torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[part], grad_out[part], *flags, *args)
+        assert torch.equal(g_tw[q], one[0]) and torch.equal(g_x[part], one[1]) and torch.equal(g_bias[q], one[2])
+    # a broadcast incoming gradient (stride-0 rows); a batch that is not a multiple of the groups
+    expanded = grad_out[:1].expand(rows, *grad_out.shape[1:])
+    g_tw2 = op(twiddle, x, expanded, *flags, group_rows, *args)[0]
+    alone = torch.ops.twiddle.butterfly_multiply_backward(twiddle, x[:group_rows], expanded[:group_rows], *flags,
+                                                          *args)[0]
+    assert torch.equal(g_tw2[0], alone)
+    with pytest.raises(RuntimeError, match="multiple"):
+        op(twiddle, x[:-1], grad_out[:-1], *flags, 2 * group_rows + 1 if group_rows > 1 else 4, *args)
+    with pytest.raises(RuntimeError, match="group_rows must be positive"):
+        op(twiddle, x, grad_out, *flags, 0, *args)
 
 
 def test_per_sample_gradients_of_entries_with_several_rows_and_jacrev():
-    """vmap(grad) where each sample is several rows (the per-row gradients summed per entry), nested vmaps, and
+    """vmap(grad) where each sample is several rows (a group of the grouped backward op), nested vmaps, and
     jacrev (the incoming gradient batched, the input shared), against loops of ordinary backward passes."""
     torch.manual_seed(0)
     layer = Butterfly(20, 24, dtype=D)
@@ -160,7 +168,7 @@ def test_per_sample_gradients_of_entries_with_several_rows_and_jacrev():
         assert rel(per_sample["twiddle"][i], layer.twiddle.grad) < 1e-12
         assert rel(per_sample["bias"][i], layer.bias.grad) < 1e-12
     nested = vmap(vmap(grad(lambda p, z: loss(p, z[None])), in_dims=(None, 0)), in_dims=(None, 0))(params, x)
-    for i, j in ((0, 0), (3, 2)):  # (the per-row op's own vmap rule runs for the outer level)
+    for i, j in ((0, 0), (3, 2)):  # (the grouped op's own vmap rule runs for the outer level)
         layer.zero_grad()
         loss(dict(layer.named_parameters()), x[i, j][None]).backward()
         assert rel(nested["twiddle"][i, j], layer.twiddle.grad) < 1e-12

@@ -15,7 +15,7 @@ except in three cases served here (real CPU tensors of one dtype, see :func:`fit
 * One ``torch.func.grad`` level with any ``vmap`` levels (per-sample gradients), parameters not tracked by autograd
   outside: :class:`_GradTransformMultiply`, forward and backward by the fused ops, which ``vmap`` batches through
   their rules (``twiddle.ops.fused_cpu``: the backward's gives each vmapped entry its own twiddle gradient, all
-  entries in one call of the per-row backward op).
+  entries in one call of the grouped backward op).
 * ``torch.vmap`` alone where no gradient is needed: the fused op as it is, through its batching rule (not here).
 
 The bias is added outside the wrappers, by torch.

@@ -45,19 +45,19 @@ def _register() -> None:
         return torch.empty_like(twiddle), torch.empty_like(x), grad.new_empty((out_size if bias_grad else 0,)
                                                                                + tuple(grad.shape[2:]))
 
-    @torch.library.register_fake("twiddle::butterfly_multiply_backward_rows")
-    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad=False, in_perm=None,
-          out_perm=None):
-        rows = x.shape[0]
-        return (twiddle.new_empty((rows, *twiddle.shape)), torch.empty_like(x),
-                grad.new_empty((rows, out_size if bias_grad else 0) + tuple(grad.shape[2:])))
+    @torch.library.register_fake("twiddle::butterfly_multiply_backward_grouped")
+    def _(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, group_rows, bias_grad=False,
+          in_perm=None, out_perm=None):
+        groups = x.shape[0] // group_rows
+        return (twiddle.new_empty((groups, *twiddle.shape)), torch.empty_like(x),
+                grad.new_empty((groups, out_size if bias_grad else 0) + tuple(grad.shape[2:])))
 
     torch.library.impl("twiddle::butterfly_multiply_backward_differentiable", "CompositeImplicitAutograd")(
         _differentiable_backward
     )
     torch.library.register_vmap("twiddle::butterfly_multiply", _batched_multiply)
     torch.library.register_vmap("twiddle::butterfly_multiply_backward", _batched_multiply_backward)
-    torch.library.register_vmap("twiddle::butterfly_multiply_backward_rows", _batched_backward_rows)
+    torch.library.register_vmap("twiddle::butterfly_multiply_backward_grouped", _batched_backward_grouped)
 
     @torch.library.register_fake("twiddle::relaxed_permute")
     def _(x, probs):
@@ -136,8 +136,8 @@ def _batched_multiply_backward(info, in_dims, twiddle, x, grad, increasing_strid
     (and bias) gradient, as per-sample gradients (``vmap(grad)``) and ``jacrev`` need.
 
     With shared twiddles and permutations (the usual case) it is one call of
-    ``twiddle::butterfly_multiply_backward_rows`` on all entries' rows, whose per-row twiddle gradients are those
-    of a call on each row alone (an entry of several rows sums its rows'); otherwise a call per entry."""
+    ``twiddle::butterfly_multiply_backward_grouped`` on all entries' rows, each entry's rows a group whose
+    gradients are those of a call on that entry alone; otherwise a call per entry."""
     dims = tuple(in_dims) + (None,) * (10 - len(in_dims))
     twiddle_dim, x_dim, grad_dim, in_dim, out_dim = dims[0], dims[1], dims[2], dims[8], dims[9]
     size = info.batch_size
@@ -145,14 +145,12 @@ def _batched_multiply_backward(info, in_dims, twiddle, x, grad, increasing_strid
         xs = x.movedim(x_dim, 0) if x_dim is not None else x.expand(size, *x.shape)
         gs = grad.movedim(grad_dim, 0) if grad_dim is not None else grad.expand(size, *grad.shape)
         rows = xs.shape[1]
-        g_twiddle, g_x, g_bias = torch.ops.twiddle.butterfly_multiply_backward_rows.default(
+        if rows == 0:  # (no rows: zero gradients)
+            return (twiddle.new_zeros((size, *twiddle.shape)), xs.new_zeros(xs.shape),
+                    grad.new_zeros((size, out_size if bias_grad else 0) + tuple(gs.shape[3:]))), (0, 0, 0)
+        g_twiddle, g_x, g_bias = torch.ops.twiddle.butterfly_multiply_backward_grouped.default(
             twiddle, xs.reshape(size * rows, *xs.shape[2:]), gs.reshape(size * rows, *gs.shape[2:]),
-            increasing_stride, transpose, conjugate, out_size, bias_grad, in_perm, out_perm)
-        g_twiddle = g_twiddle.reshape(size, rows, *g_twiddle.shape[1:])
-        g_bias = g_bias.reshape(size, rows, *g_bias.shape[1:])
-        # (one row per entry: its gradients as they are; several: summed over the entry's rows)
-        g_twiddle = g_twiddle[:, 0] if rows == 1 else g_twiddle.sum(1)
-        g_bias = g_bias[:, 0] if rows == 1 else g_bias.sum(1)
+            increasing_stride, transpose, conjugate, out_size, rows, bias_grad, in_perm, out_perm)
         return (g_twiddle, g_x.reshape(size, rows, *g_x.shape[1:]), g_bias), (0, 0, 0)
     op = torch.ops.twiddle.butterfly_multiply_backward.default
 
@@ -167,19 +165,19 @@ def _batched_multiply_backward(info, in_dims, twiddle, x, grad, increasing_strid
     return tuple(torch.stack(parts) for parts in zip(*results, strict=True)), (0, 0, 0)
 
 
-def _batched_backward_rows(info, in_dims, twiddle, x, grad, increasing_stride, transpose, conjugate, out_size,
-                           bias_grad=False, in_perm=None, out_perm=None):
-    """``torch.vmap``'s rule for ``twiddle::butterfly_multiply_backward_rows`` (reached under nested vmaps): a
+def _batched_backward_grouped(info, in_dims, twiddle, x, grad, increasing_stride, transpose, conjugate, out_size,
+                              group_rows, bias_grad=False, in_perm=None, out_perm=None):
+    """``torch.vmap``'s rule for ``twiddle::butterfly_multiply_backward_grouped`` (reached under nested vmaps): a
     call per vmapped entry."""
-    op = torch.ops.twiddle.butterfly_multiply_backward_rows.default
-    dims = tuple(in_dims) + (None,) * (10 - len(in_dims))
+    op = torch.ops.twiddle.butterfly_multiply_backward_grouped.default
+    dims = tuple(in_dims) + (None,) * (11 - len(in_dims))
 
     def entry(t, dim, i):
         return t if dim is None else t.select(dim, i)
 
     results = [
         op(entry(twiddle, dims[0], i), entry(x, dims[1], i), entry(grad, dims[2], i), increasing_stride, transpose,
-           conjugate, out_size, bias_grad, entry(in_perm, dims[8], i), entry(out_perm, dims[9], i))
+           conjugate, out_size, group_rows, bias_grad, entry(in_perm, dims[9], i), entry(out_perm, dims[10], i))
         for i in range(info.batch_size)
     ]
     return tuple(torch.stack(parts) for parts in zip(*results, strict=True)), (0, 0, 0)

@@ -1797,14 +1797,16 @@ at::Tensor butterfly_multiply(const at::Tensor& twiddle, const at::Tensor& x, co
 }
 
 // Gradients (twiddle, x, bias) of sum(grad * forward); the bias gradient (grad's column sums, taken while the kernel
-// reads grad anyway) only with bias_grad, else an empty tensor. per_row: the twiddle and bias gradients of every
-// row of the batch on its own, shapes (batch, *twiddle.shape) and (batch, out_size[, 2]) (per-sample gradients);
-// each row's are bit for bit those of a call on that row alone.
+// reads grad anyway) only with bias_grad, else an empty tensor. group_rows > 0: the twiddle and bias gradients of
+// every group of group_rows consecutive rows on its own, shapes (batch / group_rows, *twiddle.shape) and
+// (batch / group_rows, out_size[, 2]) (per-sample gradients); each group's are bit for bit those of a call on that
+// group alone.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_call(const at::Tensor& twiddle, const at::Tensor& x,
                                                              const at::Tensor& grad, bool increasing_stride,
                                                              bool transpose, bool conjugate, int64_t out_size,
                                                              bool bias_grad, const std::optional<at::Tensor>& in_perm,
-                                                             const std::optional<at::Tensor>& out_perm, bool per_row) {
+                                                             const std::optional<at::Tensor>& out_perm,
+                                                             int64_t group_rows) {
   Plan P = make_plan(twiddle, x, increasing_stride, transpose, conjugate, out_size);
   const CallPermutations perms(P, in_perm, out_perm);
   TORCH_CHECK(grad.dim() == (P.complex ? 3 : 2) && grad.size(0) == P.batch && grad.size(1) == out_size &&
@@ -1821,9 +1823,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_call(const at::Tensor& t
   std::vector<int64_t> tw_shape = tw.sizes().vec();
   std::vector<int64_t> bias_shape = {bias_grad ? out_size : 0};
   if (P.complex) bias_shape.push_back(2);
-  if (per_row) {
-    tw_shape.insert(tw_shape.begin(), P.batch);
-    bias_shape.insert(bias_shape.begin(), P.batch);
+  const bool grouped = group_rows > 0;
+  if (grouped) {
+    TORCH_CHECK(P.batch % group_rows == 0, "group_rows: the batch (", P.batch, " rows) must be a multiple of it, got ",
+                group_rows);
+    tw_shape.insert(tw_shape.begin(), P.batch / group_rows);
+    bias_shape.insert(bias_shape.begin(), P.batch / group_rows);
   }
   // backward_impl writes every entry (of every row's)
   at::Tensor gtw = P.batch > 0 ? at::empty(tw_shape, tw.options()) : at::zeros(tw_shape, tw.options());
@@ -1836,15 +1841,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_call(const at::Tensor& t
       scalar_t* gxp = gx.data_ptr<scalar_t>();
       scalar_t* gtwp = gtw.data_ptr<scalar_t>();
       scalar_t* gbp = bias_grad ? gbias.data_ptr<scalar_t>() : nullptr;
-      if (!per_row) return backward_impl<scalar_t>(twp, xp, gp, gxp, gtwp, gbp, P);
-      // one batch-1 backward per row, rows spread over the threads (each row's call then runs on its thread)
-      Plan row = P;
-      row.batch = 1;
-      const int64_t x_row = P.in_size * P.x_comps, tw_size = tw.numel(), bias_row = out_size * P.comps;
-      at::parallel_for(0, P.batch, std::max<int64_t>(1, grain_for(P, 1) / 4), [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r)
-          backward_impl<scalar_t>(twp, xp + r * x_row, gp + r * P.g_row, gxp + r * x_row, gtwp + r * tw_size,
-                                  gbp ? gbp + r * bias_row : nullptr, row);
+      if (!grouped) return backward_impl<scalar_t>(twp, xp, gp, gxp, gtwp, gbp, P);
+      // one backward per group, groups spread over the threads (each group's call then runs on its thread)
+      Plan part = P;
+      part.batch = group_rows;
+      const int64_t x_rows = group_rows * P.in_size * P.x_comps, g_rows = group_rows * P.g_row;
+      const int64_t tw_size = tw.numel(), bias_size = out_size * P.comps;
+      at::parallel_for(0, P.batch / group_rows, std::max<int64_t>(1, grain_for(P, group_rows) / 4),
+                       [&](int64_t begin, int64_t end) {
+        for (int64_t q = begin; q < end; ++q)
+          backward_impl<scalar_t>(twp, xp + q * x_rows, gp + q * g_rows, gxp + q * x_rows, gtwp + q * tw_size,
+                                  gbp ? gbp + q * bias_size : nullptr, part);
       });
     });
   }
@@ -1859,15 +1866,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward(const
                                                                            const std::optional<at::Tensor>& in_perm,
                                                                            const std::optional<at::Tensor>& out_perm) {
   return backward_call(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad, in_perm,
-                       out_perm, false);
+                       out_perm, 0);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward_rows(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> butterfly_multiply_backward_grouped(
     const at::Tensor& twiddle, const at::Tensor& x, const at::Tensor& grad, bool increasing_stride, bool transpose,
-    bool conjugate, int64_t out_size, bool bias_grad, const std::optional<at::Tensor>& in_perm,
+    bool conjugate, int64_t out_size, int64_t group_rows, bool bias_grad, const std::optional<at::Tensor>& in_perm,
     const std::optional<at::Tensor>& out_perm) {
+  TORCH_CHECK(group_rows > 0, "group_rows must be positive, got ", group_rows);
   return backward_call(twiddle, x, grad, increasing_stride, transpose, conjugate, out_size, bias_grad, in_perm,
-                       out_perm, true);
+                       out_perm, group_rows);
 }
 
 // ------------------------------------------------------------------------------------------------ autograd
@@ -1959,9 +1967,10 @@ TORCH_LIBRARY(twiddle, m) {
   m.def("butterfly_multiply_backward(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
         "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
         "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
-  // the twiddle and bias gradients of every row on its own: (batch, *twiddle.shape), (batch, out_size[, 2])
-  m.def("butterfly_multiply_backward_rows(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
-        "bool transpose, bool conjugate, int out_size, bool bias_grad=False, Tensor? in_perm=None, "
+  // the twiddle and bias gradients of every group of group_rows consecutive rows on its own:
+  // (batch / group_rows, *twiddle.shape), (batch / group_rows, out_size[, 2]); the input gradient as usual
+  m.def("butterfly_multiply_backward_grouped(Tensor twiddle, Tensor x, Tensor grad, bool increasing_stride, "
+        "bool transpose, bool conjugate, int out_size, int group_rows, bool bias_grad=False, Tensor? in_perm=None, "
         "Tensor? out_perm=None) -> (Tensor, Tensor, Tensor)");
   // the same gradients as differentiable tensor operations (double backward; those of twiddle_grad / x_grad only,
   // an empty tensor for the other); its kernel is registered from Python
@@ -1973,7 +1982,7 @@ TORCH_LIBRARY(twiddle, m) {
 TORCH_LIBRARY_IMPL(twiddle, CPU, m) {
   m.impl("butterfly_multiply", &twiddle_cpu::butterfly_multiply);
   m.impl("butterfly_multiply_backward", &twiddle_cpu::butterfly_multiply_backward);
-  m.impl("butterfly_multiply_backward_rows", &twiddle_cpu::butterfly_multiply_backward_rows);
+  m.impl("butterfly_multiply_backward_grouped", &twiddle_cpu::butterfly_multiply_backward_grouped);
 }
 
 TORCH_LIBRARY_IMPL(twiddle, Autograd, m) {
