@@ -35,11 +35,15 @@ def apply_factor(x: torch.Tensor, factor: torch.Tensor, stride: int) -> torch.Te
     batch, nstacks, n = x.shape
     groups = n // (2 * stride)
     # position p = 2*s*g + h*s + r  <->  view index (g, h, r); block index i = s*g + r.
-    xv = x.reshape(batch, nstacks, groups, 2, stride)
-    t = factor.reshape(nstacks, groups, stride, 2, 2)
-    x0, x1 = xv[:, :, :, 0, :], xv[:, :, :, 1, :]
-    y0 = t[..., 0, 0] * x0 + t[..., 0, 1] * x1
-    y1 = t[..., 1, 0] * x0 + t[..., 1, 1] * x1
+    # (unbind, not indexing: the backward of an index allocates and zero-fills a tensor of the whole input's size
+    # per index, while unbind's stacks the pieces in one go: the reference's backward, and its double backward
+    # above all, spent most of their time filling zeros)
+    x0, x1 = x.reshape(batch, nstacks, groups, 2, stride).unbind(3)
+    # each entry contiguous (a copy of n / 2 numbers): broadcasting a stride-4 view against the batch was a slow
+    # path of the elementwise kernels, forward and backward
+    t00, t01, t10, t11 = factor.reshape(nstacks, groups, stride, 4).permute(3, 0, 1, 2).contiguous().unbind(0)
+    y0 = t00 * x0 + t01 * x1
+    y1 = t10 * x0 + t11 * x1
     return torch.stack((y0, y1), dim=3).reshape(batch, nstacks, n)
 
 
