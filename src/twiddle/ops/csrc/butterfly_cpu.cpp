@@ -36,6 +36,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -270,6 +271,10 @@ inline std::pair<int64_t, int64_t> bias_gradient_cols(const Plan& P, int64_t k, 
 }
 
 // ================================================================================================ lanes
+// Block of a stride-s factor (s a power of two) whose first member is position p: (p / 2s) s + p mod s, without
+// the divisions.
+inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
+
 // Calls body(i, p) for every block i of a stride-s factor on n positions; p is its first member (p + s the second).
 template <typename Body>
 inline void for_each_block(int64_t n, int64_t s, const Body& body) {
@@ -325,13 +330,15 @@ inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, i
     T* qr = pr + s * 2 * L;
     T* qi = qr + L;
     const auto [ar, ai, br, bi, cr, ci, dr, di] = complex_block(tw, i, eb, ec, sign);
+    // the fused multiply-adds spelled out (not left to contraction), in the order the complex row path
+    // (crow_factor) uses, so that a row's result does not depend on which code its batch size picks
 #pragma omp simd
     for (int64_t l = 0; l < L; ++l) {
       const T ur = xr[l], ui = xi[l], vr = yr[l], vi = yi[l];
-      pr[l] = ar * ur - ai * ui + br * vr - bi * vi;
-      pi[l] = ar * ui + ai * ur + br * vi + bi * vr;
-      qr[l] = cr * ur - ci * ui + dr * vr - di * vi;
-      qi[l] = cr * ui + ci * ur + dr * vi + di * vr;
+      pr[l] = std::fma(-bi, vi, std::fma(br, vr, std::fma(ar, ur, -(ai * ui))));
+      pi[l] = std::fma(bi, vr, std::fma(br, vi, std::fma(ar, ui, ai * ur)));
+      qr[l] = std::fma(-di, vi, std::fma(dr, vr, std::fma(cr, ur, -(ci * ui))));
+      qi[l] = std::fma(di, vr, std::fma(dr, vi, std::fma(cr, ui, ci * ur)));
     }
   });
 }
@@ -806,6 +813,127 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
   });
 }
 
+#if defined(TWIDDLE_LANES_AVX2)
+#define TWIDDLE_COMPLEX_ROWS 1
+// ------------------------------------------------------------------------------------------------ complex rows
+// complex64 forward of a single row (batch 1, where a 4-lane tile computes three lanes of padding): the row is split
+// into real and imaginary parts and every factor updates 8 blocks per vector, their twiddles transposed from the
+// user's layout (8 blocks x 8 numbers) in registers. Strides 1, 2 and 4 pair positions inside a vector; for them
+// the row is held transposed, T[b][a] = x[8 a + b] (8 rows of n / 8), where they pair rows b and b + s and 8
+// consecutive a are blocks 4 apart. Each block's arithmetic is the lane tile's (lanes_factor_complex), so the result
+// is bit for bit the same. Needs n >= 64 (rows of T of at least 8).
+
+// The applied entries (a b c d: re, im; conjugated when asked) of 8 blocks, block j's raw numbers at
+// tw + 8 (i0 + j step).
+struct CQuad {
+  __m256 ar, ai, br, bi, cr, ci, dr, di;
+};
+TWIDDLE_INLINE CQuad crow_quad(const float* tw, int64_t i0, int64_t step, int eb, int ec, bool conjugate) {
+  __m256 col[8];
+  transpose8(tw + 8 * i0, 8 * step, col);  // col[e]: raw number e of the 8 blocks
+  CQuad q{col[0], col[1], col[2 * eb], col[2 * eb + 1], col[2 * ec], col[2 * ec + 1], col[6], col[7]};
+  if (conjugate) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    q.ai = _mm256_xor_ps(q.ai, sign), q.bi = _mm256_xor_ps(q.bi, sign);
+    q.ci = _mm256_xor_ps(q.ci, sign), q.di = _mm256_xor_ps(q.di, sign);
+  }
+  return q;
+}
+
+// (p, q) <- T (p, q) on 8 blocks: real parts at pr, qr, imaginary at pi, qi (in place).
+TWIDDLE_INLINE void crow_apply(const CQuad& t, float* pr, float* pi, float* qr, float* qi) {
+  const __m256 ur = _mm256_loadu_ps(pr), ui = _mm256_loadu_ps(pi), vr = _mm256_loadu_ps(qr), vi = _mm256_loadu_ps(qi);
+  // the lane tile's order: fma(-bi, vi, fma(br, vr, fma(ar, ur, -(ai ui)))) and so on
+  _mm256_storeu_ps(pr, _mm256_fnmadd_ps(t.bi, vi, _mm256_fmadd_ps(t.br, vr, _mm256_fmsub_ps(t.ar, ur,
+                                                                                            _mm256_mul_ps(t.ai, ui)))));
+  _mm256_storeu_ps(pi, _mm256_fmadd_ps(t.bi, vr, _mm256_fmadd_ps(t.br, vi, _mm256_fmadd_ps(t.ar, ui,
+                                                                                           _mm256_mul_ps(t.ai, ur)))));
+  _mm256_storeu_ps(qr, _mm256_fnmadd_ps(t.di, vi, _mm256_fmadd_ps(t.dr, vr, _mm256_fmsub_ps(t.cr, ur,
+                                                                                            _mm256_mul_ps(t.ci, ui)))));
+  _mm256_storeu_ps(qi, _mm256_fmadd_ps(t.di, vr, _mm256_fmadd_ps(t.dr, vi, _mm256_fmadd_ps(t.cr, ui,
+                                                                                           _mm256_mul_ps(t.ci, ur)))));
+}
+
+// One factor (stride s, raw twiddles twf) on the split row re, im (n numbers each): in the plain layout for s >= 8,
+// in the transposed one T for s < 8.
+inline void crow_factor(float* re, float* im, const float* twf, int64_t n, int64_t s, int eb, int ec, bool conj) {
+  if (s >= 8) {
+    for (int64_t g = 0; g < n; g += 2 * s)
+      for (int64_t r = 0; r < s; r += 8) {
+        const int64_t p = g + r;
+        const CQuad t = crow_quad(twf, block_index(p, s), 1, eb, ec, conj);
+        crow_apply(t, re + p, im + p, re + p + s, im + p + s);
+      }
+    return;
+  }
+  const int64_t m = n / 8;  // T's row length
+  for (int64_t b = 0; b < 8; ++b) {
+    if (b & s) continue;
+    const int64_t c = (b & (s - 1)) | ((b >> 1) & ~(s - 1));  // block of x[8 a + b] is 4 a + c
+    for (int64_t a0 = 0; a0 < m; a0 += 8) {
+      const CQuad t = crow_quad(twf, 4 * a0 + c, 4, eb, ec, conj);
+      crow_apply(t, re + b * m + a0, im + b * m + a0, re + (b + s) * m + a0, im + (b + s) * m + a0);
+    }
+  }
+}
+
+// Between the layouts: dst = src transposed as an (rows x cols) matrix.
+inline void crow_transpose(float* __restrict dst, const float* __restrict src, int64_t rows, int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
+}
+
+inline bool use_complex_rows(const Plan& P) { return P.complex && P.batch == 1 && P.n >= 64; }
+
+// The forward of one row by the complex row path (use_complex_rows(P)): loads and stores as lanes_forward's with a
+// one-lane tile (x's interleaved layout: every input mode, permutation, bias and output mode handled there).
+void crow_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
+  const int64_t n = P.n, m = n / 8;
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
+  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
+  ThreadScratch<float, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
+  float* const buf = scratch.data();
+  float* const re = buf + 2 * n;
+  float* const im = re + n;
+  float* const spare = im + n;
+  for (int64_t k = 0; k < P.nstacks; ++k) {
+    auto [ic0, icount] = input_cols(P, k);
+    auto [oc0, ocount] = output_cols(P, k);
+    if (ocount == 0) continue;
+    const float* twk = tw + k * P.stack_size();
+    if (P.in_perm)
+      lanes_load_mapped<float, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, P.real_input);
+    else
+      lanes_load<float, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.real_input);
+    bool transposed = false;  // the split row's layout
+    for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
+    for (int64_t f = 0; f < P.F; ++f) {
+      const bool want = P.strides[f] < 8;
+      if (want != transposed) {  // (n / 8 x 8) <-> (8 x n / 8)
+        for (float* part : {re, im}) {
+          crow_transpose(spare, part, want ? m : 8, want ? 8 : m);
+          std::memcpy(part, spare, sizeof(float) * n);
+        }
+        transposed = want;
+      }
+      crow_factor(re, im, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
+    }
+    if (transposed) {
+      for (float* part : {re, im}) {
+        crow_transpose(spare, part, 8, m);
+        std::memcpy(part, spare, sizeof(float) * n);
+      }
+    }
+    for (int64_t p = 0; p < n; ++p) buf[2 * p] = re[p], buf[2 * p + 1] = im[p];
+    if (P.out_inv)
+      lanes_store_mapped<float, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
+                                   bias, false);
+    else
+      lanes_store<float, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+  }
+}
+#endif
+
 // gbias (nullable, zero-filled, out_size * comps numbers) receives the bias gradient, the column sums of gy.
 template <typename T, int64_t L = kLanes>
 void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size, const Plan& P) {
@@ -1071,9 +1199,6 @@ inline std::vector<Pass> make_passes(const Plan& P) {
   return passes;
 }
 
-// Block of a stride-s factor (s a power of two) whose first member is position p: (p / 2s) s + p mod s, without
-// the divisions.
-inline int64_t block_index(int64_t p, int64_t s) { return (p & (s - 1)) | ((p >> 1) & ~(s - 1)); }
 
 // kW consecutive blocks straight from the user's layout (a b c d a b c d ...).
 #if defined(__AVX512F__)
@@ -1660,6 +1785,11 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   // Small batches take a narrower lane tile (a 16-lane tile for one row computes 15 rows of padding): complex64
   // n = 1024 batch 1 49 -> 30 us, float64 30 -> 16 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
   // same whatever the tile's width.
+#if defined(TWIDDLE_COMPLEX_ROWS)
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_complex_rows(P)) return crow_forward(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 11 us
+  }
+#endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
   if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
   lanes_forward<T>(tw, x, bias, out, P);
