@@ -316,6 +316,17 @@ inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int6
   });
 }
 
+// a b + c in one rounding where the machine has FMA instructions (std::fma is a slow library call without them,
+// where the complex row path that must match it is not built either)
+template <typename T>
+TWIDDLE_INLINE T fused(T a, T b, T c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Complex factor on a lane tile: position p holds L real parts, then L imaginary parts.
 template <typename T, int64_t L = kLanes>
 inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, int64_t n, int64_t s, int eb,
@@ -335,10 +346,10 @@ inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, i
 #pragma omp simd
     for (int64_t l = 0; l < L; ++l) {
       const T ur = xr[l], ui = xi[l], vr = yr[l], vi = yi[l];
-      pr[l] = std::fma(-bi, vi, std::fma(br, vr, std::fma(ar, ur, -(ai * ui))));
-      pi[l] = std::fma(bi, vr, std::fma(br, vi, std::fma(ar, ui, ai * ur)));
-      qr[l] = std::fma(-di, vi, std::fma(dr, vr, std::fma(cr, ur, -(ci * ui))));
-      qi[l] = std::fma(di, vr, std::fma(dr, vi, std::fma(cr, ui, ci * ur)));
+      pr[l] = fused(-bi, vi, fused(br, vr, fused(ar, ur, -(ai * ui))));
+      pi[l] = fused(bi, vr, fused(br, vi, fused(ar, ui, ai * ur)));
+      qr[l] = fused(-di, vi, fused(dr, vr, fused(cr, ur, -(ci * ui))));
+      qi[l] = fused(di, vr, fused(dr, vi, fused(cr, ui, ci * ur)));
     }
   });
 }
