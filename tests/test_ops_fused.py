@@ -347,25 +347,28 @@ def test_a_row_gets_the_same_output_whatever_its_batch(dtype, n):
         assert torch.equal(f(x[:b]), full[:b])
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 @pytest.mark.parametrize("n,nstacks,nblocks,transpose,conjugate,increasing", [
-    (64, 1, 1, False, False, True),  # the smallest size of the complex row path
+    (64, 1, 1, False, False, True),  # the smallest size of the complex64 row path (complex128: 16)
     (128, 2, 2, False, True, False),
     (1024, 1, 1, True, True, True),
     (256, 3, 1, True, False, False),
 ])
 @pytest.mark.parametrize("extras", ["plain", "permuted+bias", "real input"])
-def test_the_complex_row_path_for_one_row(n, nstacks, nblocks, transpose, conjugate, increasing, extras):
-    """A single complex64 row runs the complex row path (split real / imaginary parts, 8 blocks per vector, strides
-    below 8 in a transposed layout): against the reference in complex128, and bit for bit the row's output inside a
-    larger batch (the lane tile)."""
+def test_the_complex_row_path_for_one_row(dtype, n, nstacks, nblocks, transpose, conjugate, increasing, extras):
+    """A single complex row runs the complex row path (split real / imaginary parts, 8 or 4 blocks per vector,
+    strides below that in a transposed layout): against the reference in complex128, and bit for bit the row's output
+    inside a larger batch (the lane tile)."""
     torch.manual_seed(n + nstacks)
-    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=torch.complex64) / 2**0.5
+    if dtype == torch.complex128 and n == 64:
+        n = 16  # (the complex128 path's smallest size)
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=dtype) / 2**0.5
     in_size, out_size = (nstacks * n - 5, n - 3) if transpose else (n - 5, nstacks * n - 3)
     real_input = extras == "real input"
-    x = torch.randn(6, in_size, dtype=torch.float32 if real_input else torch.complex64)
+    x = torch.randn(6, in_size, dtype=dtype.to_real() if real_input else dtype)
     in_perm = torch.randperm(in_size) if extras == "permuted+bias" else None
     out_perm = torch.randperm(out_size) if extras == "permuted+bias" else None
-    bias = torch.randn(out_size, dtype=torch.complex64) if extras == "permuted+bias" else None
+    bias = torch.randn(out_size, dtype=dtype) if extras == "permuted+bias" else None
 
     def run(rows):
         return fused_cpu.fused_butterfly_multiply(t, rows, increasing, out_size=out_size, transpose=transpose,
@@ -379,7 +382,7 @@ def test_the_complex_row_path_for_one_row(n, nstacks, nblocks, transpose, conjug
                                         transpose=transpose, conjugate=conjugate)
     want = want if out_perm is None else want[:, out_perm]
     want = want if bias is None else want + bias
-    assert rel(one.to(torch.complex128), want) < TOL[torch.complex64]
+    assert rel(one.to(torch.complex128), want) < TOL[dtype]
 
 
 def test_reference_env_switch_disables_kernel():

@@ -827,120 +827,170 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
 #if defined(TWIDDLE_LANES_AVX2)
 #define TWIDDLE_COMPLEX_ROWS 1
 // ------------------------------------------------------------------------------------------------ complex rows
-// complex64 forward of a single row (batch 1, where a 4-lane tile computes three lanes of padding): the row is split
-// into real and imaginary parts and every factor updates 8 blocks per vector, their twiddles transposed from the
-// user's layout (8 blocks x 8 numbers) in registers. Strides 1, 2 and 4 pair positions inside a vector; for them
-// the row is held transposed, T[b][a] = x[8 a + b] (8 rows of n / 8), where they pair rows b and b + s and 8
-// consecutive a are blocks 4 apart. Each block's arithmetic is the lane tile's (lanes_factor_complex), so the result
-// is bit for bit the same. Needs n >= 64 (rows of T of at least 8).
+// Complex forward of a single row (batch 1, where a 4-lane tile computes three lanes of padding), complex64 and
+// complex128: the row is split into real and imaginary parts and every factor updates W blocks per vector (W = 8
+// floats or 4 doubles), their twiddles transposed from the user's layout (W blocks x 8 numbers) in registers.
+// Strides below W pair positions inside a vector; for them the row is held transposed, T[b][a] = x[W a + b] (W rows
+// of n / W), where they pair rows b and b + s and W consecutive a are blocks W / 2 apart. Each block's arithmetic is
+// the lane tile's (lanes_factor_complex), so the result is bit for bit the same. Needs n >= W^2 (rows of T of at
+// least W).
 
-// The applied entries (a b c d: re, im; conjugated when asked) of 8 blocks, block j's raw numbers at
-// tw + 8 (i0 + j step).
-struct CQuad {
-  __m256 ar, ai, br, bi, cr, ci, dr, di;
+// The AVX2 operations on one vector of float or double.
+template <typename T>
+struct CVec;
+template <>
+struct CVec<float> {
+  using V = __m256;
+  static constexpr int64_t W = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
+  static V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+  // col[e] = raw number e of 8 blocks, block j's numbers at tw + 8 (i0 + j step)
+  static void entries(const float* tw, int64_t i0, int64_t step, V col[8]) { transpose8(tw + 8 * i0, 8 * step, col); }
 };
-TWIDDLE_INLINE CQuad crow_quad(const float* tw, int64_t i0, int64_t step, int eb, int ec, bool conjugate) {
-  __m256 col[8];
-  transpose8(tw + 8 * i0, 8 * step, col);  // col[e]: raw number e of the 8 blocks
-  CQuad q{col[0], col[1], col[2 * eb], col[2 * eb + 1], col[2 * ec], col[2 * ec + 1], col[6], col[7]};
-  if (conjugate) {
-    const __m256 sign = _mm256_set1_ps(-0.0f);
-    q.ai = _mm256_xor_ps(q.ai, sign), q.bi = _mm256_xor_ps(q.bi, sign);
-    q.ci = _mm256_xor_ps(q.ci, sign), q.di = _mm256_xor_ps(q.di, sign);
+template <>
+struct CVec<double> {
+  using V = __m256d;
+  static constexpr int64_t W = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
+  static V fmsub(V a, V b, V c) { return _mm256_fmsub_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
+  static V neg(V a) { return _mm256_xor_pd(a, _mm256_set1_pd(-0.0)); }
+  // col[e] = raw number e of 4 blocks: two 4 x 4 transposes (numbers 0-3, then 4-7)
+  static void entries(const double* tw, int64_t i0, int64_t step, V col[8]) {
+    for (int h = 0; h < 2; ++h) {
+      const double* t = tw + 8 * i0 + 4 * h;
+      const V r0 = load(t), r1 = load(t + 8 * step), r2 = load(t + 16 * step), r3 = load(t + 24 * step);
+      const V t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  // r0 r1 entries 0 | 2, 1 | 3
+      const V t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+      col[4 * h] = _mm256_permute2f128_pd(t0, t2, 0x20);
+      col[4 * h + 1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+      col[4 * h + 2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+      col[4 * h + 3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+    }
   }
+};
+
+// The applied entries (a b c d: re, im; conjugated when asked) of W blocks, block j's raw numbers at
+// tw + 8 (i0 + j step).
+template <typename T>
+struct CQuad {
+  typename CVec<T>::V ar, ai, br, bi, cr, ci, dr, di;
+};
+template <typename T>
+TWIDDLE_INLINE CQuad<T> crow_quad(const T* tw, int64_t i0, int64_t step, int eb, int ec, bool conjugate) {
+  using O = CVec<T>;
+  typename O::V col[8];
+  O::entries(tw, i0, step, col);
+  CQuad<T> q{col[0], col[1], col[2 * eb], col[2 * eb + 1], col[2 * ec], col[2 * ec + 1], col[6], col[7]};
+  if (conjugate) q.ai = O::neg(q.ai), q.bi = O::neg(q.bi), q.ci = O::neg(q.ci), q.di = O::neg(q.di);
   return q;
 }
 
-// (p, q) <- T (p, q) on 8 blocks: real parts at pr, qr, imaginary at pi, qi (in place).
-TWIDDLE_INLINE void crow_apply(const CQuad& t, float* pr, float* pi, float* qr, float* qi) {
-  const __m256 ur = _mm256_loadu_ps(pr), ui = _mm256_loadu_ps(pi), vr = _mm256_loadu_ps(qr), vi = _mm256_loadu_ps(qi);
+// (p, q) <- T (p, q) on W blocks: real parts at pr, qr, imaginary at pi, qi (in place).
+template <typename T>
+TWIDDLE_INLINE void crow_apply(const CQuad<T>& t, T* pr, T* pi, T* qr, T* qi) {
+  using O = CVec<T>;
+  const auto ur = O::load(pr), ui = O::load(pi), vr = O::load(qr), vi = O::load(qi);
   // the lane tile's order: fma(-bi, vi, fma(br, vr, fma(ar, ur, -(ai ui)))) and so on
-  _mm256_storeu_ps(pr, _mm256_fnmadd_ps(t.bi, vi, _mm256_fmadd_ps(t.br, vr, _mm256_fmsub_ps(t.ar, ur,
-                                                                                            _mm256_mul_ps(t.ai, ui)))));
-  _mm256_storeu_ps(pi, _mm256_fmadd_ps(t.bi, vr, _mm256_fmadd_ps(t.br, vi, _mm256_fmadd_ps(t.ar, ui,
-                                                                                           _mm256_mul_ps(t.ai, ur)))));
-  _mm256_storeu_ps(qr, _mm256_fnmadd_ps(t.di, vi, _mm256_fmadd_ps(t.dr, vr, _mm256_fmsub_ps(t.cr, ur,
-                                                                                            _mm256_mul_ps(t.ci, ui)))));
-  _mm256_storeu_ps(qi, _mm256_fmadd_ps(t.di, vr, _mm256_fmadd_ps(t.dr, vi, _mm256_fmadd_ps(t.cr, ui,
-                                                                                           _mm256_mul_ps(t.ci, ur)))));
+  O::store(pr, O::fnmadd(t.bi, vi, O::fmadd(t.br, vr, O::fmsub(t.ar, ur, O::mul(t.ai, ui)))));
+  O::store(pi, O::fmadd(t.bi, vr, O::fmadd(t.br, vi, O::fmadd(t.ar, ui, O::mul(t.ai, ur)))));
+  O::store(qr, O::fnmadd(t.di, vi, O::fmadd(t.dr, vr, O::fmsub(t.cr, ur, O::mul(t.ci, ui)))));
+  O::store(qi, O::fmadd(t.di, vr, O::fmadd(t.dr, vi, O::fmadd(t.cr, ui, O::mul(t.ci, ur)))));
 }
 
-// One factor (stride s, raw twiddles twf) on the split row re, im (n numbers each): in the plain layout for s >= 8,
-// in the transposed one T for s < 8.
-inline void crow_factor(float* re, float* im, const float* twf, int64_t n, int64_t s, int eb, int ec, bool conj) {
-  if (s >= 8) {
+// One factor (stride s, raw twiddles twf) on the split row re, im (n numbers each): in the plain layout for s >= W,
+// in the transposed one T for s < W.
+template <typename T>
+inline void crow_factor(T* re, T* im, const T* twf, int64_t n, int64_t s, int eb, int ec, bool conj) {
+  constexpr int64_t W = CVec<T>::W;
+  if (s >= W) {
     for (int64_t g = 0; g < n; g += 2 * s)
-      for (int64_t r = 0; r < s; r += 8) {
+      for (int64_t r = 0; r < s; r += W) {
         const int64_t p = g + r;
-        const CQuad t = crow_quad(twf, block_index(p, s), 1, eb, ec, conj);
+        const CQuad<T> t = crow_quad(twf, block_index(p, s), 1, eb, ec, conj);
         crow_apply(t, re + p, im + p, re + p + s, im + p + s);
       }
     return;
   }
-  const int64_t m = n / 8;  // T's row length
-  for (int64_t b = 0; b < 8; ++b) {
+  const int64_t m = n / W;  // T's row length
+  for (int64_t b = 0; b < W; ++b) {
     if (b & s) continue;
-    const int64_t c = (b & (s - 1)) | ((b >> 1) & ~(s - 1));  // block of x[8 a + b] is 4 a + c
-    for (int64_t a0 = 0; a0 < m; a0 += 8) {
-      const CQuad t = crow_quad(twf, 4 * a0 + c, 4, eb, ec, conj);
+    const int64_t c = (b & (s - 1)) | ((b >> 1) & ~(s - 1));  // block of x[W a + b] is (W / 2) a + c
+    for (int64_t a0 = 0; a0 < m; a0 += W) {
+      const CQuad<T> t = crow_quad(twf, W / 2 * a0 + c, W / 2, eb, ec, conj);
       crow_apply(t, re + b * m + a0, im + b * m + a0, re + (b + s) * m + a0, im + (b + s) * m + a0);
     }
   }
 }
 
 // Between the layouts: dst = src transposed as an (rows x cols) matrix.
-inline void crow_transpose(float* __restrict dst, const float* __restrict src, int64_t rows, int64_t cols) {
+template <typename T>
+inline void crow_transpose(T* __restrict dst, const T* __restrict src, int64_t rows, int64_t cols) {
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
-inline bool use_complex_rows(const Plan& P) { return P.complex && P.batch == 1 && P.n >= 64; }
+template <typename T>
+inline bool use_complex_rows(const Plan& P) {
+  constexpr int64_t W = CVec<T>::W;
+  return P.complex && P.batch == 1 && P.n >= W * W;
+}
 
 // The forward of one row by the complex row path (use_complex_rows(P)): loads and stores as lanes_forward's with a
 // one-lane tile (x's interleaved layout: every input mode, permutation, bias and output mode handled there).
-void crow_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
-  const int64_t n = P.n, m = n / 8;
+template <typename T>
+void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
+  constexpr int64_t W = CVec<T>::W;
+  const int64_t n = P.n, m = n / W;
   const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<float, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
-  float* const buf = scratch.data();
-  float* const re = buf + 2 * n;
-  float* const im = re + n;
-  float* const spare = im + n;
+  ThreadScratch<T, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
+  T* const buf = scratch.data();
+  T* const re = buf + 2 * n;
+  T* const im = re + n;
+  T* const spare = im + n;
   for (int64_t k = 0; k < P.nstacks; ++k) {
     auto [ic0, icount] = input_cols(P, k);
     auto [oc0, ocount] = output_cols(P, k);
     if (ocount == 0) continue;
-    const float* twk = tw + k * P.stack_size();
+    const T* twk = tw + k * P.stack_size();
     if (P.in_perm)
-      lanes_load_mapped<float, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, P.real_input);
+      lanes_load_mapped<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, P.real_input);
     else
-      lanes_load<float, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.real_input);
+      lanes_load<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.real_input);
     bool transposed = false;  // the split row's layout
     for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
     for (int64_t f = 0; f < P.F; ++f) {
-      const bool want = P.strides[f] < 8;
-      if (want != transposed) {  // (n / 8 x 8) <-> (8 x n / 8)
-        for (float* part : {re, im}) {
-          crow_transpose(spare, part, want ? m : 8, want ? 8 : m);
-          std::memcpy(part, spare, sizeof(float) * n);
+      const bool want = P.strides[f] < W;
+      if (want != transposed) {  // (n / W x W) <-> (W x n / W)
+        for (T* part : {re, im}) {
+          crow_transpose(spare, part, want ? m : W, want ? W : m);
+          std::memcpy(part, spare, sizeof(T) * n);
         }
         transposed = want;
       }
       crow_factor(re, im, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
     }
     if (transposed) {
-      for (float* part : {re, im}) {
-        crow_transpose(spare, part, 8, m);
-        std::memcpy(part, spare, sizeof(float) * n);
+      for (T* part : {re, im}) {
+        crow_transpose(spare, part, W, m);
+        std::memcpy(part, spare, sizeof(T) * n);
       }
     }
     for (int64_t p = 0; p < n; ++p) buf[2 * p] = re[p], buf[2 * p + 1] = im[p];
     if (P.out_inv)
-      lanes_store_mapped<float, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
-                                   bias, false);
+      lanes_store_mapped<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv, bias,
+                               false);
     else
-      lanes_store<float, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+      lanes_store<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
   }
 }
 #endif
@@ -1797,9 +1847,7 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   // n = 1024 batch 1 49 -> 30 us, float64 30 -> 16 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
   // same whatever the tile's width.
 #if defined(TWIDDLE_COMPLEX_ROWS)
-  if constexpr (std::is_same_v<T, float>) {
-    if (use_complex_rows(P)) return crow_forward(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 11 us
-  }
+  if (use_complex_rows<T>(P)) return crow_forward<T>(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 14 us
 #endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
   if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
