@@ -242,7 +242,7 @@ class Transform(nn.Module):
     def _check_precision(self, x: torch.Tensor) -> None:
         """Warn once when a double-precision input meets values stored in single precision: the result is then
         only single-precision accurate (~1e-7), not what ``torch.fft`` / ``scipy.fft`` give in float64."""
-        if self._single_precision is None:
+        if getattr(self, "_single_precision", None) is None:  # (modules pickled before this attribute have none)
             self._single_precision = any(
                 t.dtype in (torch.float32, torch.complex64, torch.float16, torch.bfloat16)
                 for t in (*self.parameters(), *self.buffers())
@@ -268,7 +268,7 @@ class Transform(nn.Module):
             )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{self.name} expected a floating-point or complex input, got dtype {x.dtype}")
-        if x.dtype in (torch.float64, torch.complex128) and not self._warned_precision \
+        if x.dtype in (torch.float64, torch.complex128) and not getattr(self, "_warned_precision", False) \
                 and not torch.compiler.is_compiling():  # (eager only: a warning would break a fullgraph compile)
             self._check_precision(x)
         if self.real and x.is_complex():
