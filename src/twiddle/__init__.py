@@ -39,3 +39,8 @@ __all__ = [
     "transforms",
 ]
 __version__ = "0.1.0"
+
+# Register the fused CPU kernel's ops now (loading its cached build takes ~0.1 s; the first import on a machine
+# builds it, as a first use would): programs saved with them (torch.export, AOTInductor, torch.jit.trace) then load
+# in any process that has imported twiddle.
+ops.prepare_kernel()

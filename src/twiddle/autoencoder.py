@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._torchscript import NotScriptable
 from ._validate import positive_int, require_finite
 from .sketch import low_rank_in_rowspace
 from .truncated import TruncatedButterfly, fjlt
@@ -20,7 +21,7 @@ from .truncated import TruncatedButterfly, fjlt
 __all__ = ["ButterflyAutoencoder", "pca_loss", "fjlt_pca_loss", "fit_autoencoder"]
 
 
-class ButterflyAutoencoder(nn.Module):
+class ButterflyAutoencoder(NotScriptable, nn.Module):
     """``x ↦ D E B x``: a truncated butterfly ``B: n → ℓ``, then dense ``E: ℓ → k`` and ``D: k → m`` (no biases).
 
     Args:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._layout import ceil_log2
+from ._torchscript import NotScriptable
 
 __all__ = [
     "bitreversal_permutation",
@@ -119,7 +120,7 @@ def gather_last(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out.reshape(*lead, index.numel())
 
 
-class FixedPermutation(nn.Module):
+class FixedPermutation(NotScriptable, nn.Module):
     """A fixed (non-learnable) permutation of the last dimension: ``y[..., i] = x[..., perm[i]]``.
 
     The permutation is a buffer, so it is saved in the state_dict and follows ``.to(device)``.

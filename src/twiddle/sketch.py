@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._torchscript import NotScriptable
 from ._validate import positive_int, require_finite, seed_int
 from .truncated import TruncatedButterfly
 
@@ -148,7 +149,7 @@ def train_sketch(
     return losses
 
 
-class ButterflySketch(nn.Module):
+class ButterflySketch(NotScriptable, nn.Module):
     """``S X`` with ``S`` a learnable truncated butterfly ``n → ℓ`` (FJLT-initialized) applied to each column of
     ``X``. Shapes: ``(..., n, d) -> (..., ℓ, d)``."""
 
@@ -166,7 +167,7 @@ class ButterflySketch(nn.Module):
         return self.butterfly.to_dense()
 
 
-class SparseSketch(nn.Module):
+class SparseSketch(NotScriptable, nn.Module):
     """``S X`` with ``S`` (``ℓ × n``) holding ``nnz`` nonzeros per column at fixed, seeded, distinct random rows.
 
     Args:
@@ -207,7 +208,7 @@ def count_sketch(n: int, ell: int, *, seed: int = 0) -> SparseSketch:
     return SparseSketch(n, ell, nnz=1, learned=False, seed=seed)
 
 
-class GaussianSketch(nn.Module):
+class GaussianSketch(NotScriptable, nn.Module):
     """``S X`` with ``S`` a fixed ``ℓ × n`` matrix of i.i.d. ``N(0, 1/ℓ)`` entries (seeded).
     Shapes: ``(..., n, d) -> (..., ℓ, d)``."""
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ._layout import ceil_log2, factor_stride, padded_size, pair_positions
+from ._torchscript import NotScriptable
 from ._validate import positive_int, seed_int
 from .butterfly import Butterfly
 from .ops import butterfly_multiply
@@ -32,7 +33,7 @@ __all__ = [
 TRUNCATED_INITS = ("fjlt", "ortho", "randn")
 
 
-class TruncatedButterfly(nn.Module):
+class TruncatedButterfly(NotScriptable, nn.Module):
     r"""``x ↦ (B · pad(x))[kept]``: a butterfly then a fixed random subset of its outputs.
 
     Args:
@@ -167,7 +168,7 @@ class TruncatedButterfly(nn.Module):
         )
 
 
-class TruncatedButterflyTranspose(nn.Module):
+class TruncatedButterflyTranspose(NotScriptable, nn.Module):
     """The adjoint ``Jᵀ: R^ℓ → R^in`` of a :class:`TruncatedButterfly` ``J``, sharing its parameters: scatter the
     ``ℓ`` values to the kept positions of an ``n``-vector, apply ``Bᵀ``, keep the first ``in_features``.
 
@@ -226,7 +227,7 @@ def fjlt_failure_bound(n: int, k: int, eps: float, delta: float) -> float:
     return delta + (2 * math.log(2 * big_n / delta) - 1) * (big_n - k) / (k * max(big_n - 1, 1) * eps**2)
 
 
-class TruncatedButterflyLinear(nn.Module):
+class TruncatedButterflyLinear(NotScriptable, nn.Module):
     r"""A dense-layer replacement ``x ↦ J2ᵀ W̃ J1 x + b`` (Ailon et al. 2021), drop-in for ``nn.Linear``.
 
     ``J1: in_features → k_in`` and ``J2: out_features → k_out`` are :class:`TruncatedButterfly` networks (FJLT-

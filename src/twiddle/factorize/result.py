@@ -10,13 +10,14 @@ import torch
 from torch import nn
 
 from .._fusion import run_fused
+from .._torchscript import NotScriptable
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
 
 __all__ = ["PermutedButterfly", "FactorizationResult"]
 
 
-class PermutedButterfly(nn.Module):
+class PermutedButterfly(NotScriptable, nn.Module):
     """``x ↦ B (P x)``: a fixed permutation ``P`` (``(P x)[i] = x[perm[i]]``) followed by a square butterfly ``B``,
     optionally followed by more such stages (``B₂ P₂ B P``: the 2019 paper's BPBP model).
 

@@ -43,9 +43,21 @@ def _have_triton() -> bool:
 
 
 def prepare_kernel(device: torch.device | str = "cpu") -> None:
-    """Build/load the fast kernel for ``device`` now (outside any torch.compile region). Modules call this."""
-    if torch.device(device).type == "cpu" and os.environ.get("TWIDDLE_KERNEL", "auto") != "reference":
+    """Build/load the fast kernel for ``device`` now (outside any torch.compile region), registering its ops.
+
+    ``import twiddle`` does this for the CPU (``twiddle::butterfly_multiply`` and its backward ops). Call it with
+    ``"cuda"`` before loading a program saved on a GPU (``torch.export.load``, AOTInductor, ``torch.jit.load``) in a
+    process that has not run a butterfly on a GPU yet: it registers the Triton ops
+    (``twiddle::butterfly_multiply_triton``) such a program calls. Modules call it as they are built. Nothing
+    happens under ``TWIDDLE_KERNEL=reference``.
+    """
+    if os.environ.get("TWIDDLE_KERNEL", "auto") == "reference":
+        return
+    kind = torch.device(device).type
+    if kind == "cpu":
         fused_cpu.available()
+    elif kind == "cuda":
+        _have_triton()  # importing the Triton module defines its custom ops
 
 
 # TWIDDLE_KERNEL is read on every call (so that it can change at run time). os.environ.get encodes the key and

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .._fusion import run_fused
+from .._torchscript import NotScriptable
 from .._validate import positive_int
 from ..permutations import gather_last
 
@@ -199,7 +200,7 @@ class _Concat(nn.Module):
         return y[..., : self.out_features]
 
 
-class Transform(nn.Module):
+class Transform(NotScriptable, nn.Module):
     """A fixed linear transform assembled from butterflies, permutations and diagonals.
 
     Built by the constructors of :mod:`twiddle.transforms`; not usually instantiated directly.
