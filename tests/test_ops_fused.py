@@ -347,21 +347,24 @@ def test_a_row_gets_the_same_output_whatever_its_batch(dtype, n):
         assert torch.equal(f(x[:b]), full[:b])
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.float64])
 @pytest.mark.parametrize("n,nstacks,nblocks,transpose,conjugate,increasing", [
-    (64, 1, 1, False, False, True),  # the smallest size of the complex64 row path (complex128: 16)
+    (64, 1, 1, False, False, True),  # the smallest size of the complex64 row path (complex128, float64: 16)
     (128, 2, 2, False, True, False),
     (1024, 1, 1, True, True, True),
     (256, 3, 1, True, False, False),
 ])
 @pytest.mark.parametrize("extras", ["plain", "permuted+bias", "real input"])
-def test_the_complex_row_path_for_one_row(dtype, n, nstacks, nblocks, transpose, conjugate, increasing, extras):
+def test_the_row_paths_for_one_row(dtype, n, nstacks, nblocks, transpose, conjugate, increasing, extras):
     """A single complex row runs the complex row path (split real / imaginary parts, 8 or 4 blocks per vector,
-    strides below that in a transposed layout): against the reference in complex128, and bit for bit the row's output
-    inside a larger batch (the lane tile)."""
+    strides below that in a transposed layout), a single float64 row the float64 row path (4 blocks per vector, the
+    same layouts): against the reference in double precision, and bit for bit the row's output inside a larger batch
+    (the lane tile)."""
+    if extras == "real input" and not dtype.is_complex:
+        pytest.skip("a real input to real twiddles is the plain case")
     torch.manual_seed(n + nstacks)
-    if dtype == torch.complex128 and n == 64:
-        n = 16  # (the complex128 path's smallest size)
+    if dtype != torch.complex64 and n == 64:
+        n = 16  # (the complex128 and float64 paths' smallest size)
     t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=dtype) / 2**0.5
     in_size, out_size = (nstacks * n - 5, n - 3) if transpose else (n - 5, nstacks * n - 3)
     real_input = extras == "real input"
@@ -376,13 +379,13 @@ def test_the_complex_row_path_for_one_row(dtype, n, nstacks, nblocks, transpose,
 
     one = run(x[2:3])
     assert torch.equal(one, run(x)[2:3])
-    xs = x[2:3].to(torch.complex128)
+    xs = x[2:3].to(torch.complex128 if dtype.is_complex else torch.float64)
     xs = xs if in_perm is None else xs[:, in_perm]
-    want = butterfly_multiply_reference(t.to(torch.complex128), xs, increasing, out_size=out_size,
-                                        transpose=transpose, conjugate=conjugate)
+    want = butterfly_multiply_reference(t.to(xs.dtype), xs, increasing, out_size=out_size, transpose=transpose,
+                                        conjugate=conjugate)
     want = want if out_perm is None else want[:, out_perm]
     want = want if bias is None else want + bias
-    assert rel(one.to(torch.complex128), want) < TOL[dtype]
+    assert rel(one.to(xs.dtype), want) < TOL[dtype]
 
 
 def test_reference_env_switch_disables_kernel():

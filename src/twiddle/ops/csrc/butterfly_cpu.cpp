@@ -296,6 +296,17 @@ inline ComplexBlock<T> complex_block(const T* tw, int64_t i, int eb, int ec, T s
   return {t[0], sign * t[1], t[2 * eb], sign * t[2 * eb + 1], t[2 * ec], sign * t[2 * ec + 1], t[6], sign * t[7]};
 }
 
+// a b + c in one rounding where the machine has FMA instructions (std::fma is a slow library call without them,
+// where the row paths that must match it are not built either)
+template <typename T>
+TWIDDLE_INLINE T fused(T a, T b, T c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // Real factor on a lane tile (position p holds L values): dst = factor(src). dst == src (in place) or the two do
 // not overlap; each lane is read before it is written, so in place is safe under the simd loop.
 template <typename T, int64_t L = kLanes>
@@ -310,21 +321,10 @@ inline void lanes_factor_real(T* dst, const T* src, const T* __restrict tw, int6
 #pragma omp simd
     for (int64_t l = 0; l < L; ++l) {
       const T u = xp[l], v = xq[l];
-      yp[l] = a * u + b * v;
-      yq[l] = c * u + d * v;
+      yp[l] = fused(a, u, b * v);  // the order the real row path (rrow_apply) uses too
+      yq[l] = fused(c, u, d * v);
     }
   });
-}
-
-// a b + c in one rounding where the machine has FMA instructions (std::fma is a slow library call without them,
-// where the complex row path that must match it is not built either)
-template <typename T>
-TWIDDLE_INLINE T fused(T a, T b, T c) {
-#if defined(__FMA__)
-  return std::fma(a, b, c);
-#else
-  return a * b + c;
-#endif
 }
 
 // Complex factor on a lane tile: position p holds L real parts, then L imaginary parts.
@@ -835,6 +835,18 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
 // the lane tile's (lanes_factor_complex), so the result is bit for bit the same. Needs n >= W^2 (rows of T of at
 // least W).
 
+// The 4 x 4 block src[r * lds + j] (r, j < 4) as 4 vectors, vector j holding column j (r = 0..3).
+TWIDDLE_INLINE void transpose4(const double* src, int64_t lds, __m256d col[4]) {
+  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds);
+  const __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+  const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  // r0 r1 columns 0 | 2, 1 | 3
+  const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  col[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  col[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  col[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  col[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+
 // The AVX2 operations on one vector of float or double.
 template <typename T>
 struct CVec;
@@ -865,16 +877,8 @@ struct CVec<double> {
   static V neg(V a) { return _mm256_xor_pd(a, _mm256_set1_pd(-0.0)); }
   // col[e] = raw number e of 4 blocks: two 4 x 4 transposes (numbers 0-3, then 4-7)
   static void entries(const double* tw, int64_t i0, int64_t step, V col[8]) {
-    for (int h = 0; h < 2; ++h) {
-      const double* t = tw + 8 * i0 + 4 * h;
-      const V r0 = load(t), r1 = load(t + 8 * step), r2 = load(t + 16 * step), r3 = load(t + 24 * step);
-      const V t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  // r0 r1 entries 0 | 2, 1 | 3
-      const V t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
-      col[4 * h] = _mm256_permute2f128_pd(t0, t2, 0x20);
-      col[4 * h + 1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-      col[4 * h + 2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-      col[4 * h + 3] = _mm256_permute2f128_pd(t1, t3, 0x31);
-    }
+    transpose4(tw + 8 * i0, 8 * step, col);
+    transpose4(tw + 8 * i0 + 4, 8 * step, col + 4);
   }
 };
 
@@ -991,6 +995,79 @@ void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
                                false);
     else
       lanes_store<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ float64 rows
+// Real forward of a single float64 row (batch 1, where the narrowest lane tile, 4 lanes, computes three lanes of
+// padding): as the complex row path, 4 blocks per vector with their twiddles transposed from the user's layout
+// (4 blocks x 4 numbers) in registers, strides below 4 on the row held transposed (4 x n / 4). Each block's
+// arithmetic is the lane tile's (lanes_factor_real), so the result is bit for bit the same. Needs n >= 16.
+// (float32 rows have their own row code, below.)
+
+// (p, q) <- T (p, q) on 4 blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < 4.
+TWIDDLE_INLINE void rrow_apply(const double* tw, int64_t i0, int64_t step, int eb, int ec, double* p, double* q) {
+  __m256d col[4];
+  transpose4(tw + 4 * i0, 4 * step, col);
+  const __m256d u = _mm256_loadu_pd(p), v = _mm256_loadu_pd(q);
+  _mm256_storeu_pd(p, _mm256_fmadd_pd(col[0], u, _mm256_mul_pd(col[eb], v)));
+  _mm256_storeu_pd(q, _mm256_fmadd_pd(col[ec], u, _mm256_mul_pd(col[3], v)));
+}
+
+// One factor (stride s, raw twiddles twf) on the row x (n numbers): plain layout for s >= 4, transposed for s < 4.
+inline void rrow_factor(double* x, const double* twf, int64_t n, int64_t s, int eb, int ec) {
+  if (s >= 4) {
+    for (int64_t g = 0; g < n; g += 2 * s)
+      for (int64_t r = 0; r < s; r += 4) rrow_apply(twf, block_index(g + r, s), 1, eb, ec, x + g + r, x + g + r + s);
+    return;
+  }
+  const int64_t m = n / 4;  // T's row length
+  for (int64_t b = 0; b < 4; ++b) {
+    if (b & s) continue;
+    const int64_t c = (b & (s - 1)) | ((b >> 1) & ~(s - 1));  // block of x[4 a + b] is 2 a + c
+    for (int64_t a0 = 0; a0 < m; a0 += 4) rrow_apply(twf, 2 * a0 + c, 2, eb, ec, x + b * m + a0, x + (b + s) * m + a0);
+  }
+}
+
+inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && P.n >= 16; }
+
+// The forward of one float64 row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
+// input mode, permutation, bias and output mode handled there).
+inline void rrow_forward(const double* tw, const double* x, const double* bias, double* out, const Plan& P) {
+  const int64_t n = P.n, m = n / 4;
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
+  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
+  ThreadScratch<double, 0> scratch(2 * n);  // the row, a transposing buffer
+  double* const row = scratch.data();
+  double* const spare = row + n;
+  for (int64_t k = 0; k < P.nstacks; ++k) {
+    auto [ic0, icount] = input_cols(P, k);
+    auto [oc0, ocount] = output_cols(P, k);
+    if (ocount == 0) continue;
+    const double* twk = tw + k * P.stack_size();
+    if (P.in_perm)
+      lanes_load_mapped<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, false);
+    else
+      lanes_load<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, false);
+    bool transposed = false;
+    for (int64_t f = 0; f < P.F; ++f) {
+      const bool want = P.strides[f] < 4;
+      if (want != transposed) {  // (n / 4 x 4) <-> (4 x n / 4)
+        crow_transpose(spare, row, want ? m : 4, want ? 4 : m);
+        std::memcpy(row, spare, sizeof(double) * n);
+        transposed = want;
+      }
+      rrow_factor(row, twk + P.offsets[f], n, P.strides[f], eb, ec);
+    }
+    if (transposed) {
+      crow_transpose(spare, row, 4, m);
+      std::memcpy(row, spare, sizeof(double) * n);
+    }
+    if (P.out_inv)
+      lanes_store_mapped<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
+                                    bias, false);
+    else
+      lanes_store<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
   }
 }
 #endif
@@ -1848,6 +1925,9 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   // same whatever the tile's width.
 #if defined(TWIDDLE_COMPLEX_ROWS)
   if (use_complex_rows<T>(P)) return crow_forward<T>(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 14 us
+  if constexpr (std::is_same_v<T, double>) {
+    if (use_real_rows(P)) return rrow_forward(tw, x, bias, out, P);
+  }
 #endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
   if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
