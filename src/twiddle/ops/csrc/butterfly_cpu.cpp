@@ -15,6 +15,9 @@
 //    updates the tile's rows with four scalars.
 //    Its backward sums each block's twiddle gradient over the lanes; with AVX2 + FMA the float32 and complex64
 //    versions reduce a block's 4 or 8 sums together (a transposed hadd tree) instead of one by one.
+//  * single rows (AVX2 + FMA, batch 1: complex64, complex128 and float64, whose narrowest lane tile would compute
+//    three lanes of padding): the row itself, blocks side by side in the vectors (the complex forward; float64
+//    forward and backward), with the lane tile's arithmetic bit for bit.
 // Either way the data are read and written once for all factors. Work is spread over threads with
 // at::parallel_for (which honours torch.set_num_threads); small batches run on the calling thread.
 //
@@ -374,8 +377,8 @@ inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, c
       sb += g0 * x1;
       sc += g1 * x0;
       sd += g1 * x1;
-      gp[l] = a * g0 + c * g1;
-      gq[l] = b * g0 + d * g1;
+      gp[l] = fused(a, g0, c * g1);  // the order the float64 row path (rrow_apply_backward) uses too
+      gq[l] = fused(b, g0, d * g1);
     }
     T* dt = dtw + 4 * i;
     dt[0] += sa;
@@ -825,7 +828,7 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
 }
 
 #if defined(TWIDDLE_LANES_AVX2)
-#define TWIDDLE_COMPLEX_ROWS 1
+#define TWIDDLE_SINGLE_ROWS 1
 // ------------------------------------------------------------------------------------------------ complex rows
 // Complex forward of a single row (batch 1, where a 4-lane tile computes three lanes of padding), complex64 and
 // complex128: the row is split into real and imaginary parts and every factor updates W blocks per vector (W = 8
@@ -835,16 +838,19 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
 // the lane tile's (lanes_factor_complex), so the result is bit for bit the same. Needs n >= W^2 (rows of T of at
 // least W).
 
-// The 4 x 4 block src[r * lds + j] (r, j < 4) as 4 vectors, vector j holding column j (r = 0..3).
-TWIDDLE_INLINE void transpose4(const double* src, int64_t lds, __m256d col[4]) {
-  const __m256d r0 = _mm256_loadu_pd(src), r1 = _mm256_loadu_pd(src + lds);
-  const __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+// The 4 x 4 matrix with rows r0..r3 as its 4 columns: col[j] = (r0[j], r1[j], r2[j], r3[j]).
+TWIDDLE_INLINE void transpose4(__m256d r0, __m256d r1, __m256d r2, __m256d r3, __m256d col[4]) {
   const __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);  // r0 r1 columns 0 | 2, 1 | 3
   const __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
   col[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
   col[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
   col[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
   col[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+// The 4 x 4 block src[r * lds + j] (r, j < 4) as 4 vectors, vector j holding column j (r = 0..3).
+TWIDDLE_INLINE void transpose4(const double* src, int64_t lds, __m256d col[4]) {
+  transpose4(_mm256_loadu_pd(src), _mm256_loadu_pd(src + lds), _mm256_loadu_pd(src + 2 * lds),
+             _mm256_loadu_pd(src + 3 * lds), col);
 }
 
 // The AVX2 operations on one vector of float or double.
@@ -1005,28 +1011,70 @@ void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
 // arithmetic is the lane tile's (lanes_factor_real), so the result is bit for bit the same. Needs n >= 16.
 // (float32 rows have their own row code, below.)
 
-// (p, q) <- T (p, q) on 4 blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < 4.
-TWIDDLE_INLINE void rrow_apply(const double* tw, int64_t i0, int64_t step, int eb, int ec, double* p, double* q) {
+// (dp, dq) <- T (sp, sq) on 4 blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < 4
+// (d == s: in place).
+TWIDDLE_INLINE void rrow_apply(const double* tw, int64_t i0, int64_t step, int eb, int ec, const double* sp,
+                               const double* sq, double* dp, double* dq) {
   __m256d col[4];
   transpose4(tw + 4 * i0, 4 * step, col);
-  const __m256d u = _mm256_loadu_pd(p), v = _mm256_loadu_pd(q);
-  _mm256_storeu_pd(p, _mm256_fmadd_pd(col[0], u, _mm256_mul_pd(col[eb], v)));
-  _mm256_storeu_pd(q, _mm256_fmadd_pd(col[ec], u, _mm256_mul_pd(col[3], v)));
+  const __m256d u = _mm256_loadu_pd(sp), v = _mm256_loadu_pd(sq);
+  _mm256_storeu_pd(dp, _mm256_fmadd_pd(col[0], u, _mm256_mul_pd(col[eb], v)));
+  _mm256_storeu_pd(dq, _mm256_fmadd_pd(col[ec], u, _mm256_mul_pd(col[3], v)));
 }
 
-// One factor (stride s, raw twiddles twf) on the row x (n numbers): plain layout for s >= 4, transposed for s < 4.
-inline void rrow_factor(double* x, const double* twf, int64_t n, int64_t s, int eb, int ec) {
+// Backward through the same 4 blocks: (gp, gq) <- T^T (gp, gq), and the blocks' raw twiddle gradients (at
+// dtw + 4 (i0 + j step)) += g u^T, u = (up, uq) the blocks' input.
+TWIDDLE_INLINE void rrow_apply_backward(const double* tw, double* dtw, int64_t i0, int64_t step, int eb, int ec,
+                                        double* gp, double* gq, const double* up, const double* uq) {
+  __m256d col[4];
+  transpose4(tw + 4 * i0, 4 * step, col);
+  const __m256d g0 = _mm256_loadu_pd(gp), g1 = _mm256_loadu_pd(gq);
+  const __m256d x0 = _mm256_loadu_pd(up), x1 = _mm256_loadu_pd(uq);
+  __m256d sums[4];  // entry e of the 4 blocks' gradients
+  sums[0] = _mm256_mul_pd(g0, x0);
+  sums[eb] = _mm256_mul_pd(g0, x1);
+  sums[ec] = _mm256_mul_pd(g1, x0);
+  sums[3] = _mm256_mul_pd(g1, x1);
+  _mm256_storeu_pd(gp, _mm256_fmadd_pd(col[0], g0, _mm256_mul_pd(col[ec], g1)));
+  _mm256_storeu_pd(gq, _mm256_fmadd_pd(col[eb], g0, _mm256_mul_pd(col[3], g1)));
+  __m256d rows[4];  // block j's 4 entries
+  transpose4(sums[0], sums[1], sums[2], sums[3], rows);
+  for (int64_t j = 0; j < 4; ++j) {
+    double* d = dtw + 4 * (i0 + j * step);
+    _mm256_storeu_pd(d, _mm256_add_pd(_mm256_loadu_pd(d), rows[j]));
+  }
+}
+
+// Calls body(i0, step, p, q) for every 4 blocks of a stride-s factor on a row of n numbers: the offsets of their
+// first and second members in the plain layout (s >= 4) or the transposed one (s < 4), the blocks i0 + j step.
+template <typename Body>
+TWIDDLE_INLINE void rrow_blocks(int64_t n, int64_t s, const Body& body) {
   if (s >= 4) {
     for (int64_t g = 0; g < n; g += 2 * s)
-      for (int64_t r = 0; r < s; r += 4) rrow_apply(twf, block_index(g + r, s), 1, eb, ec, x + g + r, x + g + r + s);
+      for (int64_t r = 0; r < s; r += 4) body(block_index(g + r, s), int64_t{1}, g + r, g + r + s);
     return;
   }
   const int64_t m = n / 4;  // T's row length
   for (int64_t b = 0; b < 4; ++b) {
     if (b & s) continue;
     const int64_t c = (b & (s - 1)) | ((b >> 1) & ~(s - 1));  // block of x[4 a + b] is 2 a + c
-    for (int64_t a0 = 0; a0 < m; a0 += 4) rrow_apply(twf, 2 * a0 + c, 2, eb, ec, x + b * m + a0, x + (b + s) * m + a0);
+    for (int64_t a0 = 0; a0 < m; a0 += 4) body(2 * a0 + c, int64_t{2}, b * m + a0, (b + s) * m + a0);
   }
+}
+
+// One factor (stride s, raw twiddles twf): dst = factor(src) on a row of n numbers (dst == src: in place).
+inline void rrow_factor(double* dst, const double* src, const double* twf, int64_t n, int64_t s, int eb, int ec) {
+  rrow_blocks(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+    rrow_apply(twf, i0, step, eb, ec, src + p, src + q, dst + p, dst + q);
+  });
+}
+
+// Puts the row (n numbers; spare: n more) into the layout a stride-s factor works on.
+inline void rrow_layout(double* row, double* spare, int64_t n, bool& transposed, bool want) {
+  if (want == transposed) return;
+  crow_transpose(spare, row, want ? n / 4 : 4, want ? 4 : n / 4);  // (n / 4 x 4) <-> (4 x n / 4)
+  std::memcpy(row, spare, sizeof(double) * n);
+  transposed = want;
 }
 
 inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && P.n >= 16; }
@@ -1034,7 +1082,7 @@ inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && 
 // The forward of one float64 row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
 // input mode, permutation, bias and output mode handled there).
 inline void rrow_forward(const double* tw, const double* x, const double* bias, double* out, const Plan& P) {
-  const int64_t n = P.n, m = n / 4;
+  const int64_t n = P.n;
   const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   ThreadScratch<double, 0> scratch(2 * n);  // the row, a transposing buffer
@@ -1051,23 +1099,73 @@ inline void rrow_forward(const double* tw, const double* x, const double* bias, 
       lanes_load<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, false);
     bool transposed = false;
     for (int64_t f = 0; f < P.F; ++f) {
-      const bool want = P.strides[f] < 4;
-      if (want != transposed) {  // (n / 4 x 4) <-> (4 x n / 4)
-        crow_transpose(spare, row, want ? m : 4, want ? 4 : m);
-        std::memcpy(row, spare, sizeof(double) * n);
-        transposed = want;
-      }
-      rrow_factor(row, twk + P.offsets[f], n, P.strides[f], eb, ec);
+      rrow_layout(row, spare, n, transposed, P.strides[f] < 4);
+      rrow_factor(row, row, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
-    if (transposed) {
-      crow_transpose(spare, row, 4, m);
-      std::memcpy(row, spare, sizeof(double) * n);
-    }
+    rrow_layout(row, spare, n, transposed, false);
     if (P.out_inv)
       lanes_store_mapped<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
                                     bias, false);
     else
       lanes_store<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+  }
+}
+
+// The backward of one float64 row (use_real_rows(P)), as lanes_backward's with a one-lane tile: every factor's input
+// recomputed in the layout that factor works on, then the gradient taken back through the factors. gtw and gbias
+// (nullable) are zero-filled and get the row's gradients directly (one row: nothing to reduce across chunks).
+inline void rrow_backward(const double* tw, const double* x, const double* gy, double* gx, double* gtw, double* gbias,
+                          const Plan& P) {
+  const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
+  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
+  ThreadScratch<double, 1> scratch((F + 2) * n);  // the input of every factor, the gradient, a transposing buffer
+  double* const acts = scratch.data();
+  double* const g = acts + F * n;
+  double* const spare = g + n;
+  for (int64_t k = 0; k < P.nstacks; ++k) {
+    auto [ic0, icount] = input_cols(P, k);
+    auto [oc0, ocount] = output_cols(P, k);
+    const double* twk = tw + k * P.stack_size();
+    double* gtwk = gtw + k * P.stack_size();
+    if (P.in_perm)
+      lanes_load_mapped<double, 1>(acts, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, false);
+    else
+      lanes_load<double, 1>(acts, x, P.in_size, 0, 1, ic0, icount, P, false);
+    bool transposed = false;  // the layout of the factor inputs computed so far
+    for (int64_t f = 0; f < P.F; ++f) {
+      double* u = acts + f * n;
+      rrow_layout(u, spare, n, transposed, P.strides[f] < 4);
+      if (f + 1 < P.F) rrow_factor(u + n, u, twk + P.offsets[f], n, P.strides[f], eb, ec);
+    }
+    if (P.out_inv)
+      lanes_load_mapped<double, 1>(g, gy, P.out_size, 0, 1, oc0, ocount, P, P.out_inv, g_strides, P.g_contiguous,
+                                   false);
+    else if (P.g_contiguous)
+      lanes_load<double, 1>(g, gy, P.out_size, 0, 1, oc0, ocount, P);
+    else
+      lanes_load_strided<double, 1>(g, gy, 0, 1, oc0, ocount, P);
+    if (gbias) {
+      const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
+      if (bcount > 0) add_gradient_column_sums<double>(gbias + bc0, gy, 0, 1, bc0, bcount, P);
+    }
+    bool g_transposed = false;
+    for (int64_t f = P.F - 1; f >= 0; --f) {
+      const int64_t s = P.strides[f];
+      rrow_layout(g, spare, n, g_transposed, s < 4);
+      const double* u = acts + f * n;
+      const double* twf = twk + P.offsets[f];
+      double* dtwf = gtwk + P.offsets[f];
+      rrow_blocks(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+        rrow_apply_backward(twf, dtwf, i0, step, eb, ec, g + p, g + q, u + p, u + q);
+      });
+    }
+    rrow_layout(g, spare, n, g_transposed, false);
+    const bool add_gx = !P.split_input && k > 0;
+    if (icount > 0 && P.in_perm)
+      lanes_store_mapped<double, 1>(g, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, P.in_perm, nullptr, false);
+    else if (icount > 0)
+      lanes_store<double, 1>(g, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, nullptr, false);
   }
 }
 #endif
@@ -1923,7 +2021,7 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   // Small batches take a narrower lane tile (a 16-lane tile for one row computes 15 rows of padding): complex64
   // n = 1024 batch 1 49 -> 30 us, float64 30 -> 16 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
   // same whatever the tile's width.
-#if defined(TWIDDLE_COMPLEX_ROWS)
+#if defined(TWIDDLE_SINGLE_ROWS)
   if (use_complex_rows<T>(P)) return crow_forward<T>(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 14 us
   if constexpr (std::is_same_v<T, double>) {
     if (use_real_rows(P)) return rrow_forward(tw, x, bias, out, P);
@@ -1948,6 +2046,11 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
   // Narrower lane tiles for small batches, as in forward_impl; the tile width depends on the batch only, so
   // results still do not depend on the thread count. 8 lanes for float64 / complex128 only: with float32 they lose
   // the AVX2 16-lane backward's joint reductions (complex64 n = 1024 batch 8: 180 -> 200 us).
+#if defined(TWIDDLE_SINGLE_ROWS)
+  if constexpr (std::is_same_v<T, double>) {
+    if (use_real_rows(P)) return rrow_backward(tw, x, gy, gx, gtw, gbias, P);
+  }
+#endif
   if (P.batch <= 4) return lanes_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
   if (P.batch <= 8 && std::is_same_v<T, double>) return lanes_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
   lanes_backward<T>(tw, x, gy, gx, gtw, gbias, tw_size, P);
