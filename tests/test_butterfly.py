@@ -256,3 +256,27 @@ def test_forward_sees_parametrized_and_swapped_parameters():
     plain = Butterfly(16, 16, bias=True)
     swapped = {"twiddle": torch.zeros_like(plain.twiddle), "bias": torch.ones(16)}
     torch.testing.assert_close(torch.func.functional_call(plain, swapped, (x,)), torch.ones(3, 16))
+
+
+def test_dtype_conversions_keep_complex_twiddles_complex():
+    """nn.Module.to(torch.float64) would cast complex twiddles to float64 by dropping their imaginary parts (garbage
+    results, one ComplexWarning from torch); a Butterfly keeps them complex, in the precision asked for."""
+    torch.manual_seed(0)
+    layer = Butterfly(16, 12, complex=True)
+    x = torch.randn(3, 16, dtype=torch.complex64)
+    want = layer(x)
+    for convert in (lambda m: m.to(torch.float64), lambda m: m.double()):
+        converted = convert(Butterfly(16, 12, complex=True).requires_grad_(False))
+        converted.load_state_dict(layer.state_dict())
+        assert converted.twiddle.dtype == converted.bias.dtype == torch.complex128
+        torch.testing.assert_close(converted(x.to(torch.complex128)), want.to(torch.complex128), rtol=1e-5, atol=1e-5)
+    half = Butterfly(16, 12, complex=True)
+    half.load_state_dict(layer.state_dict())
+    half = half.to(torch.float16)
+    assert half.twiddle.dtype == half.bias.dtype == torch.complex32  # rounded, still complex
+    got = half(x.to(torch.complex32))
+    assert got.dtype == torch.complex32
+    torch.testing.assert_close(got.to(torch.complex64), want, rtol=0, atol=4e-3 * float(want.abs().max()))
+    assert Butterfly(16, 12, complex=True).to(torch.bfloat16).twiddle.dtype == torch.complex64  # no complex bfloat16
+    real = Butterfly(16, 12).to(torch.float64)  # real layers convert as nn.Linear does
+    assert real.twiddle.dtype == real.bias.dtype == torch.float64

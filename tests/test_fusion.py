@@ -63,7 +63,7 @@ def without_fusion(fn, *args):
 )
 @pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex64])
-@pytest.mark.filterwarnings("ignore:.*holds single-precision values")  # .double() keeps complex64 twiddles: fine here
+@pytest.mark.filterwarnings("ignore:.*holds single-precision values")  # built in float32, then .double(): fine here
 def test_transform_pipeline_fuses_and_matches_unfused(make, batch, dtype, monkeypatch):
     module = make().double() if dtype == torch.float64 else make()
     x = torch.randn(batch, *module.in_shape, dtype=dtype)

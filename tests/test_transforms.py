@@ -484,10 +484,51 @@ def test_a_double_input_to_a_single_precision_transform_warns_once():
         double = transforms.dct(48, dtype=torch.float64)
         torch.testing.assert_close(double(x), torch.as_tensor(scipy.fft.dct(x.numpy(), type=2)), rtol=1e-12,
                                    atol=1e-12)
-    converted = transforms.fft(48).double()  # .double() keeps complex twiddles as they are (documented)
+    converted = transforms.fft(48).double()  # complex128 now, but the values are still float32-accurate
+    assert all(t.dtype != torch.complex64 for t in (*converted.parameters(), *converted.buffers()))
     with pytest.warns(UserWarning, match="single-precision"):
         converted(x)
     real_only = transforms.hadamard(64).double()  # real values: converted exactly
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         real_only(torch.randn(2, 64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: transforms.dct(24, norm="ortho"), lambda: transforms.fft(16),
+     lambda: transforms.circulant(torch.linspace(-1.0, 2.0, 8)), lambda: transforms.hartley(32)],
+    ids=["dct", "fft", "circulant", "hartley"],
+)
+def test_dtype_conversions_keep_the_complex_twiddles_complex(make):
+    """nn.Module.to(dtype) casts complex tensors to a real dtype by discarding their imaginary parts: a transform
+    (complex twiddles inside) computed garbage after .to(torch.float64) or .to(torch.float16). Conversions now keep
+    them complex; half-precision modules return half-precision real results, as a converted nn.Linear does."""
+    import warnings
+
+    module = make()
+    x = torch.randn(3, *module.in_shape, dtype=torch.complex64 if module.name == "fft" else torch.float32)
+    want = module(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the single-precision notice for a float64 input
+        for convert in (lambda m: m.to(torch.float64), lambda m: m.double()):
+            converted = convert(make())
+            assert not any(t.dtype in (torch.float32, torch.complex64)
+                           for t in (*converted.parameters(), *converted.buffers()))
+            got = converted(x.to(torch.complex128 if x.is_complex() else torch.float64))
+            assert got.dtype == (torch.complex128 if want.is_complex() else torch.float64)
+            torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=1e-5)
+    if x.is_complex():
+        return
+    for convert, low in ((lambda m: m.to(torch.float16), torch.float16), (lambda m: m.half(), torch.float16),
+                         (lambda m: m.to(torch.bfloat16), torch.bfloat16)):
+        converted = convert(make())
+        got = converted(x.to(low))
+        assert got.dtype == low
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got.float(), want, rtol=0, atol=scale * (2e-2 if low == torch.bfloat16 else 4e-3))
+        back = converted.float()  # and back to single precision: float32 results again (of the rounded values)
+        assert back(x).dtype == torch.float32
+        torch.testing.assert_close(back(x), want, rtol=0, atol=scale * (2e-2 if low == torch.bfloat16 else 4e-3))
+    model = torch.nn.Sequential(make(), torch.nn.Linear(module.out_shape[-1], 4)).half()
+    assert model(x.half()).dtype == torch.float16  # was: "mat1 and mat2 must have the same dtype"

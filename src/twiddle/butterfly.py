@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._dtypes import KeepsComplex
 from ._layout import num_stacks, padded_size, pair_positions, twiddle_shape
 from ._torchscript import NotScriptable
 from ._validate import positive_int
@@ -65,7 +66,7 @@ def _resolve_dtype(dtype: torch.dtype | None, complex: bool) -> torch.dtype:
     return dtype
 
 
-class Butterfly(NotScriptable, nn.Module):
+class Butterfly(NotScriptable, KeepsComplex, nn.Module):
     r"""A butterfly linear layer, ``y = x Wᵀ + b`` with ``W`` a product of sparse butterfly factors.
 
     The input is zero-padded to ``n = 2**ceil(log2(in_features))``; ``nstacks = ceil(out_features / n)``

@@ -14,9 +14,12 @@ chirp-z (DFT family) or a power-of-two circulant embedding (circulant, Toeplitz,
 
 Precision is chosen at construction: ``dtype=torch.float64`` computes the twiddles in double precision (complex128
 for the complex ones; float64 transforms match scipy.fft to about 1e-15). Converting a module afterwards
-(``.to(torch.complex128)``) converts the stored float32-accurate values, it does not recompute them (errors stay
-near 1e-7), and ``.double()`` / ``.float()`` follow PyTorch in converting real tensors only, leaving complex
-twiddles as they are: build the transform in the precision you want.
+(``.double()``, ``.to(torch.float64)``) converts the stored float32-accurate values, it does not recompute them
+(errors stay near 1e-7, and a double-precision input gets a warning once): build the transform in the precision you
+want. Conversions keep complex twiddles complex (``.to(torch.float64)`` gives them complex128, where plain PyTorch
+would discard their imaginary parts); ``.half()`` makes them complex32 (computed in complex64), ``.to(torch.bfloat16)``
+keeps them complex64 (there is no complex bfloat16), and real results then come back in the input's half precision,
+as from a converted ``nn.Linear``.
 """
 
 from ._benes import permutation_to_butterfly

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._dtypes import KeepsComplex, floating_target
 from .._fusion import run_fused
 from .._torchscript import NotScriptable
 from .._validate import positive_int
@@ -200,7 +201,7 @@ class _Concat(nn.Module):
         return y[..., : self.out_features]
 
 
-class Transform(NotScriptable, nn.Module):
+class Transform(NotScriptable, KeepsComplex, nn.Module):
     """A fixed linear transform assembled from butterflies, permutations and diagonals.
 
     Built by the constructors of :mod:`twiddle.transforms`; not usually instantiated directly.
@@ -235,16 +236,23 @@ class Transform(NotScriptable, nn.Module):
             p.requires_grad_(trainable)
         self._single_precision: bool | None = None  # whether some stored values are single precision (cached)
         self._warned_precision = False
+        self._low_precision: torch.dtype | None = None  # set by .half() / .to(torch.bfloat16) and the like
+        self._converted_single = False  # complex64 values converted to complex128 (by .double() and the like)
 
     def _apply(self, fn, recurse=True):  # .to(), .double(), ...: the stored precision may change
         self._single_precision = None
-        return super()._apply(fn, recurse)
+        target = floating_target(fn, torch.device("cpu"))
+        if target is not None:  # converted to float16 / bfloat16: real results in that dtype (computed in float32)
+            self._low_precision = target if target in (torch.float16, torch.bfloat16) else None
+        if target == torch.float64 and any(t.dtype == torch.complex64 for t in (*self.parameters(), *self.buffers())):
+            self._converted_single = True  # complex128 after the conversion, still single-precision accurate
+        return super()._apply(fn, recurse)  # KeepsComplex: complex values stay complex
 
     def _check_precision(self, x: torch.Tensor) -> None:
         """Warn once when a double-precision input meets values stored in single precision: the result is then
         only single-precision accurate (~1e-7), not what ``torch.fft`` / ``scipy.fft`` give in float64."""
         if getattr(self, "_single_precision", None) is None:  # (modules pickled before this attribute have none)
-            self._single_precision = any(
+            self._single_precision = getattr(self, "_converted_single", False) or any(
                 t.dtype in (torch.float32, torch.complex64, torch.float16, torch.bfloat16)
                 for t in (*self.parameters(), *self.buffers())
             )
@@ -274,7 +282,11 @@ class Transform(NotScriptable, nn.Module):
             self._check_precision(x)
         if self.real and x.is_complex():
             return torch.complex(self.steps(x.real), self.steps(x.imag))
-        return self.steps(x)
+        y = self.steps(x)
+        low = getattr(self, "_low_precision", None)  # (modules pickled before this attribute have none)
+        if low is not None and x.dtype == low and not y.is_complex():
+            y = y.to(low)  # a module converted to float16 / bfloat16 gives its input's dtype, as nn.Linear would
+        return y
 
     def to_dense(self) -> torch.Tensor:
         """The matrix ``M`` (``prod(out_shape) × prod(in_shape)``) with ``forward(x).flatten() == M @ x.flatten()``
