@@ -3,7 +3,7 @@
 Kernels:
 
 * ``reference`` — pure PyTorch (:mod:`twiddle.ops.reference`), the specification; any device and dtype.
-* ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built on first use; CPU tensors of
+* ``fused-cpu`` — the fused C++ kernel (:mod:`twiddle.ops.fused_cpu`), built by the first import; CPU tensors of
   dtype float32/float64/complex64/complex128 (float16/bfloat16 are computed in float32, complex32 in
   complex64, and cast back).
 * ``triton`` — the Triton GPU kernels (:mod:`twiddle.ops.triton_kernel`; unrolled up to n = 2048, a factor loop
