@@ -58,9 +58,11 @@ def test_fft_any_n_equals_torch_fft(n, norm, inverse, lead):
     assert _rel(module(x), want) < 1e-10
 
 
-@given(n=st.integers(1, 70), kind=st.sampled_from(["dct", "dst"]), type_=st.sampled_from([2, 3, 4]),
+@given(n=st.integers(1, 70), kind=st.sampled_from(["dct", "dst"]), type_=st.sampled_from([1, 2, 3, 4]),
        norm=st.sampled_from([None, "ortho", "forward"]))
 def test_dct_dst_any_n_equal_scipy(n, kind, type_, norm):
+    if type_ == 1 and kind == "dct" and n < 2:
+        return  # the type-1 DCT needs n >= 2 (as scipy)
     module = getattr(transforms, kind)(n, type_, norm, dtype=torch.float64)
     x = np.random.default_rng(n).standard_normal((3, n))
     want = getattr(scipy.fft, kind)(x, type=type_, norm=norm)

@@ -77,8 +77,10 @@ def test_hartley_matches_definition(n, norm):
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("kind", ["dct", "dst", "idct", "idst"])
-@pytest.mark.parametrize("type", [2, 3, 4])
+@pytest.mark.parametrize("type", [1, 2, 3, 4])
 def test_trig_transforms_match_scipy(n, kind, type):
+    if type == 1 and kind in ("dct", "idct") and n < 2:
+        pytest.skip("the type-1 DCT needs n >= 2 (as scipy)")
     x = _real_batch(n, seed=type)
     ref_fn = getattr(scipy.fft, kind)
     ctor = getattr(transforms, kind)
@@ -415,7 +417,7 @@ def test_state_dict_round_trip():
         (lambda: transforms.fft(8.0), "n must be a positive integer"),
         (lambda: transforms.fft(8, "sideways"), "norm must be one of"),
         (lambda: transforms.fft(8, dtype=torch.int32), "dtype must be"),
-        (lambda: transforms.dct(8, type=1), "type must be one of"),
+        (lambda: transforms.dct(8, type=0), "type must be one of"),
         (lambda: transforms.dst(8, type=5), "type must be one of"),
         (lambda: transforms.dct(8, norm="backwards"), "norm must be one of"),
         (lambda: transforms.fft2d((4,)), "shape must be"),

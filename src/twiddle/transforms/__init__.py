@@ -7,7 +7,7 @@ chirp-z (DFT family) or a power-of-two circulant embedding (circulant, Toeplitz,
 
 * DFT family: :func:`fft`, :func:`ifft` (``norm`` as ``torch.fft``), :func:`fft2d`, :func:`ifft2d`,
   :func:`hartley`.
-* Real trigonometric: :func:`dct`, :func:`dst` (types 2, 3, 4; ``norm`` as ``scipy.fft``), :func:`idct`,
+* Real trigonometric: :func:`dct`, :func:`dst` (types 1 to 4; ``norm`` as ``scipy.fft``), :func:`idct`,
   :func:`idst`.
 * Structured matrices: :func:`circulant`, :func:`toeplitz`, :func:`conv1d_circular`, :func:`conv2d_circular`.
 * Others: :func:`hadamard`, :func:`haar`, :func:`fastfood`, :func:`acdc`, :func:`permutation_to_butterfly`.

@@ -1,4 +1,4 @@
-"""DCT and DST of types 2, 3 and 4 (and their inverses) for any size, matching ``scipy.fft``.
+"""DCT and DST of types 1 to 4 (and their inverses) for any size, matching ``scipy.fft``.
 
 Every one is ``Re`` of a complex DFT with permutations and diagonals around it (the diagonals fold into the
 butterfly's outer factors). With ``g`` Makhoul's reordering (even indices ascending, then odd descending),
@@ -24,9 +24,9 @@ from ._modules import Transform, _RealPart, real_dtype
 
 __all__ = ["dct", "dst", "idct", "idst"]
 
-TYPES = (2, 3, 4)
+TYPES = (1, 2, 3, 4)
 NORMS = (None, "backward", "ortho", "forward")
-_INVERSE_TYPE = {2: 3, 3: 2, 4: 4}
+_INVERSE_TYPE = {1: 1, 2: 3, 3: 2, 4: 4}
 
 
 def _makhoul_order(n: int) -> torch.Tensor:
@@ -39,13 +39,44 @@ def _makhoul_order(n: int) -> torch.Tensor:
     return g
 
 
-def _check(n: object, type: object, norm: object) -> int:
+def _check(n: object, type: object, norm: object, *, sine: bool = False) -> int:
     n = positive_int(n, "n")
     if type not in TYPES:
         raise ValueError(f"type must be one of {TYPES}, got {type!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if type == 1 and not sine and n < 2:
+        raise ValueError(f"n must be at least 2 for the type-1 DCT (as in scipy.fft), got {n}")
     return n
+
+
+def _type1_steps(n: int, norm: str | None, *, sine: bool, dtype, device) -> list[torch.nn.Module]:
+    """DCT-I / DST-I as the real part of one DFT of size ``N = 2(n - 1)`` / ``2(n + 1)`` of the zero-padded input.
+
+    DCT-I: ``y_k = Σ_j c_j x_j cos(π jk / (n - 1))``, ``c = (1, 2, …, 2, 1)``: the real part of ``DFT_N(c ⊙ x)``.
+    DST-I: ``y_k = 2 Σ_j x_j sin(π (j + 1)(k + 1) / (n + 1))``: the real part of ``i·DFT_N(2 x)`` at ``k + 1``,
+    the index shift done by a modulation of the input and a phase on the output (``(j+1)(k+1) = jk + j + k + 1``).
+    """
+    if sine:
+        size = 2 * (n + 1)
+        j = torch.arange(size, dtype=torch.float64)
+        kf = torch.arange(n, dtype=torch.float64)
+        in_diag = 2 * _unit(-2 * math.pi * j / size)
+        out_diag = 1j * _unit(-2 * math.pi * (kf + 1) / size)
+        scale = {"ortho": 1 / math.sqrt(size), "forward": 1 / size}.get(norm, 1.0)
+        out_diag = out_diag * scale
+    else:
+        size = 2 * (n - 1)
+        in_diag = torch.full((size,), 2.0, dtype=torch.float64)
+        in_diag[0] = in_diag[n - 1] = 1.0
+        out_diag = torch.ones(n, dtype=torch.float64)
+        if norm == "ortho":  # scipy: x_0, x_{n-1} times √2, y_0, y_{n-1} over √2, all over √(2(n-1))
+            in_diag[0] = in_diag[n - 1] = math.sqrt(2.0)
+            out_diag[0] = out_diag[n - 1] = 1 / math.sqrt(2.0)
+            out_diag = out_diag / math.sqrt(size)
+        elif norm == "forward":
+            out_diag = out_diag / size
+    return dft_steps(size, -1, in_size=n, out_size=n, in_diag=in_diag, out_diag=out_diag, dtype=dtype, device=device)
 
 
 def _ortho_weights(n: int, type: int) -> torch.Tensor:
@@ -64,6 +95,8 @@ def _unit(angle: torch.Tensor) -> torch.Tensor:
 
 def _cosine_steps(n: int, type: int, norm: str | None, *, sine: bool, dtype, device) -> list[torch.nn.Module]:
     """The DCT (``sine=False``) or DST of the given type, before the real part is taken."""
+    if type == 1:
+        return _type1_steps(n, norm, sine=sine, dtype=dtype, device=device)
     k = torch.arange(n)
     kf = k.to(torch.float64)
     sigma = (1 - 2 * (k % 2)).to(_CDTYPE)
@@ -134,12 +167,13 @@ def dct(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
-    """The discrete cosine transform of type 2, 3 or 4 on ``n`` points, matching
+    """The discrete cosine transform of type 1, 2, 3 or 4 on ``n`` points, matching
     ``scipy.fft.dct(x, type=type, norm=norm)`` (``norm``: ``None``/``"backward"``, ``"ortho"``, ``"forward"``).
 
     Any ``n ≥ 1``. Structure: a permutation, one complex butterfly (Cooley–Tukey for ``n`` a power of two,
     Bluestein otherwise; see :func:`twiddle.transforms.fft`) with the DCT's diagonals folded into its outer
-    factors, and the real part. Type 4 uses a DFT of size ``2n`` (about twice the cost of type 2).
+    factors, and the real part. Type 4 uses a DFT of size ``2n`` (about twice the cost of type 2), type 1 one of
+    size ``2(n - 1)`` on the zero-padded input (``n ≥ 2``).
     A complex input is transformed as ``C(x.real) + i·C(x.imag)``, like scipy.
 
     Shapes: ``(..., n) -> (..., n)`` real."""
@@ -156,10 +190,10 @@ def dst(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
-    """The discrete sine transform of type 2, 3 or 4, matching ``scipy.fft.dst(x, type=type, norm=norm)``.
-    Built from the DCT of the same type with sign flips and a reversal (free: folded into the diagonals and
-    permutations). Arguments and shapes as :func:`dct`."""
-    n = _check(n, type, norm)
+    """The discrete sine transform of type 1, 2, 3 or 4, matching ``scipy.fft.dst(x, type=type, norm=norm)``.
+    Types 2-4 are built from the DCT of the same type with sign flips and a reversal (free: folded into the diagonals
+    and permutations), type 1 from a DFT of size ``2(n + 1)``. Arguments and shapes as :func:`dct`."""
+    n = _check(n, type, norm, sine=True)
     return _build("dst", n, type, norm, True, trainable, dtype, device)
 
 
@@ -177,7 +211,7 @@ def idct(
     device: torch.device | str | None = None,
 ) -> Transform:
     """The inverse of :func:`dct` with the same ``type`` and ``norm``, matching ``scipy.fft.idct``: the DCT of
-    the inverse type (2↔3, 4↔4) with the normalization moved to this direction."""
+    the inverse type (1↔1, 2↔3, 4↔4) with the normalization moved to this direction."""
     n = _check(n, type, norm)
     module = _build("dct", n, _INVERSE_TYPE[type], _inverse_norm(norm), False, trainable, dtype, device)
     module.name = f"idct-{type}"
@@ -194,7 +228,7 @@ def idst(
     device: torch.device | str | None = None,
 ) -> Transform:
     """The inverse of :func:`dst`, matching ``scipy.fft.idst``. Arguments and shapes as :func:`idct`."""
-    n = _check(n, type, norm)
+    n = _check(n, type, norm, sine=True)
     module = _build("dst", n, _INVERSE_TYPE[type], _inverse_norm(norm), True, trainable, dtype, device)
     module.name = f"idst-{type}"
     return module
