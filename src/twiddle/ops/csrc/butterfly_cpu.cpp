@@ -42,6 +42,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <new>
 #include <memory>
@@ -948,6 +949,18 @@ inline void crow_transpose(T* __restrict dst, const T* __restrict src, int64_t r
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
+// Puts the rows `parts` (n numbers each; spare: n more) into the layout a factor works on: plain, or held
+// transposed (W x n / W) for strides below W (want). `transposed` is their current layout.
+template <typename T, int64_t W>
+inline void row_layout(std::initializer_list<T*> parts, T* spare, int64_t n, bool& transposed, bool want) {
+  if (want == transposed) return;
+  for (T* part : parts) {  // (n / W x W) <-> (W x n / W)
+    crow_transpose(spare, part, want ? n / W : W, want ? W : n / W);
+    std::memcpy(part, spare, sizeof(T) * n);
+  }
+  transposed = want;
+}
+
 template <typename T>
 inline bool use_complex_rows(const Plan& P) {
   constexpr int64_t W = CVec<T>::W;
@@ -959,7 +972,7 @@ inline bool use_complex_rows(const Plan& P) {
 template <typename T>
 void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   constexpr int64_t W = CVec<T>::W;
-  const int64_t n = P.n, m = n / W;
+  const int64_t n = P.n;
   const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   ThreadScratch<T, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
@@ -979,22 +992,10 @@ void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
     bool transposed = false;  // the split row's layout
     for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
     for (int64_t f = 0; f < P.F; ++f) {
-      const bool want = P.strides[f] < W;
-      if (want != transposed) {  // (n / W x W) <-> (W x n / W)
-        for (T* part : {re, im}) {
-          crow_transpose(spare, part, want ? m : W, want ? W : m);
-          std::memcpy(part, spare, sizeof(T) * n);
-        }
-        transposed = want;
-      }
+      row_layout<T, W>({re, im}, spare, n, transposed, P.strides[f] < W);
       crow_factor(re, im, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
     }
-    if (transposed) {
-      for (T* part : {re, im}) {
-        crow_transpose(spare, part, W, m);
-        std::memcpy(part, spare, sizeof(T) * n);
-      }
-    }
+    row_layout<T, W>({re, im}, spare, n, transposed, false);
     for (int64_t p = 0; p < n; ++p) buf[2 * p] = re[p], buf[2 * p + 1] = im[p];
     if (P.out_inv)
       lanes_store_mapped<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv, bias,
@@ -1069,14 +1070,6 @@ inline void rrow_factor(double* dst, const double* src, const double* twf, int64
   });
 }
 
-// Puts the row (n numbers; spare: n more) into the layout a stride-s factor works on.
-inline void rrow_layout(double* row, double* spare, int64_t n, bool& transposed, bool want) {
-  if (want == transposed) return;
-  crow_transpose(spare, row, want ? n / 4 : 4, want ? 4 : n / 4);  // (n / 4 x 4) <-> (4 x n / 4)
-  std::memcpy(row, spare, sizeof(double) * n);
-  transposed = want;
-}
-
 inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && P.n >= 16; }
 
 // The forward of one float64 row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
@@ -1099,10 +1092,10 @@ inline void rrow_forward(const double* tw, const double* x, const double* bias, 
       lanes_load<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, false);
     bool transposed = false;
     for (int64_t f = 0; f < P.F; ++f) {
-      rrow_layout(row, spare, n, transposed, P.strides[f] < 4);
+      row_layout<double, 4>({row}, spare, n, transposed, P.strides[f] < 4);
       rrow_factor(row, row, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
-    rrow_layout(row, spare, n, transposed, false);
+    row_layout<double, 4>({row}, spare, n, transposed, false);
     if (P.out_inv)
       lanes_store_mapped<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
                                     bias, false);
@@ -1135,7 +1128,7 @@ inline void rrow_backward(const double* tw, const double* x, const double* gy, d
     bool transposed = false;  // the layout of the factor inputs computed so far
     for (int64_t f = 0; f < P.F; ++f) {
       double* u = acts + f * n;
-      rrow_layout(u, spare, n, transposed, P.strides[f] < 4);
+      row_layout<double, 4>({u}, spare, n, transposed, P.strides[f] < 4);
       if (f + 1 < P.F) rrow_factor(u + n, u, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
     if (P.out_inv)
@@ -1152,7 +1145,7 @@ inline void rrow_backward(const double* tw, const double* x, const double* gy, d
     bool g_transposed = false;
     for (int64_t f = P.F - 1; f >= 0; --f) {
       const int64_t s = P.strides[f];
-      rrow_layout(g, spare, n, g_transposed, s < 4);
+      row_layout<double, 4>({g}, spare, n, g_transposed, s < 4);
       const double* u = acts + f * n;
       const double* twf = twk + P.offsets[f];
       double* dtwf = gtwk + P.offsets[f];
@@ -1160,7 +1153,7 @@ inline void rrow_backward(const double* tw, const double* x, const double* gy, d
         rrow_apply_backward(twf, dtwf, i0, step, eb, ec, g + p, g + q, u + p, u + q);
       });
     }
-    rrow_layout(g, spare, n, g_transposed, false);
+    row_layout<double, 4>({g}, spare, n, g_transposed, false);
     const bool add_gx = !P.split_input && k > 0;
     if (icount > 0 && P.in_perm)
       lanes_store_mapped<double, 1>(g, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, P.in_perm, nullptr, false);
