@@ -82,6 +82,20 @@ def test_factor_npy_and_summary(capsys, tmp_path):
     assert out["shape"] == [3, 5] and out["n"] == 16
 
 
+def test_factor_sparse_matrix_market_file(capsys, tmp_path):
+    import scipy.io
+    import scipy.linalg
+    import scipy.sparse
+
+    path = tmp_path / "hadamard.mtx"  # a sparse file: the factorization sees the dense matrix
+    scipy.io.mmwrite(path, scipy.sparse.coo_matrix(scipy.linalg.hadamard(16)))
+    assert main(["factor", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"] == str(path) and out["shape"] == [16, 16] and out["relative_error"] < 1e-12
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["factor", str(tmp_path / "missing.csv")])
+
+
 @pytest.mark.parametrize("argv", [["factor", "fourier", "-n", "8"], ["factor", "dft"],
                                   ["factor", "dft", "-n", "8", "--size", "6"]])
 def test_factor_bad_input(argv):

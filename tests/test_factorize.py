@@ -89,6 +89,61 @@ def test_explicit_permutation_and_numpy_and_npy_file(tmp_path):
     assert factorize(str(path), permutation=perm.tolist()).relative_error < 1e-12
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+def test_every_matrix_input_kind_gives_the_same_matrix(tmp_path):
+    import scipy.io
+    import scipy.sparse
+
+    dense = np.array([[1.0, 0.0, 2.5], [0.0, -3.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    sparse = scipy.sparse.csr_matrix(dense)
+    expected = torch.from_numpy(dense)
+    np.save(tmp_path / "m.npy", dense)
+    np.savez(tmp_path / "one.npz", matrix=dense)
+    scipy.sparse.save_npz(tmp_path / "sparse.npz", sparse)
+    scipy.io.mmwrite(tmp_path / "sparse.mtx", sparse)
+    scipy.io.mmwrite(tmp_path / "dense.mtx", dense)
+    np.savetxt(tmp_path / "m.csv", dense, delimiter=",")
+    np.savetxt(tmp_path / "m.txt", dense)
+    kinds = {
+        "list": dense.tolist(), "tuple": tuple(map(tuple, dense.tolist())), "numpy": dense,
+        "numpy float32": dense.astype(np.float32), "numpy int": (2 * dense).astype(np.int64) / 2,
+        "scipy csr": sparse, "scipy coo array": scipy.sparse.coo_array(dense), "torch sparse coo": expected.to_sparse(),
+        "torch sparse csr": expected.to_sparse_csr(), "torch float32": expected.float(),
+        "requires grad": expected.clone().requires_grad_(),
+        **{name: tmp_path / name for name in ("m.npy", "one.npz", "sparse.npz", "sparse.mtx", "dense.mtx", "m.csv")},
+        "m.txt as str": str(tmp_path / "m.txt"),
+    }
+    for name, value in kinds.items():
+        loaded = load_matrix(value)
+        assert loaded.dtype == torch.float64 and loaded.layout == torch.strided, name
+        torch.testing.assert_close(loaded, expected, rtol=0, atol=0, msg=name)
+    complex_matrix = dense + 1j * dense[::-1]
+    scipy.sparse.save_npz(tmp_path / "complex.npz", scipy.sparse.csc_matrix(complex_matrix))
+    assert torch.equal(load_matrix(tmp_path / "complex.npz"), torch.from_numpy(complex_matrix))
+    # a sparse matrix is factored as its dense self
+    M = random_butterfly_matrix(16, seed=3) * (torch.rand(16, 16) < 0.5)
+    assert factorize(scipy.sparse.csr_matrix(M.numpy()), complex=False).relative_error == pytest.approx(
+        factorize(M, complex=False).relative_error, abs=1e-15)
+
+
+def test_bad_matrix_inputs_are_named(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.eye(2), b=np.eye(2))
+    (tmp_path / "words.csv").write_text("1,2\n3,x\n")
+    cases = [
+        (tmp_path / "two.npz", ValueError, "must hold one array"),
+        (tmp_path / "words.csv", ValueError, "is not a table of numbers"),
+        (tmp_path / "missing.mtx", ValueError, "does not exist"),
+        ([[1.0, 2.0], [3.0]], ValueError, "same length"),
+        ([["a", "b"]], TypeError, "must hold numbers"),
+        ([[object()]], TypeError, "must hold numbers"),
+        (torch.ones(2, 2, dtype=torch.bool), TypeError, "must hold numbers"),
+        ([[1.0, float("nan")], [0.0, 1.0]], ValueError, "NaN"),
+    ]
+    for value, kind, match in cases:
+        with pytest.raises(kind, match=match):
+            load_matrix(value)
+
+
 def test_result_fields_module_and_summary():
     result = factorize(target_matrix("dft", 16))
     assert result.params == 4 * 8 * 4
@@ -152,10 +207,10 @@ def test_bad_arguments(tmp_path):
         factorize(torch.eye(8, dtype=torch.complex128), complex=False)
     with pytest.raises(ValueError, match="does not exist"):
         factorize(str(tmp_path / "missing.npy"))
-    with pytest.raises(ValueError, match=".npy"):
-        load_matrix("matrix.txt")
-    with pytest.raises(TypeError, match="numpy array"):
-        factorize([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match=r"must be one of \.npy, \.npz, \.mtx, \.csv, \.txt"):
+        load_matrix("matrix.json")
+    with pytest.raises(TypeError, match="numpy array, a scipy.sparse matrix"):
+        factorize({"a": 1})
     with pytest.raises(ValueError, match="unknown target"):
         target_matrix("fourier", 8)
 

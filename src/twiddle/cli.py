@@ -1,7 +1,7 @@
 """The ``twiddle`` command line.
 
 Subcommands: ``demo`` (a Butterfly layer beside nn.Linear), ``bench`` (the multiply benchmark), ``factor``
-(find a butterfly factorization of a named target or a .npy matrix).
+(find a butterfly factorization of a named target or a matrix file: .npy, .npz, .mtx, .csv, .txt).
 Results go to stdout; logs and progress bars to stderr.
 """
 
@@ -148,16 +148,17 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _factor(args: argparse.Namespace) -> int:
-    from .factorize import TARGETS, factorize, target_matrix
+    from .factorize import MATRIX_FILE_SUFFIXES, TARGETS, factorize, target_matrix
 
-    if args.target.endswith(".npy"):
+    if args.target.lower().endswith(MATRIX_FILE_SUFFIXES):
         matrix, name = args.target, args.target
     elif args.target in TARGETS:
         if args.n is None:
             raise SystemExit(f"twiddle factor: -n is required for the target {args.target!r}")
         matrix, name = target_matrix(args.target, args.n, seed=args.seed), args.target
     else:
-        raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a .npy file")
+        raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a "
+                         f"{'/'.join(MATRIX_FILE_SUFFIXES)} file")
     try:
         extra = {}
         if args.method == "gradient":
@@ -240,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     bench.set_defaults(func=_bench)
 
-    factor = sub.add_parser("factor", help="butterfly factorization of a target matrix or a .npy file")
+    factor = sub.add_parser("factor", help="butterfly factorization of a target matrix or a matrix file")
     factor.add_argument("target", help="dft, idft, dct, dst, hadamard, hartley, convolution, legendre, hilbert, "
-                        "randn, or a .npy file holding a matrix (any shape: zero-padded to a power of two)")
+                        "randn, or a matrix file: .npy, .npz (one array or scipy.sparse), .mtx, .csv, .txt (any "
+                        "shape: zero-padded to a power of two)")
     factor.add_argument("-n", type=int, default=None, help="size of a named target")
     factor.add_argument("--size", type=int, default=None,
                         help="size of the butterfly (a power of two; default the least that holds the matrix)")

@@ -23,8 +23,8 @@ from .lift import LIFTS, complex_lift
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
-__all__ = ["factorize", "load_matrix", "FactorizationResult", "PermutedButterfly", "TARGETS", "target_matrix",
-           "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig"]
+__all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationResult", "PermutedButterfly", "TARGETS",
+           "target_matrix", "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig"]
 
 METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
@@ -34,24 +34,77 @@ _ALIASES = {"bp000": "identity", "bp100": "bitrev"}
 EXACT_TOLERANCE = 1e-10
 
 
-def load_matrix(matrix: torch.Tensor | np.ndarray | str | Path) -> torch.Tensor:
-    """A finite, non-empty matrix (2-D, any shape) as a float64/complex128 tensor; ``.npy`` paths are loaded.
+MATRIX_FILE_SUFFIXES = (".npy", ".npz", ".mtx", ".csv", ".txt")
 
-    Raises ValueError naming what is wrong (shape, emptiness, NaN/Inf) and TypeError for other types.
+
+def _read_matrix_file(path: Path) -> np.ndarray:
+    """The matrix in ``path``: ``.npy``; ``.npz`` holding one array or a ``scipy.sparse.save_npz`` matrix;
+    ``.mtx`` (Matrix Market, dense or sparse); ``.csv`` (comma-separated) or ``.txt`` (whitespace-separated)."""
+    suffix = path.suffix.lower()
+    if suffix not in MATRIX_FILE_SUFFIXES:
+        raise ValueError(f"matrix file must be one of {', '.join(MATRIX_FILE_SUFFIXES)}, got {str(path)!r}")
+    if not path.exists():
+        raise ValueError(f"matrix file {str(path)!r} does not exist")
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            if "format" in names and "shape" in names:  # written by scipy.sparse.save_npz
+                import scipy.sparse
+
+                return scipy.sparse.load_npz(path).toarray()
+            if len(names) != 1:
+                raise ValueError(f"matrix file {str(path)!r} must hold one array (or a scipy.sparse.save_npz "
+                                 f"matrix), found {len(names)}: {names[:8]}")
+            return archive[names[0]]
+    if suffix == ".mtx":
+        import scipy.io
+        import scipy.sparse
+
+        read = scipy.io.mmread(path)
+        return read.toarray() if scipy.sparse.issparse(read) else np.asarray(read)
+    try:
+        return np.loadtxt(path, delimiter="," if suffix == ".csv" else None, ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"matrix file {str(path)!r} is not a table of numbers: {exc}") from None
+
+
+def load_matrix(matrix) -> torch.Tensor:
+    """A finite, non-empty matrix (2-D, any shape) as a float64/complex128 CPU tensor.
+
+    ``matrix`` may be a tensor (strided or sparse, any device; detached), a numpy array, a ``scipy.sparse`` matrix
+    or array, nested sequences of numbers, or a path to a file (``.npy``; ``.npz`` with one array or a
+    ``scipy.sparse.save_npz`` matrix; ``.mtx`` Matrix Market; ``.csv``; whitespace-separated ``.txt``). Sparse
+    inputs are made dense: the factorization works on all ``n²`` entries.
+
+    Raises ValueError naming what is wrong (file, shape, emptiness, NaN/Inf) and TypeError for values that are
+    not numbers.
     """
     if isinstance(matrix, (str, Path)):
-        path = Path(matrix)
-        if path.suffix != ".npy":
-            raise ValueError(f"matrix file must be a .npy file, got {str(path)!r}")
-        if not path.exists():
-            raise ValueError(f"matrix file {str(path)!r} does not exist")
-        matrix = np.load(path, allow_pickle=False)
+        matrix = _read_matrix_file(Path(matrix))
+    import scipy.sparse
+
+    if scipy.sparse.issparse(matrix):
+        matrix = matrix.toarray()
+    if isinstance(matrix, (list, tuple)):
+        try:
+            matrix = np.asarray(matrix)
+        except ValueError as exc:  # ragged rows
+            raise ValueError(f"matrix rows must all have the same length: {exc}") from None
+        if matrix.dtype == object:
+            raise TypeError("matrix must hold numbers, got a sequence of other objects")
     if isinstance(matrix, np.ndarray):
         if not (np.issubdtype(matrix.dtype, np.number)) or np.issubdtype(matrix.dtype, np.bool_):
             raise TypeError(f"matrix must hold numbers, got numpy dtype {matrix.dtype}")
         matrix = torch.from_numpy(np.ascontiguousarray(matrix))
     if not isinstance(matrix, torch.Tensor):
-        raise TypeError(f"matrix must be a torch.Tensor, a numpy array or a .npy path, got {type(matrix).__name__}")
+        raise TypeError("matrix must be a torch.Tensor, a numpy array, a scipy.sparse matrix, a sequence of rows or "
+                        f"a path to a {'/'.join(MATRIX_FILE_SUFFIXES)} file, got {type(matrix).__name__}")
+    if matrix.layout != torch.strided:
+        matrix = matrix.detach().to_dense()
+    if matrix.dtype == torch.bool:
+        raise TypeError("matrix must hold numbers, got dtype torch.bool")
     if matrix.dim() != 2:
         raise ValueError(f"matrix must be 2-D (rows × columns), got shape {tuple(matrix.shape)}")
     if matrix.numel() == 0:
@@ -238,11 +291,13 @@ def factorize(
     """Factor ``matrix`` as ``M ≈ B P``.
 
     Args:
-        matrix: tensor, numpy array or ``.npy`` path; real or complex; any shape ``rows × cols``. A matrix that is
-            not ``n × n`` with ``n`` a power of two is zero-padded to the least such ``n`` that holds it, which
-            loses nothing (masking rows or columns of a butterfly gives a butterfly: the best fit of the padded
-            matrix is the best fit of the block, with the same error); the module then takes ``cols`` inputs
-            (padding them) and returns ``rows`` outputs, and the errors are those of the block.
+        matrix: tensor (sparse layouts too), numpy array, ``scipy.sparse`` matrix, sequence of rows, or a path
+            to a ``.npy``/``.npz``/``.mtx``/``.csv``/``.txt`` file (see :func:`load_matrix`); real or complex;
+            any shape ``rows × cols``. A matrix that is not ``n × n`` with ``n`` a power of two is zero-padded
+            to the least such ``n`` that holds it, which loses nothing (masking rows or columns of a butterfly
+            gives a butterfly: the best fit of the padded matrix is the best fit of the block, with the same
+            error); the module then takes ``cols`` inputs (padding them) and returns ``rows`` outputs, and the
+            errors are those of the block.
         method: ``"hierarchical"`` — the closed-form algorithm (one batched SVD per split; exact, to rounding, when
             ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP model with a
             learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the

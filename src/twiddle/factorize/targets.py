@@ -35,7 +35,8 @@ def target_matrix(name: str, n: int, *, seed: int = 0) -> torch.Tensor:
       ``[-1, 1]``, ``/ √n``. ``hilbert``: the Hilbert matrix divided by its 2-norm. ``randn``: Gaussian, ``/ √n``.
     """
     if name not in TARGETS:
-        raise ValueError(f"unknown target {name!r}; expected one of {TARGETS} or a .npy file")
+        raise ValueError(f"unknown target {name!r}; expected one of {TARGETS} or a matrix file (.npy, .npz, .mtx, "
+                         ".csv, .txt)")
     n = positive_int(n, "n")
     eye = np.eye(n)
     scale = 1.0 / math.sqrt(n)
