@@ -84,7 +84,9 @@ def named_permutation(name: str, n: int) -> torch.Tensor:
 
 def check_permutation(perm: torch.Tensor | Sequence[int], name: str = "perm") -> torch.Tensor:
     """Return ``perm`` as a 1-D int64 tensor, raising ValueError naming ``name`` unless it holds 0..n-1 once each."""
-    t = torch.as_tensor(perm)
+    if isinstance(perm, torch.Tensor) and perm.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has no values (make it outside the meta-device context)")
+    t = perm if isinstance(perm, torch.Tensor) else torch.as_tensor(perm, device="cpu")  # (whatever the default)
     if t.dim() != 1 or t.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence of indices, got shape {tuple(t.shape)}")
     if t.dtype.is_floating_point or t.is_complex() or t.dtype == torch.bool:
@@ -133,7 +135,15 @@ class FixedPermutation(NotScriptable, nn.Module):
 
     def __init__(self, perm: torch.Tensor | Sequence[int]) -> None:
         super().__init__()
-        self.register_buffer("perm", check_permutation(perm).clone())
+        checked = check_permutation(perm)
+        self._initial = checked.to("cpu", copy=True)  # (not a buffer: for reset_parameters)
+        self.register_buffer("perm", checked.clone())
+
+    def reset_parameters(self) -> None:
+        """Write the permutation given to the constructor back into ``perm`` (in place: also after ``to_empty``,
+        which leaves a module's buffers uninitialized)."""
+        with torch.no_grad():
+            self.perm.copy_(self._initial)
 
     @property
     def size(self) -> int:

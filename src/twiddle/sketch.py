@@ -186,11 +186,21 @@ class SparseSketch(NotScriptable, nn.Module):
         self.nnz = positive_int(nnz, "nnz")
         if self.nnz > self.ell:
             raise ValueError(f"nnz must be at most ell={self.ell} (distinct rows per column), got {nnz}")
-        gen = torch.Generator().manual_seed(seed_int(seed))
-        rows = torch.stack([torch.randperm(self.ell, generator=gen)[: self.nnz] for _ in range(self.n)], dim=1)
-        signs = torch.randint(0, 2, (self.nnz, self.n), generator=gen).float() * 2 - 1
-        self.register_buffer("rows", rows)  # (nnz, n)
-        self.values = nn.Parameter(signs / math.sqrt(self.nnz), requires_grad=learned)
+        self.seed = seed_int(seed)
+        self.register_buffer("rows", torch.empty(self.nnz, self.n, dtype=torch.long))  # (nnz, n)
+        self.values = nn.Parameter(torch.empty(self.nnz, self.n), requires_grad=learned)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the rows and signs from ``seed`` again (computed on the CPU, copied in place: also fills a sketch
+        made on the meta device once ``to_empty`` has given it storage)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.device("cpu"):
+            rows = torch.stack([torch.randperm(self.ell, generator=gen)[: self.nnz] for _ in range(self.n)], dim=1)
+            signs = torch.randint(0, 2, (self.nnz, self.n), generator=gen).float() * 2 - 1
+        with torch.no_grad():
+            self.rows.copy_(rows)
+            self.values.copy_(signs / math.sqrt(self.nnz))
 
     def to_dense(self) -> torch.Tensor:
         """The ``ℓ × n`` sketch matrix."""
@@ -217,8 +227,18 @@ class GaussianSketch(NotScriptable, nn.Module):
     def __init__(self, n: int, ell: int, *, seed: int = 0) -> None:
         super().__init__()
         self.n, self.ell = positive_int(n, "n"), positive_int(ell, "ell")
-        gen = torch.Generator().manual_seed(seed_int(seed))
-        self.register_buffer("matrix", torch.randn(self.ell, self.n, generator=gen) / math.sqrt(self.ell))
+        self.seed = seed_int(seed)
+        self.register_buffer("matrix", torch.empty(self.ell, self.n))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the matrix from ``seed`` again (on the CPU, copied in place; as
+        :meth:`SparseSketch.reset_parameters`)."""
+        gen = torch.Generator().manual_seed(self.seed)
+        with torch.device("cpu"):
+            matrix = torch.randn(self.ell, self.n, generator=gen) / math.sqrt(self.ell)
+        with torch.no_grad():
+            self.matrix.copy_(matrix)
 
     def to_dense(self) -> torch.Tensor:
         return self.matrix

@@ -16,10 +16,16 @@ Precision is chosen at construction: ``dtype=torch.float64`` computes the twiddl
 for the complex ones; float64 transforms match scipy.fft to about 1e-15). Converting a module afterwards
 (``.double()``, ``.to(torch.float64)``) converts the stored float32-accurate values, it does not recompute them
 (errors stay near 1e-7, and a double-precision input gets a warning once): build the transform in the precision you
-want. Conversions keep complex twiddles complex (``.to(torch.float64)`` gives them complex128, where plain PyTorch
-would discard their imaginary parts); ``.half()`` makes them complex32 (computed in complex64), ``.to(torch.bfloat16)``
-keeps them complex64 (there is no complex bfloat16), and real results then come back in the input's half precision,
-as from a converted ``nn.Linear``.
+want, or call ``reset_parameters()`` after ``.double()``, which computes the values again in float64. Conversions
+keep complex twiddles complex (``.to(torch.float64)`` gives them complex128, where plain PyTorch would discard their
+imaginary parts); ``.half()`` makes them complex32 (computed in complex64), ``.to(torch.bfloat16)`` keeps them
+complex64 (there is no complex bfloat16), and real results then come back in the input's half precision, as from a
+converted ``nn.Linear``.
+
+Values are computed on the CPU whatever torch's default device is, then the module moves to ``device`` (default:
+torch's default device, so ``with torch.device("meta")`` gives a meta module); every transform keeps its
+constructor's arguments, and :meth:`Transform.reset_parameters` computes its values again from them (after
+``to_empty``, after fine-tuning, after ``.double()``).
 """
 
 from ._benes import permutation_to_butterfly

@@ -14,7 +14,7 @@ import torch
 from .._layout import ceil_log2, padded_size
 from ..butterfly import Butterfly
 from ..permutations import check_permutation
-from ._modules import Transform, real_dtype
+from ._modules import Transform, builds_on_cpu, real_dtype
 
 __all__ = ["permutation_to_butterfly", "benes_twiddle"]
 
@@ -68,6 +68,7 @@ def benes_twiddle(perm: list[int]) -> torch.Tensor:
     return t.unsqueeze(0)
 
 
+@builds_on_cpu
 def permutation_to_butterfly(
     perm: torch.Tensor | list[int],
     *,

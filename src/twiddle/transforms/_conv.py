@@ -38,6 +38,7 @@ from ._modules import (
     _ZeroPad,
     as_float64,
     as_pair,
+    builds_on_cpu,
     check_shape2d,
     complex_dtype,
     real_dtype,
@@ -81,6 +82,7 @@ def _circulant_steps(c: torch.Tensor, dtype: torch.dtype, device) -> list[nn.Mod
     return _toeplitz_steps(c, torch.cat([c[:1], c[1:].flip(0)]), dtype, device)
 
 
+@builds_on_cpu
 def circulant(
     col: torch.Tensor | np.ndarray | Sequence[float],
     *,
@@ -112,6 +114,7 @@ def circulant(
     return Transform("circulant", steps, (n,), (n,), real=real, trainable=trainable)
 
 
+@builds_on_cpu
 def toeplitz(
     col: torch.Tensor | np.ndarray | Sequence[float],
     row: torch.Tensor | np.ndarray | Sequence[float] | None = None,
@@ -212,6 +215,7 @@ def _check_bias(bias: object, out_channels: int) -> torch.Tensor | None:
     return b
 
 
+@builds_on_cpu
 def conv1d_circular(
     weight: torch.Tensor | np.ndarray,
     n: int,
@@ -299,6 +303,7 @@ def _butterfly_or_identity(twiddle, in_features, out_features, increasing, dtype
     return complex_butterfly(twiddle, in_features, out_features, increasing, dtype, device)
 
 
+@builds_on_cpu
 def conv2d_circular(
     weight: torch.Tensor | np.ndarray,
     shape: int | tuple[int, int],

@@ -8,7 +8,7 @@ import torch
 
 from .._validate import positive_int
 from ._fourier import dft_steps
-from ._modules import Pipeline, Transform, _AlongDim, _RealPart, check_shape2d, real_dtype
+from ._modules import Pipeline, Transform, _AlongDim, _RealPart, builds_on_cpu, check_shape2d, real_dtype
 
 __all__ = ["fft", "ifft", "fft2d", "ifft2d", "hartley"]
 
@@ -30,6 +30,7 @@ def _dft_sequence(n: int, inverse: bool, norm: str, dtype: torch.dtype | None, d
     return Pipeline(*dft_steps(n, +1 if inverse else -1, out_diag=out_diag, dtype=dtype, device=device))
 
 
+@builds_on_cpu
 def fft(
     n: int,
     norm: str = "backward",
@@ -59,6 +60,7 @@ def fft(
     return Transform("fft", list(steps), (n,), (n,), real=False, trainable=trainable)
 
 
+@builds_on_cpu
 def ifft(
     n: int,
     norm: str = "backward",
@@ -86,6 +88,7 @@ def _fft2d(shape: object, norm: str, inverse: bool, trainable: bool, dtype, devi
     return Transform("ifft2d" if inverse else "fft2d", steps, (h, w), (h, w), real=False, trainable=trainable)
 
 
+@builds_on_cpu
 def fft2d(
     shape: int | tuple[int, int],
     norm: str = "backward",
@@ -101,6 +104,7 @@ def fft2d(
     return _fft2d(shape, norm, False, trainable, dtype, device)
 
 
+@builds_on_cpu
 def ifft2d(
     shape: int | tuple[int, int],
     norm: str = "backward",
@@ -113,6 +117,7 @@ def ifft2d(
     return _fft2d(shape, norm, True, trainable, dtype, device)
 
 
+@builds_on_cpu
 def hartley(
     n: int,
     norm: str = "backward",

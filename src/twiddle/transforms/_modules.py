@@ -7,9 +7,10 @@ transforms, and offers ``to_dense()`` and ``stored_numbers()``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from .._torchscript import NotScriptable
 from .._validate import positive_int
 from ..permutations import gather_last
 
-__all__ = ["Transform", "Diagonal", "Pipeline"]
+__all__ = ["Transform", "Diagonal", "Pipeline", "builds_on_cpu"]
 
 _COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -41,7 +42,10 @@ def complex_dtype(dtype: torch.dtype | None) -> torch.dtype:
 
 def as_float64(values: object, name: str, *, allow_complex: bool = True) -> torch.Tensor:
     """``values`` (tensor, array or sequence) as a detached CPU float64 tensor (complex128 if complex), or
-    ValueError naming ``name`` when it is complex and may not be, or holds NaN/Inf."""
+    ValueError naming ``name`` when it is complex and may not be, holds NaN/Inf, or is a meta tensor."""
+    if isinstance(values, torch.Tensor) and values.is_meta:
+        raise ValueError(f"{name} is a meta tensor: it has no values to build the transform from (make it outside "
+                         "the meta-device context)")
     t = values.detach().cpu() if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
     if t.is_complex() and not allow_complex:
         raise ValueError(f"{name} must be real")
@@ -201,6 +205,36 @@ class _Concat(nn.Module):
         return y[..., : self.out_features]
 
 
+def _frozen(value: object) -> object:
+    """A copy of a constructor argument that later changes to the caller's tensor or array do not reach."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    return value
+
+
+def builds_on_cpu(constructor: Callable[..., Transform]) -> Callable[..., Transform]:
+    """Decorator for the public constructors of :mod:`twiddle.transforms`.
+
+    The values are computed on the CPU whatever torch's default device is (inside ``with torch.device("meta")`` or
+    after ``torch.set_default_device``, where the constructors' arithmetic failed or ran on that device), then the
+    module is moved to ``device`` (default: torch's default device, as for ``nn.Linear``; a module made on the
+    meta device has no values until :meth:`Transform.reset_parameters` or ``load_state_dict``). The arguments are
+    kept (copied) on the module, so that :meth:`Transform.reset_parameters` can compute the values again.
+    """
+
+    @functools.wraps(constructor)
+    def build(*args, device: torch.device | str | None = None, **kwargs) -> Transform:
+        target = torch.get_default_device() if device is None else torch.device(device)
+        with torch.device("cpu"):
+            module = constructor(*args, device="cpu", **kwargs)
+        module._recipe = (build, tuple(_frozen(a) for a in args), {k: _frozen(v) for k, v in kwargs.items()})
+        return module.to(target)
+
+    return build
+
+
 class Transform(NotScriptable, KeepsComplex, nn.Module):
     """A fixed linear transform assembled from butterflies, permutations and diagonals.
 
@@ -261,7 +295,8 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
             warnings.warn(
                 f"twiddle.transforms: {self.name} holds single-precision values (accurate to ~1e-7) and got a "
                 f"{x.dtype} input, so its result is only single-precision accurate; build it with "
-                "dtype=torch.float64 for double precision (converting it afterwards does not recompute the values)",
+                "dtype=torch.float64 for double precision, or call reset_parameters() after .double() (converting "
+                "it alone does not recompute the values)",
                 stacklevel=5,  # the caller of the module (past forward and nn.Module's call machinery)
             )
 
@@ -302,6 +337,36 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
         with torch.no_grad():
             y = self.forward(eye)
         return y.reshape(size, -1).T
+
+    def reset_parameters(self) -> None:
+        """Compute the transform's values again from the arguments its constructor was given, and copy them into
+        its parameters and buffers in place: the exact transform again after fine-tuning (``trainable=True``), and
+        the values of a module made on the meta device once ``to_empty(device=...)`` has given it storage (the
+        pattern of meta-device initialization: ``with torch.device("meta"): model = ...``, then
+        ``model.to_empty(device=...)`` and ``reset_parameters()`` on every module that has one).
+
+        The values are computed on the CPU in double precision if the module now holds double-precision values
+        (so ``.double()`` followed by ``reset_parameters()`` gives a float64-accurate transform), else in the
+        precision it was built in, and converted to each tensor's dtype and device.
+
+        Raises RuntimeError for a ``Transform`` not made by a :mod:`twiddle.transforms` constructor.
+        """
+        recipe = getattr(self, "_recipe", None)
+        if recipe is None:
+            raise RuntimeError(f"{self.name} was not made by a twiddle.transforms constructor: it has no recipe "
+                               "to compute its values again")
+        build, args, kwargs = recipe
+        mine = {**dict(self.named_parameters()), **dict(self.named_buffers())}
+        double = any(t.dtype in (torch.float64, torch.complex128) for t in mine.values())
+        fresh = build(*args, **{**kwargs, "device": "cpu", **({"dtype": torch.float64} if double else {})})
+        theirs = {**dict(fresh.named_parameters()), **dict(fresh.named_buffers())}
+        if mine.keys() != theirs.keys():  # (only if the module's structure was changed by hand)
+            raise RuntimeError(f"{self.name}: its parameters and buffers no longer match its constructor's")
+        with torch.no_grad():
+            for name, tensor in mine.items():
+                tensor.copy_(theirs[name])
+        self._single_precision = None
+        self._converted_single = getattr(self, "_converted_single", False) and not double
 
     def stored_numbers(self) -> int:
         """Real numbers stored in parameters and buffers (complex entries count twice, indices once): grows like

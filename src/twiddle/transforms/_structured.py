@@ -12,7 +12,7 @@ from .._layout import ceil_log2, factor_stride, is_power_of_two, padded_size
 from .._validate import positive_int, seed_int
 from ..butterfly import Butterfly
 from ..permutations import FixedPermutation
-from ._modules import Diagonal, Pipeline, Transform, _Concat, _RealPart, _ZeroPad, as_float64, real_dtype
+from ._modules import Diagonal, Pipeline, Transform, _Concat, _RealPart, _ZeroPad, as_float64, builds_on_cpu, real_dtype
 from ._trig import _cosine_steps
 
 __all__ = ["hadamard", "haar", "fastfood", "acdc"]
@@ -32,6 +32,7 @@ def _hadamard_butterfly(n: int, scale: float, dtype: torch.dtype, device) -> But
     return Butterfly(n, n, bias=False, init=twiddle, dtype=dtype, device=device)
 
 
+@builds_on_cpu
 def hadamard(
     n: int,
     normalized: bool = False,
@@ -50,6 +51,7 @@ def hadamard(
     return Transform("hadamard", [module], (n,), (n,), real=True, trainable=trainable)
 
 
+@builds_on_cpu
 def haar(
     n: int,
     levels: int | None = None,
@@ -91,6 +93,7 @@ def haar(
     return Transform("haar", steps, (n,), (n,), real=True, trainable=trainable)
 
 
+@builds_on_cpu
 def fastfood(
     in_features: int,
     out_features: int | None = None,
@@ -148,6 +151,7 @@ def fastfood(
     return Transform("fastfood", steps, (in_features,), (out_features,), real=True, trainable=trainable)
 
 
+@builds_on_cpu
 def acdc(
     a: torch.Tensor | np.ndarray,
     d: torch.Tensor | np.ndarray,

@@ -20,7 +20,7 @@ import torch
 
 from .._validate import positive_int
 from ._fourier import _CDTYPE, dft_steps
-from ._modules import Transform, _RealPart, real_dtype
+from ._modules import Transform, _RealPart, builds_on_cpu, real_dtype
 
 __all__ = ["dct", "dst", "idct", "idst"]
 
@@ -158,6 +158,7 @@ def _build(name: str, n: int, type: int, norm: str | None, sine: bool, trainable
     return Transform(f"{name}-{type}", steps, (n,), (n,), real=True, trainable=trainable)
 
 
+@builds_on_cpu
 def dct(
     n: int,
     type: int = 2,
@@ -181,6 +182,7 @@ def dct(
     return _build("dct", n, type, norm, False, trainable, dtype, device)
 
 
+@builds_on_cpu
 def dst(
     n: int,
     type: int = 2,
@@ -201,6 +203,7 @@ def _inverse_norm(norm: str | None) -> str | None:
     return {None: "forward", "backward": "forward", "forward": "backward", "ortho": "ortho"}[norm]
 
 
+@builds_on_cpu
 def idct(
     n: int,
     type: int = 2,
@@ -218,6 +221,7 @@ def idct(
     return module
 
 
+@builds_on_cpu
 def idst(
     n: int,
     type: int = 2,
