@@ -433,6 +433,103 @@ def test_the_float64_row_path_backward(n, nstacks, nblocks, transpose, increasin
     assert torch.equal(one[0], gradients(only_row, padded_gy)[0])
 
 
+def _blocked_backward_bytes(threshold: int) -> int:
+    """Sets the kernel's blocked-backward threshold (bytes of plain activations), returns the previous one."""
+    from twiddle.ops import _cpu_build
+
+    return _cpu_build.module()._set_blocked_backward_bytes(threshold)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128])
+@pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing,batch", [
+    (4, 1, 1, False, True, 20),  # C = m = 2
+    (8, 2, 2, False, False, 37),  # C = 4, m = 2; BB*-style alternating phases
+    (32, 1, 3, True, True, 6),  # 4-lane tiles; three blocks: phases chunk, column, chunk, ...
+    (256, 3, 1, True, False, 9),  # 8-lane tiles (float64) or 16; stacks summed by the transpose
+    (2048, 1, 2, False, True, 17),  # C = 64, m = 32
+])
+@pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient", "real input"])
+def test_the_blocked_backward_is_the_plain_one_bit_for_bit(dtype, n, nstacks, nblocks, transpose, increasing, batch,
+                                                            extras):
+    """Large calls' backward runs in cache-sized phases (chunks of C consecutive positions, columns of stride C),
+    switched on here for every size: outputs and every gradient equal the plain lane tile's bit for bit, and match
+    the reference."""
+    if extras == "real input" and not dtype.is_complex:
+        pytest.skip("a real input to complex twiddles")
+    torch.manual_seed(n + batch)
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=dtype) / 2**0.5
+    in_size, out_size = (nstacks * n - 3, n - 1) if transpose else (n - 1, nstacks * n - 3)
+    x_dtype = dtype.to_real() if extras == "real input" else dtype
+    x = torch.randn(batch, in_size, dtype=x_dtype)
+    permuted = extras == "permuted+bias"
+    in_perm = torch.randperm(in_size) if permuted else None
+    out_perm = torch.randperm(out_size) if permuted else None
+    bias = torch.randn(out_size, dtype=dtype) if permuted else None
+    gy = torch.randn(batch, out_size, 2, dtype=dtype)[..., 0] if extras == "strided gradient" else \
+        torch.randn(batch, out_size, dtype=dtype)
+    conjugate = dtype.is_complex
+
+    def results(multiply=fused_cpu.fused_butterfly_multiply, wide=False):
+        cast = (lambda v: v.to(torch.complex128 if v.is_complex() else torch.float64)) if wide else (lambda v: v)
+        tt, xx = cast(t).requires_grad_(), cast(x).requires_grad_()
+        bb = None if bias is None else cast(bias).requires_grad_()
+        if multiply is fused_cpu.fused_butterfly_multiply:
+            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=conjugate, bias=bb,
+                         in_perm=in_perm, out_perm=out_perm)
+        else:
+            y = multiply(tt, xx if in_perm is None else xx[:, in_perm], increasing, out_size=out_size,
+                         transpose=transpose, conjugate=conjugate)
+            y = y if out_perm is None else y[:, out_perm]
+            y = y if bb is None else y + bb
+        return (y, *torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), cast(gy)))
+
+    before = _blocked_backward_bytes(1 << 62)
+    try:
+        plain = results()
+        _blocked_backward_bytes(0)
+        blocked = results()
+    finally:
+        _blocked_backward_bytes(before)
+    for a, b in zip(plain, blocked, strict=True):
+        assert torch.equal(a, b)
+    for got, want in zip(blocked, results(butterfly_multiply_reference, wide=True), strict=True):
+        assert rel(got.to(want.dtype), want) < TOL[dtype]
+
+
+def test_the_blocked_backward_is_taken_by_default_for_large_calls_and_matches_the_reference():
+    """float32 n = 16384, batch 64 on two threads keeps 30 MB of plain activations: the blocked backward runs by
+    default (a threshold above it gives the plain backward, bit for bit the same), and the gradients match the
+    float64 reference."""
+    n, batch = 16384, 64
+    torch.manual_seed(0)
+    t = torch.randn(twiddle_shape(1, 1, n)) / 2**0.5
+    x, gy = torch.randn(batch, n), torch.randn(batch, n)
+    before_threads = torch.get_num_threads()
+
+    def grads(dtype=torch.float32, multiply=fused_cpu.fused_butterfly_multiply):
+        tt, xx = t.to(dtype).requires_grad_(), x.to(dtype).requires_grad_()
+        if multiply is fused_cpu.fused_butterfly_multiply:
+            y = multiply(tt, xx, True, out_size=n, transpose=False, conjugate=False)
+        else:
+            y = multiply(tt, xx, True, out_size=n)
+        return torch.autograd.grad(y, [tt, xx], gy.to(dtype))
+
+    try:
+        torch.set_num_threads(2)
+        default = grads()
+        before = _blocked_backward_bytes(1 << 62)
+        try:
+            plain = grads()
+        finally:
+            _blocked_backward_bytes(before)
+    finally:
+        torch.set_num_threads(before_threads)
+    for a, b in zip(default, plain, strict=True):
+        assert torch.equal(a, b)
+    for got, want in zip(default, grads(torch.float64, butterfly_multiply_reference), strict=True):
+        assert rel(got.double(), want) < 1e-5
+
+
 def test_reference_env_switch_disables_kernel():
     code = (
         "import torch, twiddle; from twiddle.ops import kernel_for; "

@@ -39,6 +39,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +56,14 @@
 #endif
 
 #define TWIDDLE_INLINE inline __attribute__((always_inline))
+// One compiled body for every call: the backward's sums leave the compiler free to contract a multiply and an add
+// into one rounding, and it decides that per inlined copy, so that the plain and the blocked tiles' twiddle gradients
+// differed in the last bit where each inlined its own copy. (noclone: nor a copy specialized on constant arguments.)
+#if defined(__clang__)
+#define TWIDDLE_ONE_BODY __attribute__((noinline))
+#else
+#define TWIDDLE_ONE_BODY __attribute__((noinline, noclone))
+#endif
 
 namespace twiddle_cpu {
 
@@ -127,7 +136,8 @@ inline std::pair<int64_t, int64_t> output_cols(const Plan& P, int64_t k) {
 // is mapped anew by malloc and page-faulted on first touch, which cost as much as the work itself for the
 // backward's activations at n = 1024. Larger requests get their own allocation, freed at the end of the scope.
 // Slots: 0 the forward's tile or row group, 1 the backward's activations, 2 the SoA twiddles, 3 the spare tile of
-// permuted loads and stores, 4 the twiddle gradient's per-chunk sums.
+// permuted loads and stores, 4 the twiddle gradient's per-chunk sums, 5 the blocked tiles' reordered twiddles (and
+// twiddle gradient).
 constexpr size_t kCachedScratchBytes = size_t(8) << 20;
 
 inline void* aligned_or_throw(size_t bytes) {
@@ -361,7 +371,7 @@ inline void lanes_factor_complex(T* dst, const T* src, const T* __restrict tw, i
 // Backward through one real factor: g (gradient w.r.t. the factor's output) becomes the gradient w.r.t. its
 // input u, and the twiddle gradient accumulates g u^T summed over lanes.
 template <typename T, int64_t L = kLanes>
-inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
+TWIDDLE_ONE_BODY void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                        T* __restrict dtw, int64_t n, int64_t s, int eb, int ec) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
     T* __restrict gp = g + p * L;
@@ -392,7 +402,7 @@ inline void lanes_factor_real_backward(T* __restrict g, const T* __restrict u, c
 // Complex: g_in = conj(T)^T g_out, dT += g conj(u)^T; with `sign` = -1 (conjugated twiddles) the raw
 // gradient is the conjugate of the gradient w.r.t. the applied twiddle.
 template <typename T, int64_t L = kLanes>
-inline void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
+TWIDDLE_ONE_BODY void lanes_factor_complex_backward(T* __restrict g, const T* __restrict u, const T* __restrict tw,
                                           T* __restrict dtw, int64_t n, int64_t s, int eb, int ec, T sign) {
   for_each_block(n, s, [&](int64_t i, int64_t p) {
     T* __restrict gpr = g + p * 2 * L;
@@ -470,7 +480,7 @@ TWIDDLE_INLINE __m256 real_block_backward(float* __restrict g, const float* __re
 // in one vector and added to the gradient by one load and store: 3-4 % less time than block by block (2-core
 // AMD EPYC, Zen 3; bit-identical results, the additions are the same).
 template <>
-inline void lanes_factor_real_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
+TWIDDLE_ONE_BODY void lanes_factor_real_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
                                               const float* __restrict tw, float* __restrict dtw, int64_t n,
                                               int64_t s, int eb, int ec) {
   static_assert(kLanes == 16, "two 8-float vectors per lane row");
@@ -502,7 +512,7 @@ inline void lanes_factor_real_backward<float, kLanes>(float* __restrict g, const
 
 // complex64: eight sums per block (real and imaginary parts of a, b, c, d), one more hadd level.
 template <>
-inline void lanes_factor_complex_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
+TWIDDLE_ONE_BODY void lanes_factor_complex_backward<float, kLanes>(float* __restrict g, const float* __restrict u,
                                                  const float* __restrict tw, float* __restrict dtw, int64_t n,
                                                  int64_t s, int eb, int ec, float sign) {
   static_assert(kLanes == 16, "two 8-float vectors per lane row");
@@ -553,23 +563,34 @@ inline void lanes_factor_complex_backward<float, kLanes>(float* __restrict g, co
 }
 #endif
 
+// A factor of stride s on a tile of n positions whose first block's twiddles are at twf (and its gradient at dtwf):
+// the whole tile (n = P.n), or a part of it that the factor maps into itself (the blocked tiles below).
 template <typename T, int64_t L = kLanes>
-inline void lanes_factor(T* dst, const T* src, const T* tw, const Plan& P, int64_t f) {
+inline void lanes_factor_on(T* dst, const T* src, const T* twf, int64_t n, int64_t s, const Plan& P) {
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   if (P.complex)
-    lanes_factor_complex<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec, P.conjugate ? T(-1) : T(1));
+    lanes_factor_complex<T, L>(dst, src, twf, n, s, eb, ec, P.conjugate ? T(-1) : T(1));
   else
-    lanes_factor_real<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], eb, ec);
+    lanes_factor_real<T, L>(dst, src, twf, n, s, eb, ec);
+}
+
+template <typename T, int64_t L = kLanes>
+inline void lanes_factor_backward_on(T* g, const T* u, const T* twf, T* dtwf, int64_t n, int64_t s, const Plan& P) {
+  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
+  if (P.complex)
+    lanes_factor_complex_backward<T, L>(g, u, twf, dtwf, n, s, eb, ec, P.conjugate ? T(-1) : T(1));
+  else
+    lanes_factor_real_backward<T, L>(g, u, twf, dtwf, n, s, eb, ec);
+}
+
+template <typename T, int64_t L = kLanes>
+inline void lanes_factor(T* dst, const T* src, const T* tw, const Plan& P, int64_t f) {
+  lanes_factor_on<T, L>(dst, src, tw + P.offsets[f], P.n, P.strides[f], P);
 }
 
 template <typename T, int64_t L = kLanes>
 inline void lanes_factor_backward(T* g, const T* u, const T* tw, T* dtw, const Plan& P, int64_t f) {
-  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  if (P.complex)
-    lanes_factor_complex_backward<T, L>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec,
-                                     P.conjugate ? T(-1) : T(1));
-  else
-    lanes_factor_real_backward<T, L>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], eb, ec);
+  lanes_factor_backward_on<T, L>(g, u, tw + P.offsets[f], dtw + P.offsets[f], P.n, P.strides[f], P);
 }
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -1212,6 +1233,253 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
       }
     }
   });
+}
+
+// ------------------------------------------------------------------------------------------------ blocked tiles
+// The plain lane-tile backward keeps every factor's input tile: at n = 16384 with 16 float32 lanes, 15 tiles of 1 MB
+// per thread, 30 MB for two threads against the development machine's 32 MB L3, so that each factor streamed
+// whole tiles through memory and the backward cost 5-7 forwards where smaller sizes cost 3-4. The blocked backward
+// takes the factors in phases that stay in cache, as a four-step FFT does. With n = C m (C = 2^ceil(log2(n) / 2)),
+// a factor of stride s < C maps each chunk of C consecutive positions into itself, and one of stride s >= C each
+// column {r + C j : j < m} (r < C) into itself, there with stride s / C. Consecutive factors of one kind form a
+// phase. The backward keeps only every phase's input tile (computed by a forward pass over the tile, phase by
+// phase) and goes back through the phases chunk by chunk or column by column (columns copied out in groups and
+// back), recomputing each part's factor inputs in a few buffers of max(C, m) positions. Twiddles are read in a
+// blocked layout made once per call (a column phase's blocks reordered so that each column's are consecutive) and
+// the twiddle gradient is summed in that layout and reordered back, so that every factor runs the lane kernels
+// above on its part unchanged: the gradients are bit for bit the plain backward's (the same arithmetic per
+// position, each block's gradient summed over the same lanes and tiles in the same order; see TWIDDLE_ONE_BODY).
+
+// The plain backward's activations (every factor's input tile and the gradient tile, on every thread at work) above
+// this many bytes take the blocked backward: half the development machine's L3 (32 MB). Measured there (2 threads,
+// backward op, best of 8 x 3): float32 n = 16384 batch 256 (30 MB) 17.4 -> 11.4 ms, batch 64 5.1 -> 3.5 ms;
+// float64 n = 8192 batch 128 (28 MB) 9.2 -> 6.3 ms; complex64 n = 8192 batch 256 18.6 -> 16.9 ms, n = 16384 batch
+// 64 14.8 -> 11.6 ms; float32 n = 32768 batch 64 (64 MB) 49 -> 9.4 ms. Below it the blocked backward lost: 14 MB
+// (float32 n = 8192 batch 256, complex64 n = 4096) 1.06-1.10x the plain one's time, one 8-lane float64 tile at
+// n = 16384 (15 MB, one thread) 1.05x: its copies of columns and its second pass over the first phases cost more
+// than the memory traffic they save. The blocked forward (not used) lost everywhere: 1.1-1.4x; the plain forward
+// streams one tile per factor, which the prefetchers keep up with.
+inline std::atomic<int64_t> g_blocked_backward_bytes{int64_t(16) << 20};
+
+// Sets the threshold, returns the previous one (tests set 0 to compare the blocked backward with the plain one).
+int64_t set_blocked_backward_bytes(int64_t bytes) { return g_blocked_backward_bytes.exchange(bytes); }
+
+template <typename T>
+inline bool use_blocked(const Plan& P, int64_t L) {
+  if (P.n < 4) return false;
+  const int64_t ntiles = (P.batch + L - 1) / L;
+  const int64_t chunks = chunking(ntiles, min_groups_per_chunk(ntiles, 8)).count;
+  const int64_t working = std::min<int64_t>(at::get_num_threads(), chunks);
+  const int64_t bytes = (P.F + 1) * P.n * L * P.comps * static_cast<int64_t>(sizeof(T)) * working;
+  return bytes > g_blocked_backward_bytes.load(std::memory_order_relaxed);
+}
+
+struct Blocking {
+  int64_t C = 0, m = 0;        // chunk length and column length (positions), C m = n
+  std::vector<int64_t> begin;  // phase q: factors [begin[q], begin[q + 1])
+  std::vector<char> columns;   // phase q runs on columns (strides >= C), else on chunks
+  int64_t longest = 0;         // factors in the longest phase
+  int64_t phases() const { return static_cast<int64_t>(columns.size()); }
+};
+
+inline Blocking make_blocking(const Plan& P) {
+  Blocking B;
+  B.C = int64_t(1) << ((P.log_n + 1) / 2);
+  B.m = P.n / B.C;
+  for (int64_t f = 0; f < P.F; ++f) {
+    const char col = P.strides[f] >= B.C;
+    if (f == 0 || col != B.columns.back()) B.begin.push_back(f), B.columns.push_back(col);
+  }
+  B.begin.push_back(P.F);
+  for (int64_t q = 0; q < B.phases(); ++q) B.longest = std::max(B.longest, B.begin[q + 1] - B.begin[q]);
+  return B;
+}
+
+// The twiddles (or their gradient) between the user's layout and the blocked one, every stack: a chunk phase's
+// factors as they are (chunk c's blocks are c C / 2 .. c C / 2 + C / 2 - 1), a column phase's with block
+// r + C i (column r, i < m / 2) moved to r m / 2 + i. to_blocked false: the other way.
+template <typename T>
+void reorder_twiddles(const T* __restrict src, T* __restrict dst, const Plan& P, const Blocking& B, bool to_blocked) {
+  const int64_t bs = 4 * P.comps, log_c = (P.log_n + 1) / 2, per_column = B.m / 2;
+  for (int64_t k = 0; k < P.nstacks; ++k)
+    for (int64_t f = 0; f < P.F; ++f) {
+      const int64_t off = k * P.stack_size() + P.offsets[f];
+      if (P.strides[f] < B.C) {
+        std::memcpy(dst + off, src + off, sizeof(T) * P.factor_size);
+        continue;
+      }
+      for (int64_t i = 0; i < P.half; ++i) {
+        const int64_t j = (i & (B.C - 1)) * per_column + (i >> log_c);
+        const int64_t from = to_blocked ? i : j, to = to_blocked ? j : i;
+        std::copy_n(src + off + bs * from, bs, dst + off + bs * to);
+      }
+    }
+}
+
+// Columns r0 .. r0 + G - 1 of a tile (column r: positions r + C j, j < m; W numbers per position) to G buffers of m
+// positions (column r0 + g at cols + g m W) and back. Adjacent columns are taken together so that the tile is read
+// and written in runs of G positions rather than one position (a cache line or two) at a time.
+template <typename T, int64_t W>
+inline void move_columns(T* cols, T* tile, int64_t r0, int64_t G, const Blocking& B, bool gather) {
+  for (int64_t j = 0; j < B.m; ++j) {
+    T* run = tile + (r0 + B.C * j) * W;
+    for (int64_t g = 0; g < G; ++g) {
+      T* col = cols + (g * B.m + j) * W;
+      if (gather)
+        std::copy_n(run + g * W, W, col);
+      else
+        std::copy_n(col, W, run + g * W);
+    }
+  }
+}
+template <typename T, int64_t L>
+inline void move_columns(T* cols, T* tile, int64_t r0, int64_t G, const Blocking& B, const Plan& P, bool gather) {
+  if (P.comps == 1)
+    move_columns<T, L>(cols, tile, r0, G, B, gather);
+  else
+    move_columns<T, 2 * L>(cols, tile, r0, G, B, gather);
+}
+
+// Columns moved together: G = kColumnGroup (or C, if less) columns of m positions.
+constexpr int64_t kColumnGroup = 8;
+
+// Phase q's part c: its length (positions), the stride of factor f on it, and its first block (in the blocked
+// layout, relative to the factor's first block: c len / 2 for chunks and columns alike).
+struct PhasePart {
+  bool columns;
+  int64_t parts, len;
+};
+inline PhasePart phase_part(const Blocking& B, int64_t q) {
+  const bool cols = B.columns[q];
+  return {cols, cols ? B.C : B.m, cols ? B.m : B.C};
+}
+
+// Phase q of the forward on a whole tile, in place (cols: a buffer of kColumnGroup columns of m positions).
+template <typename T, int64_t L>
+void blocked_phase_forward(T* tile, T* cols, const T* twk, const Plan& P, const Blocking& B, int64_t q) {
+  const int64_t ps = P.comps * L, bs = 4 * P.comps;
+  const PhasePart pp = phase_part(B, q);
+  const auto run = [&](T* part, int64_t c) {
+    for (int64_t f = B.begin[q]; f < B.begin[q + 1]; ++f)
+      lanes_factor_on<T, L>(part, part, twk + P.offsets[f] + bs * (c * pp.len / 2), pp.len,
+                            pp.columns ? P.strides[f] / B.C : P.strides[f], P);
+  };
+  if (!pp.columns) {
+    for (int64_t c = 0; c < pp.parts; ++c) run(tile + c * pp.len * ps, c);
+    return;
+  }
+  const int64_t G = std::min(kColumnGroup, B.C);
+  for (int64_t r0 = 0; r0 < B.C; r0 += G) {
+    move_columns<T, L>(cols, tile, r0, G, B, P, true);
+    for (int64_t g = 0; g < G; ++g) run(cols + g * B.m * ps, r0 + g);
+    move_columns<T, L>(cols, tile, r0, G, B, P, false);
+  }
+}
+
+// Phase q of the backward: g (a whole tile, the gradient w.r.t. the phase's output) becomes the gradient w.r.t. its
+// input u (a whole tile); dtwk gets the phase's twiddle gradients. Each part's factor inputs after the first are
+// recomputed in acts (B.longest - 1 buffers of max(C, m) positions); a column phase moves kColumnGroup columns of u
+// and of g at a time through us and gs.
+template <typename T, int64_t L>
+void blocked_phase_backward(T* u, T* g, T* acts, T* us, T* gs, const T* twk, T* dtwk, const Plan& P,
+                            const Blocking& B, int64_t q) {
+  const int64_t ps = P.comps * L, bs = 4 * P.comps, sub = std::max(B.C, B.m) * ps;
+  const PhasePart pp = phase_part(B, q);
+  const int64_t f0 = B.begin[q], f1 = B.begin[q + 1];
+  const auto run = [&](const T* u0, T* gp, int64_t c) {
+    const auto input = [&](int64_t f) { return f == f0 ? u0 : acts + (f - f0 - 1) * sub; };  // factor f's input
+    const int64_t first = bs * (c * pp.len / 2);
+    const auto stride = [&](int64_t f) { return pp.columns ? P.strides[f] / B.C : P.strides[f]; };
+    for (int64_t f = f0; f + 1 < f1; ++f)
+      lanes_factor_on<T, L>(acts + (f - f0) * sub, input(f), twk + P.offsets[f] + first, pp.len, stride(f), P);
+    for (int64_t f = f1 - 1; f >= f0; --f)
+      lanes_factor_backward_on<T, L>(gp, input(f), twk + P.offsets[f] + first, dtwk + P.offsets[f] + first, pp.len,
+                                     stride(f), P);
+  };
+  if (!pp.columns) {
+    for (int64_t c = 0; c < pp.parts; ++c) run(u + c * pp.len * ps, g + c * pp.len * ps, c);
+    return;
+  }
+  const int64_t G = std::min(kColumnGroup, B.C);
+  for (int64_t r0 = 0; r0 < B.C; r0 += G) {
+    move_columns<T, L>(us, u, r0, G, B, P, true);
+    move_columns<T, L>(gs, g, r0, G, B, P, true);
+    for (int64_t k = 0; k < G; ++k) run(us + k * B.m * ps, gs + k * B.m * ps, r0 + k);
+    move_columns<T, L>(gs, g, r0, G, B, P, false);
+  }
+}
+
+// lanes_backward with blocked tiles: gtw (zero-filled) gets the twiddle gradient reordered from the blocked layout.
+template <typename T, int64_t L>
+void lanes_backward_blocked(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size,
+                            const Plan& P) {
+  const Blocking B = make_blocking(P);
+  const int64_t ntiles = (P.batch + L - 1) / L;
+  const int64_t ps = P.comps * L, tile = P.n * ps, sub = std::max(B.C, B.m) * ps;
+  const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
+  const int64_t grain = std::max<int64_t>(1, grain_for(P, L) / 4);
+  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
+  ThreadScratch<T, 5> blocked(2 * tw_size);  // the twiddles, their gradient (both in the blocked layout)
+  T* const twb = blocked.data();
+  T* const gtwb = twb + tw_size;
+  reorder_twiddles(tw, twb, P, B, true);
+  std::fill(gtwb, gtwb + tw_size, T(0));
+  chunked_reduce<T>(ntiles, min_groups_per_chunk(ntiles, 8), grain, acc_size, tw_size, gtwb, gbias,
+                    [&](int64_t begin, int64_t end, T* acc) {
+    // every phase's input tile, the gradient tile, a part's factor inputs, a group of columns of each tile
+    const int64_t group = kColumnGroup * B.m * ps;
+    ThreadScratch<T, 1> scratch((B.phases() + 1) * tile + (B.longest - 1) * sub + 2 * group);
+    T* const inputs = scratch.data();
+    T* const g = inputs + B.phases() * tile;
+    T* const acts = g + tile;
+    T* const us = acts + (B.longest - 1) * sub;
+    T* const gs = us + group;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
+      for (int64_t k = 0; k < P.nstacks; ++k) {
+        auto [ic0, icount] = input_cols(P, k);
+        auto [oc0, ocount] = output_cols(P, k);
+        const T* twk = twb + k * P.stack_size();
+        T* acck = acc + k * P.stack_size();
+        if (P.in_perm)
+          lanes_load_mapped<T, L>(inputs, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
+                                  P.real_input);
+        else
+          lanes_load<T, L>(inputs, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
+        for (int64_t q = 0; q + 1 < B.phases(); ++q) {
+          std::copy_n(inputs + q * tile, tile, inputs + (q + 1) * tile);
+          blocked_phase_forward<T, L>(inputs + (q + 1) * tile, acts, twk, P, B, q);
+        }
+        if (P.out_inv)
+          lanes_load_mapped<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P, P.out_inv, g_strides,
+                                  P.g_contiguous, false);
+        else if (P.g_contiguous)
+          lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
+        else
+          lanes_load_strided<T, L>(g, gy, row0, rows, oc0, ocount, P);
+        if (gbias) {
+          const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
+          if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
+        }
+        for (int64_t q = B.phases() - 1; q >= 0; --q)
+          blocked_phase_backward<T, L>(inputs + q * tile, g, acts, us, gs, twk, acck, P, B, q);
+        const bool add_gx = !P.split_input && k > 0;
+        if (icount > 0 && P.in_perm)
+          lanes_store_mapped<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, P.in_perm, nullptr,
+                                   P.real_input);
+        else if (icount > 0)
+          lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, nullptr, P.real_input);
+      }
+    }
+  });
+  reorder_twiddles(gtwb, gtw, P, B, false);
+}
+
+// The lane-tile backward of width L, blocked where the plain one's activations would not fit in cache (use_blocked).
+template <typename T, int64_t L>
+void tiles_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size, const Plan& P) {
+  if (use_blocked<T>(P, L)) return lanes_backward_blocked<T, L>(tw, x, gy, gx, gtw, gbias, tw_size, P);
+  lanes_backward<T, L>(tw, x, gy, gx, gtw, gbias, tw_size, P);
 }
 
 // ================================================================================================ rows
@@ -2044,9 +2312,9 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
     if (use_real_rows(P)) return rrow_backward(tw, x, gy, gx, gtw, gbias, P);
   }
 #endif
-  if (P.batch <= 4) return lanes_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
-  if (P.batch <= 8 && std::is_same_v<T, double>) return lanes_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
-  lanes_backward<T>(tw, x, gy, gx, gtw, gbias, tw_size, P);
+  if (P.batch <= 4) return tiles_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
+  if (P.batch <= 8 && std::is_same_v<T, double>) return tiles_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
+  tiles_backward<T, kLanes>(tw, x, gy, gx, gtw, gbias, tw_size, P);
 }
 
 // ================================================================================================ ops

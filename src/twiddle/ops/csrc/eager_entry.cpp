@@ -13,6 +13,10 @@
 // each (about 10 us less per complex call at batch 1).
 #include <torch/extension.h>
 
+namespace twiddle_cpu {
+int64_t set_blocked_backward_bytes(int64_t bytes);  // butterfly_cpu.cpp
+}  // namespace twiddle_cpu
+
 namespace {
 
 at::Tensor call_op(const at::Tensor& twiddle, const at::Tensor& x, const std::optional<at::Tensor>& bias,
@@ -54,4 +58,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("twiddle"), py::arg("x"), py::arg("bias"), py::arg("increasing_stride"), py::arg("transpose"),
         py::arg("conjugate"), py::arg("out_size"), py::arg("in_perm") = py::none(), py::arg("out_perm") = py::none(),
         py::call_guard<py::gil_scoped_release>());
+  m.def("_set_blocked_backward_bytes", &twiddle_cpu::set_blocked_backward_bytes,
+        "Backward calls whose plain lane tiles would keep more bytes of activations than this run blocked (in "
+        "cache-sized phases); returns the previous threshold. For tests and benchmarks: the results are the same "
+        "bit for bit either way.",
+        py::arg("bytes"));
 }
