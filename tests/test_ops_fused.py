@@ -388,44 +388,54 @@ def test_the_row_paths_for_one_row(dtype, n, nstacks, nblocks, transpose, conjug
     assert rel(one.to(xs.dtype), want) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64, torch.complex128])
 @pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing", [
-    (16, 1, 1, False, True),  # the float64 row path's smallest size
+    (16, 1, 1, False, True),  # the float64 and complex128 row paths' smallest size
+    (64, 1, 1, False, False),  # complex64's smallest
     (128, 2, 2, False, False),
     (1024, 1, 1, True, True),
     (256, 3, 1, True, False),
 ])
-@pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient"])
-def test_the_float64_row_path_backward(n, nstacks, nblocks, transpose, increasing, extras):
-    """A single float64 row's backward runs the float64 row path: every gradient against the reference's, the input
+@pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient", "real input"])
+def test_the_row_paths_backward(dtype, n, nstacks, nblocks, transpose, increasing, extras):
+    """A single float64 or complex row's backward runs a row path: every gradient against the reference's, the input
     gradient bit for bit the row's inside a larger batch (the lane tile), the twiddle gradient bit for bit that of a
     batch whose other rows are zero."""
+    if dtype == torch.complex64 and n < 64:
+        pytest.skip("complex64 rows take the row path from n = 64")
+    if extras == "real input" and not dtype.is_complex:
+        pytest.skip("a real input to complex twiddles")
     torch.manual_seed(n + nstacks)
-    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=torch.float64) / 2**0.5
+    conjugate = dtype.is_complex and not increasing
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=dtype) / 2**0.5
     in_size, out_size = (nstacks * n - 5, n - 3) if transpose else (n - 5, nstacks * n - 3)
-    x = torch.randn(6, in_size, dtype=torch.float64)
+    x = torch.randn(6, in_size, dtype=dtype.to_real() if extras == "real input" else dtype)
     in_perm = torch.randperm(in_size) if extras == "permuted+bias" else None
     out_perm = torch.randperm(out_size) if extras == "permuted+bias" else None
-    bias = torch.randn(out_size, dtype=torch.float64) if extras == "permuted+bias" else None
-    gy = torch.randn(1, out_size, 2, dtype=torch.float64)[..., 0] if extras == "strided gradient" else \
-        torch.randn(1, out_size, dtype=torch.float64)
+    bias = torch.randn(out_size, dtype=dtype) if extras == "permuted+bias" else None
+    gy = torch.randn(1, out_size, 2, dtype=dtype)[..., 0] if extras == "strided gradient" else \
+        torch.randn(1, out_size, dtype=dtype)
+    wide = {torch.float64: torch.float64, torch.complex64: torch.complex128, torch.complex128: torch.complex128}
 
     def gradients(rows, grad, multiply=fused_cpu.fused_butterfly_multiply):
-        tt, xx = t.clone().requires_grad_(), rows.clone().requires_grad_()
-        bb = None if bias is None else bias.clone().requires_grad_()
-        if multiply is fused_cpu.fused_butterfly_multiply:
-            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=False, bias=bb,
+        reference = multiply is butterfly_multiply_reference
+        cast = (lambda v: v.to(wide[v.dtype] if v.is_complex() else torch.float64)) if reference else (lambda v: v)
+        tt, xx = cast(t).requires_grad_(), cast(rows).requires_grad_()
+        bb = None if bias is None else cast(bias).requires_grad_()
+        if not reference:
+            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=conjugate, bias=bb,
                          in_perm=in_perm, out_perm=out_perm)
         else:  # the reference, permutations and bias applied around it
             xs = xx if in_perm is None else xx[:, in_perm]
-            y = multiply(tt, xs, increasing, out_size=out_size, transpose=transpose)
+            y = multiply(tt, xs, increasing, out_size=out_size, transpose=transpose, conjugate=conjugate)
             y = y if out_perm is None else y[:, out_perm]
             y = y if bb is None else y + bb
-        return torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), grad)
+        return torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), cast(grad))
 
     one = gradients(x[2:3], gy)
     for got, want in zip(one, gradients(x[2:3], gy, butterfly_multiply_reference), strict=True):
-        assert rel(got, want) < 1e-13
-    padded_gy = torch.zeros(6, out_size, dtype=torch.float64)
+        assert rel(got.to(want.dtype), want) < (1e-5 if dtype == torch.complex64 else 1e-13)
+    padded_gy = torch.zeros(6, out_size, dtype=dtype)
     padded_gy[2] = gy[0]
     assert torch.equal(one[1], gradients(x, padded_gy)[1][2:3])
     only_row = torch.zeros_like(x)
