@@ -821,11 +821,53 @@ inline void lanes_store_mapped(const T* __restrict buf, T* __restrict dst, int64
   }
 }
 
+// The four transfers between a call's tensors and a tile of rows [row0, row0 + rows) (or a single row: L = 1), over a
+// stack's columns [c0, c0 + count), each through the call's permutation where it has one (every tile and row path
+// uses these).
+// x's columns into the tile (a real x for complex twiddles read as x + 0i).
+template <typename T, int64_t L>
+inline void load_input(T* buf, const T* x, int64_t row0, int64_t rows, int64_t c0, int64_t count, const Plan& P) {
+  if (P.in_perm)
+    lanes_load_mapped<T, L>(buf, x, P.in_size, row0, rows, c0, count, P, P.in_perm,
+                            Strides{P.in_size * P.x_comps, P.x_comps, 1}, true, P.real_input);
+  else
+    lanes_load<T, L>(buf, x, P.in_size, row0, rows, c0, count, P, P.real_input);
+}
+// The tile into the output's columns (added to them where add), the bias added.
+template <typename T, int64_t L>
+inline void store_output(const T* buf, T* out, int64_t row0, int64_t rows, int64_t c0, int64_t count, bool add,
+                         const T* bias, const Plan& P) {
+  if (P.out_inv)
+    lanes_store_mapped<T, L>(buf, out, P.out_size, row0, rows, c0, count, add, P, P.out_inv, bias, false);
+  else
+    lanes_store<T, L>(buf, out, P.out_size, row0, rows, c0, count, add, P, bias);
+}
+// The incoming gradient's columns into the tile, read where they lie (strided or broadcast gradients too).
+template <typename T, int64_t L>
+inline void load_gradient(T* buf, const T* gy, int64_t row0, int64_t rows, int64_t c0, int64_t count, const Plan& P) {
+  if (P.out_inv)
+    lanes_load_mapped<T, L>(buf, gy, P.out_size, row0, rows, c0, count, P, P.out_inv,
+                            Strides{P.g_row, P.g_col, P.g_comp}, P.g_contiguous, false);
+  else if (P.g_contiguous)
+    lanes_load<T, L>(buf, gy, P.out_size, row0, rows, c0, count, P);
+  else
+    lanes_load_strided<T, L>(buf, gy, row0, rows, c0, count, P);
+}
+// The tile into the input gradient's columns (added to them where add; the real part only for a real x).
+template <typename T, int64_t L>
+inline void store_input_gradient(const T* buf, T* gx, int64_t row0, int64_t rows, int64_t c0, int64_t count,
+                                 bool add, const Plan& P) {
+  if (count == 0) return;
+  if (P.in_perm)
+    lanes_store_mapped<T, L>(buf, gx, P.in_size, row0, rows, c0, count, add, P, P.in_perm, nullptr, P.real_input);
+  else
+    lanes_store<T, L>(buf, gx, P.in_size, row0, rows, c0, count, add, P, nullptr, P.real_input);
+}
+
 template <typename T, int64_t L = kLanes>
 void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   const int64_t ntiles = (P.batch + L - 1) / L;
   const int64_t tile = P.n * P.comps * L;
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   at::parallel_for(0, ntiles, grain_for(P, L), [&](int64_t begin, int64_t end) {
     ThreadScratch<T, 0> scratch(tile);  // lanes_load writes all of it
     T* const buf = scratch.data();
@@ -836,17 +878,9 @@ void lanes_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P
         auto [oc0, ocount] = output_cols(P, k);
         if (ocount == 0) continue;
         const T* twk = tw + k * P.stack_size();
-        if (P.in_perm)
-          lanes_load_mapped<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
-                                  P.real_input);
-        else
-          lanes_load<T, L>(buf, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
+        load_input<T, L>(buf, x, row0, rows, ic0, icount, P);
         for (int64_t f = 0; f < P.F; ++f) lanes_factor<T, L>(buf, buf, twk, P, f);
-        if (P.out_inv)
-          lanes_store_mapped<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
-                                   bias, false);
-        else
-          lanes_store<T, L>(buf, out, P.out_size, row0, rows, oc0, ocount, P.sum_output && k > 0, P, bias);
+        store_output<T, L>(buf, out, row0, rows, oc0, ocount, P.sum_output && k > 0, bias, P);
       }
     }
   });
@@ -1046,7 +1080,6 @@ template <typename T>
 void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
   constexpr int64_t W = CVec<T>::W;
   const int64_t n = P.n;
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   ThreadScratch<T, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
   T* const buf = scratch.data();
@@ -1058,10 +1091,7 @@ void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
     auto [oc0, ocount] = output_cols(P, k);
     if (ocount == 0) continue;
     const T* twk = tw + k * P.stack_size();
-    if (P.in_perm)
-      lanes_load_mapped<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, P.real_input);
-    else
-      lanes_load<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.real_input);
+    load_input<T, 1>(buf, x, 0, 1, ic0, icount, P);
     bool transposed = false;  // the split row's layout
     for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
     for (int64_t f = 0; f < P.F; ++f) {
@@ -1070,11 +1100,7 @@ void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
     }
     row_layout<T, W>({re, im}, spare, n, transposed, false);
     for (int64_t p = 0; p < n; ++p) buf[2 * p] = re[p], buf[2 * p + 1] = im[p];
-    if (P.out_inv)
-      lanes_store_mapped<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv, bias,
-                               false);
-    else
-      lanes_store<T, 1>(buf, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+    store_output<T, 1>(buf, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
   }
 }
 
@@ -1086,7 +1112,6 @@ template <typename T>
 void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
   constexpr int64_t W = CVec<T>::W;
   const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   // the interleaved one-lane tile, every factor's split input, the split gradient, a transposing buffer
   ThreadScratch<T, 1> scratch(2 * n + F * 2 * n + 2 * n + n);
@@ -1103,10 +1128,7 @@ void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
     auto [oc0, ocount] = output_cols(P, k);
     const T* twk = tw + k * P.stack_size();
     T* gtwk = gtw + k * P.stack_size();
-    if (P.in_perm)
-      lanes_load_mapped<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, P.real_input);
-    else
-      lanes_load<T, 1>(buf, x, P.in_size, 0, 1, ic0, icount, P, P.real_input);
+    load_input<T, 1>(buf, x, 0, 1, ic0, icount, P);
     split(acts, acts + n);
     bool transposed = false;  // the layout of the factor inputs computed so far
     for (int64_t f = 0; f < P.F; ++f) {
@@ -1116,12 +1138,7 @@ void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
       std::copy_n(u, 2 * n, u + 2 * n);
       crow_factor(u + 2 * n, u + 3 * n, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
     }
-    if (P.out_inv)
-      lanes_load_mapped<T, 1>(buf, gy, P.out_size, 0, 1, oc0, ocount, P, P.out_inv, g_strides, P.g_contiguous, false);
-    else if (P.g_contiguous)
-      lanes_load<T, 1>(buf, gy, P.out_size, 0, 1, oc0, ocount, P);
-    else
-      lanes_load_strided<T, 1>(buf, gy, 0, 1, oc0, ocount, P);
+    load_gradient<T, 1>(buf, gy, 0, 1, oc0, ocount, P);
     split(gre, gim);
     if (gbias) {
       const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
@@ -1143,10 +1160,7 @@ void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
     row_layout<T, W>({gre, gim}, spare, n, g_transposed, false);
     for (int64_t p = 0; p < n; ++p) buf[2 * p] = gre[p], buf[2 * p + 1] = gim[p];
     const bool add_gx = !P.split_input && k > 0;
-    if (icount > 0 && P.in_perm)
-      lanes_store_mapped<T, 1>(buf, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, P.in_perm, nullptr, P.real_input);
-    else if (icount > 0)
-      lanes_store<T, 1>(buf, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, nullptr, P.real_input);
+    store_input_gradient<T, 1>(buf, gx, 0, 1, ic0, icount, add_gx, P);
   }
 }
 
@@ -1204,7 +1218,6 @@ inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && 
 // input mode, permutation, bias and output mode handled there).
 inline void rrow_forward(const double* tw, const double* x, const double* bias, double* out, const Plan& P) {
   const int64_t n = P.n;
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   ThreadScratch<double, 0> scratch(2 * n);  // the row, a transposing buffer
   double* const row = scratch.data();
@@ -1214,21 +1227,14 @@ inline void rrow_forward(const double* tw, const double* x, const double* bias, 
     auto [oc0, ocount] = output_cols(P, k);
     if (ocount == 0) continue;
     const double* twk = tw + k * P.stack_size();
-    if (P.in_perm)
-      lanes_load_mapped<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, false);
-    else
-      lanes_load<double, 1>(row, x, P.in_size, 0, 1, ic0, icount, P, false);
+    load_input<double, 1>(row, x, 0, 1, ic0, icount, P);
     bool transposed = false;
     for (int64_t f = 0; f < P.F; ++f) {
       row_layout<double, 4>({row}, spare, n, transposed, P.strides[f] < 4);
       rrow_factor(row, row, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
     row_layout<double, 4>({row}, spare, n, transposed, false);
-    if (P.out_inv)
-      lanes_store_mapped<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, P.out_inv,
-                                    bias, false);
-    else
-      lanes_store<double, 1>(row, out, P.out_size, 0, 1, oc0, ocount, P.sum_output && k > 0, P, bias);
+    store_output<double, 1>(row, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
   }
 }
 
@@ -1238,7 +1244,6 @@ inline void rrow_forward(const double* tw, const double* x, const double* bias, 
 inline void rrow_backward(const double* tw, const double* x, const double* gy, double* gx, double* gtw, double* gbias,
                           const Plan& P) {
   const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
   ThreadScratch<double, 1> scratch((F + 2) * n);  // the input of every factor, the gradient, a transposing buffer
   double* const acts = scratch.data();
@@ -1249,23 +1254,14 @@ inline void rrow_backward(const double* tw, const double* x, const double* gy, d
     auto [oc0, ocount] = output_cols(P, k);
     const double* twk = tw + k * P.stack_size();
     double* gtwk = gtw + k * P.stack_size();
-    if (P.in_perm)
-      lanes_load_mapped<double, 1>(acts, x, P.in_size, 0, 1, ic0, icount, P, P.in_perm, x_strides, true, false);
-    else
-      lanes_load<double, 1>(acts, x, P.in_size, 0, 1, ic0, icount, P, false);
+    load_input<double, 1>(acts, x, 0, 1, ic0, icount, P);
     bool transposed = false;  // the layout of the factor inputs computed so far
     for (int64_t f = 0; f < P.F; ++f) {
       double* u = acts + f * n;
       row_layout<double, 4>({u}, spare, n, transposed, P.strides[f] < 4);
       if (f + 1 < P.F) rrow_factor(u + n, u, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
-    if (P.out_inv)
-      lanes_load_mapped<double, 1>(g, gy, P.out_size, 0, 1, oc0, ocount, P, P.out_inv, g_strides, P.g_contiguous,
-                                   false);
-    else if (P.g_contiguous)
-      lanes_load<double, 1>(g, gy, P.out_size, 0, 1, oc0, ocount, P);
-    else
-      lanes_load_strided<double, 1>(g, gy, 0, 1, oc0, ocount, P);
+    load_gradient<double, 1>(g, gy, 0, 1, oc0, ocount, P);
     if (gbias) {
       const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
       if (bcount > 0) add_gradient_column_sums<double>(gbias + bc0, gy, 0, 1, bc0, bcount, P);
@@ -1283,10 +1279,7 @@ inline void rrow_backward(const double* tw, const double* x, const double* gy, d
     }
     row_layout<double, 4>({g}, spare, n, g_transposed, false);
     const bool add_gx = !P.split_input && k > 0;
-    if (icount > 0 && P.in_perm)
-      lanes_store_mapped<double, 1>(g, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, P.in_perm, nullptr, false);
-    else if (icount > 0)
-      lanes_store<double, 1>(g, gx, P.in_size, 0, 1, ic0, icount, add_gx, P, nullptr, false);
+    store_input_gradient<double, 1>(g, gx, 0, 1, ic0, icount, add_gx, P);
   }
 }
 #endif
@@ -1298,7 +1291,6 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
   const int64_t tile = P.n * P.comps * L;
   const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
   const int64_t grain = std::max<int64_t>(1, grain_for(P, L) / 4);
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
   chunked_reduce<T>(ntiles, min_groups_per_chunk(ntiles, 8), grain, acc_size, tw_size, gtw, gbias,
                     [&](int64_t begin, int64_t end, T* acc) {
     // the input of every factor, then the gradient (lanes_load and the factors write all of each tile used)
@@ -1312,31 +1304,17 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
         auto [oc0, ocount] = output_cols(P, k);
         const T* twk = tw + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
-        if (P.in_perm)
-          lanes_load_mapped<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
-                                  P.real_input);
-        else
-          lanes_load<T, L>(acts, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
+        load_input<T, L>(acts, x, row0, rows, ic0, icount, P);
         // factor f reads its input tile and writes the next one (out of place: no copy)
         for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
-        if (P.out_inv)
-          lanes_load_mapped<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P, P.out_inv, g_strides,
-                                  P.g_contiguous, false);
-        else if (P.g_contiguous)
-          lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
-        else
-          lanes_load_strided<T, L>(g, gy, row0, rows, oc0, ocount, P);
+        load_gradient<T, L>(g, gy, row0, rows, oc0, ocount, P);
         if (gbias) {
           const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
           if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
         }
         for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T, L>(g, acts + f * tile, twk, acck, P, f);
         const bool add_gx = !P.split_input && k > 0;
-        if (icount > 0 && P.in_perm)
-          lanes_store_mapped<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, P.in_perm, nullptr,
-                                   P.real_input);
-        else if (icount > 0)
-          lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, nullptr, P.real_input);
+        store_input_gradient<T, L>(g, gx, row0, rows, ic0, icount, add_gx, P);
       }
     }
   });
@@ -1525,7 +1503,6 @@ void lanes_backward_blocked(const T* tw, const T* x, const T* gy, T* gx, T* gtw,
   const int64_t ps = P.comps * L, tile = P.n * ps, sub = std::max(B.C, B.m) * ps;
   const int64_t acc_size = tw_size + (gbias ? P.out_size * P.comps : 0);
   const int64_t grain = std::max<int64_t>(1, grain_for(P, L) / 4);
-  const Strides x_strides{P.in_size * P.x_comps, P.x_comps, 1}, g_strides{P.g_row, P.g_col, P.g_comp};
   ThreadScratch<T, 5> blocked(2 * tw_size);  // the twiddles, their gradient (both in the blocked layout)
   T* const twb = blocked.data();
   T* const gtwb = twb + tw_size;
@@ -1548,22 +1525,12 @@ void lanes_backward_blocked(const T* tw, const T* x, const T* gy, T* gx, T* gtw,
         auto [oc0, ocount] = output_cols(P, k);
         const T* twk = twb + k * P.stack_size();
         T* acck = acc + k * P.stack_size();
-        if (P.in_perm)
-          lanes_load_mapped<T, L>(inputs, x, P.in_size, row0, rows, ic0, icount, P, P.in_perm, x_strides, true,
-                                  P.real_input);
-        else
-          lanes_load<T, L>(inputs, x, P.in_size, row0, rows, ic0, icount, P, P.real_input);
+        load_input<T, L>(inputs, x, row0, rows, ic0, icount, P);
         for (int64_t q = 0; q + 1 < B.phases(); ++q) {
           std::copy_n(inputs + q * tile, tile, inputs + (q + 1) * tile);
           blocked_phase_forward<T, L>(inputs + (q + 1) * tile, acts, twk, P, B, q);
         }
-        if (P.out_inv)
-          lanes_load_mapped<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P, P.out_inv, g_strides,
-                                  P.g_contiguous, false);
-        else if (P.g_contiguous)
-          lanes_load<T, L>(g, gy, P.out_size, row0, rows, oc0, ocount, P);
-        else
-          lanes_load_strided<T, L>(g, gy, row0, rows, oc0, ocount, P);
+        load_gradient<T, L>(g, gy, row0, rows, oc0, ocount, P);
         if (gbias) {
           const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
           if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
@@ -1571,11 +1538,7 @@ void lanes_backward_blocked(const T* tw, const T* x, const T* gy, T* gx, T* gtw,
         for (int64_t q = B.phases() - 1; q >= 0; --q)
           blocked_phase_backward<T, L>(inputs + q * tile, g, acts, us, gs, twk, acck, P, B, q);
         const bool add_gx = !P.split_input && k > 0;
-        if (icount > 0 && P.in_perm)
-          lanes_store_mapped<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, P.in_perm, nullptr,
-                                   P.real_input);
-        else if (icount > 0)
-          lanes_store<T, L>(g, gx, P.in_size, row0, rows, ic0, icount, add_gx, P, nullptr, P.real_input);
+        store_input_gradient<T, L>(g, gx, row0, rows, ic0, icount, add_gx, P);
       }
     }
   });
