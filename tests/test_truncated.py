@@ -340,6 +340,30 @@ def test_replace_linear_passes_layer_options():
     assert model[0].nblocks == 2 and model[0].init == "ortho"
 
 
+@pytest.mark.parametrize("kind", ["butterfly", "truncated"])
+def test_replace_linear_keeps_eval_mode_and_works_on_the_meta_device(kind):
+    model = nn.Sequential(nn.Linear(64, 64), nn.Dropout(0.5), nn.Linear(64, 64)).eval()
+    replace_linear(model, kind)
+    assert not any(m.training for m in model.modules())  # a model in eval mode stays so: no module switched back
+    with torch.device("meta"):
+        meta = replace_linear(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)), kind)
+    assert all(p.is_meta for p in meta.parameters())
+    meta.to_empty(device="cpu")
+    torch.manual_seed(0)
+    meta.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    torch.manual_seed(0)
+    cpu = replace_linear(nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)), kind)
+    torch.manual_seed(0)
+    cpu.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(meta(x), cpu(x), rtol=0, atol=0)
+    with torch.device("meta"):
+        frozen = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with pytest.raises(ValueError, match="init_from_dense needs the dense weights' values, but 0 is on the meta"):
+        replace_linear(frozen, kind, init_from_dense=True)
+    assert type(frozen[0]) is nn.Linear and type(frozen[2]) is nn.Linear  # nothing replaced
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 

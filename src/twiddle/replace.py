@@ -120,7 +120,10 @@ def replace_linear(
     and ``nn.TransformerEncoder`` modules whose feed-forward layers are replaced, torch's fused inference path
     (which reads ``linear1.weight``) is switched off, so that they run in eval mode as in training.
 
-    The new layers take the replaced layer's device and dtype. Parameter counts: compare
+    The new layers take the replaced layer's device, dtype and training mode (``eval()`` stays in force); their
+    parameters are trainable whether or not the replaced layer's were (freeze them again with ``requires_grad_``
+    where that is wanted). On the meta device (``with torch.device("meta")``) the new layers are made on meta as well;
+    ``to_empty()`` and their ``reset_parameters()`` then initialize them. Parameter counts: compare
     ``sum(p.numel() for p in model.parameters())`` before and after, or pass ``verbose=True``.
     """
     if kind not in REPLACEMENT_KINDS:
@@ -146,6 +149,14 @@ def replace_linear(
             if filter is None or filter(name, module):
                 targets.append((name, module))
         places[id(module)].append(name)
+    if init_from_dense:  # refuse before replacing anything: a model is not left half replaced
+        for name, linear in targets:
+            if linear.weight.is_meta:
+                raise ValueError(
+                    f"init_from_dense needs the dense weights' values, but {name or 'the model'} is on the meta "
+                    "device; load its weights first, or replace without init_from_dense and, after to_empty(), call "
+                    "reset_parameters() on the new layers"
+                )
     log: list[str] = []
     replacement_root: nn.Module | None = None
     replaced = 0
@@ -162,6 +173,7 @@ def replace_linear(
             continue
         if init_from_dense:
             _init_from_dense_(new, linear, polish_steps)
+        new.train(linear.training)
         log.append(f"{label} -> {type(new).__name__} {new_params} parameters")
         replaced += 1
         if name == "":
