@@ -144,6 +144,23 @@ def test_bad_matrix_inputs_are_named(tmp_path):
             load_matrix(value)
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (40, 50)])
+def test_a_real_matrix_found_through_a_lift_maps_complex_inputs_linearly(shape):
+    """The module of a real matrix fitted by the real part of a complex butterfly (a lift) applies the real matrix to
+    complex inputs too: M x.real + i M x.imag, not the real part of the complex product (which mixed them)."""
+    M = target_matrix("dct", 64)[: shape[0], : shape[1]]
+    result = factorize(M, size=64)
+    assert result.module.real_output
+    dense = result.module.to_dense()  # the real matrix the module computes (M itself where the fit is exact)
+    assert not dense.is_complex() and dense.shape == shape
+    if shape == (64, 64):
+        torch.testing.assert_close(dense, M, rtol=0, atol=1e-12)
+    x = torch.randn(3, shape[1], dtype=torch.complex128)
+    torch.testing.assert_close(result.module(x), x @ dense.T.to(x.dtype), rtol=0, atol=1e-12)
+    real = torch.randn(3, shape[1], dtype=torch.float64)
+    torch.testing.assert_close(result.module(real), real @ dense.T, rtol=0, atol=1e-12)
+
+
 def test_result_fields_module_and_summary():
     result = factorize(target_matrix("dft", 16))
     assert result.params == 4 * 8 * 4

@@ -29,7 +29,9 @@ class PermutedButterfly(NotScriptable, nn.Module):
         in_features, out_features: the sizes of a factored ``out × in`` matrix that was zero-padded to ``n × n``
             (default ``n``): the input is zero-padded to ``n`` and the first ``out_features`` outputs are kept.
 
-    Shapes: ``(..., in_features) -> (..., out_features)``; runs on the fast butterfly kernel, each stage one call
+    Shapes: ``(..., in_features) -> (..., out_features)``; with ``real_output`` a complex input gives
+    ``M x.real + i M x.imag`` (``M`` the real matrix), as the real transforms do; runs on the fast butterfly kernel,
+    each stage one call
     (the kernel gathers ``x[..., perm]`` as it reads its input; see :mod:`twiddle._fusion`).
     """
 
@@ -76,6 +78,10 @@ class PermutedButterfly(NotScriptable, nn.Module):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"PermutedButterfly expected input with last dimension in_features={self.in_features}, "
                              f"got shape {tuple(x.shape)}")
+        if self.real_output and x.is_complex():
+            # the matrix is the real part of the butterflies' product: applied to x.real and x.imag apart (taking
+            # the real part of the product applied to a complex x would mix them)
+            return torch.complex(self.forward(x.real), self.forward(x.imag))
         if self.in_features < n:
             x = nn.functional.pad(x, (0, n - self.in_features))
         # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first
