@@ -388,34 +388,37 @@ def test_the_row_paths_for_one_row(dtype, n, nstacks, nblocks, transpose, conjug
     assert rel(one.to(xs.dtype), want) < TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64, torch.complex128])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64, torch.complex128])
 @pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing", [
     (16, 1, 1, False, True),  # the float64 and complex128 row paths' smallest size
-    (64, 1, 1, False, False),  # complex64's smallest
+    (64, 1, 1, False, False),  # float32's and complex64's smallest
     (128, 2, 2, False, False),
     (1024, 1, 1, True, True),
     (256, 3, 1, True, False),
 ])
 @pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient", "real input"])
 def test_the_row_paths_backward(dtype, n, nstacks, nblocks, transpose, increasing, extras):
-    """A single float64 or complex row's backward runs a row path: every gradient against the reference's, the input
-    gradient bit for bit the row's inside a larger batch (the lane tile), the twiddle gradient bit for bit that of a
-    batch whose other rows are zero."""
-    if dtype == torch.complex64 and n < 64:
-        pytest.skip("complex64 rows take the row path from n = 64")
+    """A single row's backward runs a row path (float64, float32, complex): every gradient against the reference's,
+    the input gradient bit for bit the row's inside a larger batch (the lane tile; 12 rows for float32, whose
+    batches of up to 8 rows take other row code), the twiddle gradient bit for bit that of a batch whose other rows
+    are zero."""
+    if dtype in (torch.complex64, torch.float32) and n < 64:
+        pytest.skip("single-precision rows take the row path from n = 64")
     if extras == "real input" and not dtype.is_complex:
         pytest.skip("a real input to complex twiddles")
     torch.manual_seed(n + nstacks)
     conjugate = dtype.is_complex and not increasing
     t = torch.randn(twiddle_shape(nstacks, nblocks, n), dtype=dtype) / 2**0.5
     in_size, out_size = (nstacks * n - 5, n - 3) if transpose else (n - 5, nstacks * n - 3)
-    x = torch.randn(6, in_size, dtype=dtype.to_real() if extras == "real input" else dtype)
+    batch = 12 if dtype == torch.float32 else 6
+    x = torch.randn(batch, in_size, dtype=dtype.to_real() if extras == "real input" else dtype)
     in_perm = torch.randperm(in_size) if extras == "permuted+bias" else None
     out_perm = torch.randperm(out_size) if extras == "permuted+bias" else None
     bias = torch.randn(out_size, dtype=dtype) if extras == "permuted+bias" else None
     gy = torch.randn(1, out_size, 2, dtype=dtype)[..., 0] if extras == "strided gradient" else \
         torch.randn(1, out_size, dtype=dtype)
-    wide = {torch.float64: torch.float64, torch.complex64: torch.complex128, torch.complex128: torch.complex128}
+    wide = {torch.float64: torch.float64, torch.float32: torch.float64, torch.complex64: torch.complex128,
+            torch.complex128: torch.complex128}
 
     def gradients(rows, grad, multiply=fused_cpu.fused_butterfly_multiply):
         reference = multiply is butterfly_multiply_reference
@@ -434,8 +437,8 @@ def test_the_row_paths_backward(dtype, n, nstacks, nblocks, transpose, increasin
 
     one = gradients(x[2:3], gy)
     for got, want in zip(one, gradients(x[2:3], gy, butterfly_multiply_reference), strict=True):
-        assert rel(got.to(want.dtype), want) < (1e-5 if dtype == torch.complex64 else 1e-13)
-    padded_gy = torch.zeros(6, out_size, dtype=dtype)
+        assert rel(got.to(want.dtype), want) < (1e-5 if dtype in (torch.complex64, torch.float32) else 1e-13)
+    padded_gy = torch.zeros(batch, out_size, dtype=dtype)
     padded_gy[2] = gy[0]
     assert torch.equal(one[1], gradients(x, padded_gy)[1][2:3])
     only_row = torch.zeros_like(x)

@@ -926,6 +926,31 @@ struct CVec<float> {
   static V fmsub(V a, V b, V c) { return _mm256_fmsub_ps(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   static V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  // real twiddles: col[e] = number e of 8 blocks, block j's 4 numbers at tw + 4 (i0 + j step)
+  static void entries4(const float* tw, int64_t i0, int64_t step, V col[4]) {
+    __m128 lo[4], hi[4];
+    for (int64_t j = 0; j < 4; ++j) {
+      lo[j] = _mm_loadu_ps(tw + 4 * (i0 + j * step));
+      hi[j] = _mm_loadu_ps(tw + 4 * (i0 + (j + 4) * step));
+    }
+    _MM_TRANSPOSE4_PS(lo[0], lo[1], lo[2], lo[3]);
+    _MM_TRANSPOSE4_PS(hi[0], hi[1], hi[2], hi[3]);
+    for (int64_t e = 0; e < 4; ++e) col[e] = _mm256_set_m128(hi[e], lo[e]);
+  }
+  // the inverse, added: block j's 4 numbers at d + 4 (i0 + j step) += number e of block j, sums[e][j]
+  static void add_entries4(const V sums[4], float* d, int64_t i0, int64_t step) {
+    __m128 lo[4], hi[4];
+    for (int64_t e = 0; e < 4; ++e) lo[e] = _mm256_castps256_ps128(sums[e]), hi[e] = _mm256_extractf128_ps(sums[e], 1);
+    _MM_TRANSPOSE4_PS(lo[0], lo[1], lo[2], lo[3]);
+    _MM_TRANSPOSE4_PS(hi[0], hi[1], hi[2], hi[3]);
+    for (int64_t j = 0; j < 4; ++j) {
+      float* a = d + 4 * (i0 + j * step);
+      float* b = d + 4 * (i0 + (j + 4) * step);
+      _mm_storeu_ps(a, _mm_add_ps(_mm_loadu_ps(a), lo[j]));
+      _mm_storeu_ps(b, _mm_add_ps(_mm_loadu_ps(b), hi[j]));
+    }
+  }
   // col[e] = raw number e of 8 blocks, block j's numbers at tw + 8 (i0 + j step)
   static void entries(const float* tw, int64_t i0, int64_t step, V col[8]) { transpose8(tw + 8 * i0, 8 * step, col); }
   // the inverse: block j's 8 numbers at d + 8 (i0 + j step) += number e of block j, sums[e][j]
@@ -949,6 +974,17 @@ struct CVec<double> {
   static V fmsub(V a, V b, V c) { return _mm256_fmsub_pd(a, b, c); }
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
   static V neg(V a) { return _mm256_xor_pd(a, _mm256_set1_pd(-0.0)); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  // real twiddles: col[e] = number e of 4 blocks, block j's 4 numbers at tw + 4 (i0 + j step)
+  static void entries4(const double* tw, int64_t i0, int64_t step, V col[4]) { transpose4(tw + 4 * i0, 4 * step, col); }
+  static void add_entries4(const V sums[4], double* d, int64_t i0, int64_t step) {
+    V rows[4];  // block j's 4 numbers
+    transpose4(sums[0], sums[1], sums[2], sums[3], rows);
+    for (int64_t j = 0; j < 4; ++j) {
+      double* b = d + 4 * (i0 + j * step);
+      store(b, _mm256_add_pd(load(b), rows[j]));
+    }
+  }
   // col[e] = raw number e of 4 blocks: two 4 x 4 transposes (numbers 0-3, then 4-7)
   static void entries(const double* tw, int64_t i0, int64_t step, V col[8]) {
     transpose4(tw + 8 * i0, 8 * step, col);
@@ -1164,122 +1200,133 @@ void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
   }
 }
 
-// ------------------------------------------------------------------------------------------------ float64 rows
-// Real forward of a single float64 row (batch 1, where the narrowest lane tile, 4 lanes, computes three lanes of
-// padding): as the complex row path, 4 blocks per vector with their twiddles transposed from the user's layout
-// (4 blocks x 4 numbers) in registers, strides below 4 on the row held transposed (4 x n / 4). Each block's
-// arithmetic is the lane tile's (lanes_factor_real), so the result is bit for bit the same. Needs n >= 16.
-// (float32 rows have their own row code, below.)
+// ------------------------------------------------------------------------------------------------ real rows
+// A single real row (batch 1, where the narrowest lane tile, 4 lanes, computes three lanes of padding), float64
+// forward and backward, float32 backward (its forward on this path was slower than the row code's, which fuses
+// factors in registers: n = 16384 97 against 81 us, 1 thread): as the complex row path, W blocks per vector (4 doubles, 8 floats) with
+// their twiddles transposed from the user's layout (W blocks x 4 numbers) in registers, strides below W on the row
+// held transposed (W x n / W). Each block's arithmetic is the lane tile's (lanes_factor_real and its backward), so
+// the results are bit for bit the same. Needs n >= W^2. (The float32 forward of small batches has its own row code,
+// below, which also serves one row; its backward converts the twiddles to and from a vector-friendly layout on every
+// call, most of a single row's time: backward op, 1 thread, float32 batch 1, n = 1024 26 -> 20 us, n = 4096 104 ->
+// 73 us, n = 16384 598 -> 306 us on this path.)
 
-// (dp, dq) <- T (sp, sq) on 4 blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < 4
+// (dp, dq) <- T (sp, sq) on W blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < W
 // (d == s: in place).
-TWIDDLE_INLINE void rrow_apply(const double* tw, int64_t i0, int64_t step, int eb, int ec, const double* sp,
-                               const double* sq, double* dp, double* dq) {
-  __m256d col[4];
-  transpose4(tw + 4 * i0, 4 * step, col);
-  const __m256d u = _mm256_loadu_pd(sp), v = _mm256_loadu_pd(sq);
-  _mm256_storeu_pd(dp, _mm256_fmadd_pd(col[0], u, _mm256_mul_pd(col[eb], v)));
-  _mm256_storeu_pd(dq, _mm256_fmadd_pd(col[ec], u, _mm256_mul_pd(col[3], v)));
+template <typename T>
+TWIDDLE_INLINE void rrow_apply(const T* tw, int64_t i0, int64_t step, int eb, int ec, const T* sp, const T* sq, T* dp,
+                               T* dq) {
+  using O = CVec<T>;
+  typename O::V col[4];
+  O::entries4(tw, i0, step, col);
+  const auto u = O::load(sp), v = O::load(sq);
+  O::store(dp, O::fmadd(col[0], u, O::mul(col[eb], v)));
+  O::store(dq, O::fmadd(col[ec], u, O::mul(col[3], v)));
 }
 
-// Backward through the same 4 blocks: (gp, gq) <- T^T (gp, gq), and the blocks' raw twiddle gradients (at
+// Backward through the same W blocks: (gp, gq) <- T^T (gp, gq), and the blocks' raw twiddle gradients (at
 // dtw + 4 (i0 + j step)) += g u^T, u = (up, uq) the blocks' input.
-TWIDDLE_INLINE void rrow_apply_backward(const double* tw, double* dtw, int64_t i0, int64_t step, int eb, int ec,
-                                        double* gp, double* gq, const double* up, const double* uq) {
-  __m256d col[4];
-  transpose4(tw + 4 * i0, 4 * step, col);
-  const __m256d g0 = _mm256_loadu_pd(gp), g1 = _mm256_loadu_pd(gq);
-  const __m256d x0 = _mm256_loadu_pd(up), x1 = _mm256_loadu_pd(uq);
-  __m256d sums[4];  // entry e of the 4 blocks' gradients
-  sums[0] = _mm256_mul_pd(g0, x0);
-  sums[eb] = _mm256_mul_pd(g0, x1);
-  sums[ec] = _mm256_mul_pd(g1, x0);
-  sums[3] = _mm256_mul_pd(g1, x1);
-  _mm256_storeu_pd(gp, _mm256_fmadd_pd(col[0], g0, _mm256_mul_pd(col[ec], g1)));
-  _mm256_storeu_pd(gq, _mm256_fmadd_pd(col[eb], g0, _mm256_mul_pd(col[3], g1)));
-  __m256d rows[4];  // block j's 4 entries
-  transpose4(sums[0], sums[1], sums[2], sums[3], rows);
-  for (int64_t j = 0; j < 4; ++j) {
-    double* d = dtw + 4 * (i0 + j * step);
-    _mm256_storeu_pd(d, _mm256_add_pd(_mm256_loadu_pd(d), rows[j]));
-  }
+template <typename T>
+TWIDDLE_INLINE void rrow_apply_backward(const T* tw, T* dtw, int64_t i0, int64_t step, int eb, int ec, T* gp, T* gq,
+                                        const T* up, const T* uq) {
+  using O = CVec<T>;
+  typename O::V col[4];
+  O::entries4(tw, i0, step, col);
+  const auto g0 = O::load(gp), g1 = O::load(gq);
+  const auto x0 = O::load(up), x1 = O::load(uq);
+  typename O::V sums[4];  // entry e of the W blocks' gradients
+  sums[0] = O::mul(g0, x0);
+  sums[eb] = O::mul(g0, x1);
+  sums[ec] = O::mul(g1, x0);
+  sums[3] = O::mul(g1, x1);
+  O::store(gp, O::fmadd(col[0], g0, O::mul(col[ec], g1)));
+  O::store(gq, O::fmadd(col[eb], g0, O::mul(col[3], g1)));
+  O::add_entries4(sums, dtw, i0, step);
 }
 
 // One factor (stride s, raw twiddles twf): dst = factor(src) on a row of n numbers (dst == src: in place).
-inline void rrow_factor(double* dst, const double* src, const double* twf, int64_t n, int64_t s, int eb, int ec) {
-  row_blocks<4>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+template <typename T>
+inline void rrow_factor(T* dst, const T* src, const T* twf, int64_t n, int64_t s, int eb, int ec) {
+  row_blocks<CVec<T>::W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
     rrow_apply(twf, i0, step, eb, ec, src + p, src + q, dst + p, dst + q);
   });
 }
 
-inline bool use_real_rows(const Plan& P) { return !P.complex && P.batch == 1 && P.n >= 16; }
+template <typename T>
+inline bool use_real_rows(const Plan& P) {
+  constexpr int64_t W = CVec<T>::W;
+  return !P.complex && P.batch == 1 && P.n >= W * W;
+}
 
-// The forward of one float64 row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
+// The forward of one real row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
 // input mode, permutation, bias and output mode handled there).
-inline void rrow_forward(const double* tw, const double* x, const double* bias, double* out, const Plan& P) {
+template <typename T>
+void rrow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
+  constexpr int64_t W = CVec<T>::W;
   const int64_t n = P.n;
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<double, 0> scratch(2 * n);  // the row, a transposing buffer
-  double* const row = scratch.data();
-  double* const spare = row + n;
+  ThreadScratch<T, 0> scratch(2 * n);  // the row, a transposing buffer
+  T* const row = scratch.data();
+  T* const spare = row + n;
   for (int64_t k = 0; k < P.nstacks; ++k) {
     auto [ic0, icount] = input_cols(P, k);
     auto [oc0, ocount] = output_cols(P, k);
     if (ocount == 0) continue;
-    const double* twk = tw + k * P.stack_size();
-    load_input<double, 1>(row, x, 0, 1, ic0, icount, P);
+    const T* twk = tw + k * P.stack_size();
+    load_input<T, 1>(row, x, 0, 1, ic0, icount, P);
     bool transposed = false;
     for (int64_t f = 0; f < P.F; ++f) {
-      row_layout<double, 4>({row}, spare, n, transposed, P.strides[f] < 4);
+      row_layout<T, W>({row}, spare, n, transposed, P.strides[f] < W);
       rrow_factor(row, row, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
-    row_layout<double, 4>({row}, spare, n, transposed, false);
-    store_output<double, 1>(row, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
+    row_layout<T, W>({row}, spare, n, transposed, false);
+    store_output<T, 1>(row, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
   }
 }
 
-// The backward of one float64 row (use_real_rows(P)), as lanes_backward's with a one-lane tile: every factor's input
+// The backward of one real row (use_real_rows(P)), as lanes_backward's with a one-lane tile: every factor's input
 // recomputed in the layout that factor works on, then the gradient taken back through the factors. gtw and gbias
 // (nullable) are zero-filled and get the row's gradients directly (one row: nothing to reduce across chunks).
-inline void rrow_backward(const double* tw, const double* x, const double* gy, double* gx, double* gtw, double* gbias,
-                          const Plan& P) {
+template <typename T>
+void rrow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
+  constexpr int64_t W = CVec<T>::W;
   const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<double, 1> scratch((F + 2) * n);  // the input of every factor, the gradient, a transposing buffer
-  double* const acts = scratch.data();
-  double* const g = acts + F * n;
-  double* const spare = g + n;
+  ThreadScratch<T, 1> scratch((F + 2) * n);  // the input of every factor, the gradient, a transposing buffer
+  T* const acts = scratch.data();
+  T* const g = acts + F * n;
+  T* const spare = g + n;
   for (int64_t k = 0; k < P.nstacks; ++k) {
     auto [ic0, icount] = input_cols(P, k);
     auto [oc0, ocount] = output_cols(P, k);
-    const double* twk = tw + k * P.stack_size();
-    double* gtwk = gtw + k * P.stack_size();
-    load_input<double, 1>(acts, x, 0, 1, ic0, icount, P);
+    const T* twk = tw + k * P.stack_size();
+    T* gtwk = gtw + k * P.stack_size();
+    load_input<T, 1>(acts, x, 0, 1, ic0, icount, P);
     bool transposed = false;  // the layout of the factor inputs computed so far
     for (int64_t f = 0; f < P.F; ++f) {
-      double* u = acts + f * n;
-      row_layout<double, 4>({u}, spare, n, transposed, P.strides[f] < 4);
+      T* u = acts + f * n;
+      row_layout<T, W>({u}, spare, n, transposed, P.strides[f] < W);
       if (f + 1 < P.F) rrow_factor(u + n, u, twk + P.offsets[f], n, P.strides[f], eb, ec);
     }
-    load_gradient<double, 1>(g, gy, 0, 1, oc0, ocount, P);
+    load_gradient<T, 1>(g, gy, 0, 1, oc0, ocount, P);
     if (gbias) {
       const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-      if (bcount > 0) add_gradient_column_sums<double>(gbias + bc0, gy, 0, 1, bc0, bcount, P);
+      if (bcount > 0) add_gradient_column_sums<T>(gbias + bc0, gy, 0, 1, bc0, bcount, P);
     }
     bool g_transposed = false;
     for (int64_t f = P.F - 1; f >= 0; --f) {
       const int64_t s = P.strides[f];
-      row_layout<double, 4>({g}, spare, n, g_transposed, s < 4);
-      const double* u = acts + f * n;
-      const double* twf = twk + P.offsets[f];
-      double* dtwf = gtwk + P.offsets[f];
-      row_blocks<4>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+      row_layout<T, W>({g}, spare, n, g_transposed, s < W);
+      const T* u = acts + f * n;
+      const T* twf = twk + P.offsets[f];
+      T* dtwf = gtwk + P.offsets[f];
+      row_blocks<W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
         rrow_apply_backward(twf, dtwf, i0, step, eb, ec, g + p, g + q, u + p, u + q);
       });
     }
-    row_layout<double, 4>({g}, spare, n, g_transposed, false);
+    row_layout<T, W>({g}, spare, n, g_transposed, false);
     const bool add_gx = !P.split_input && k > 0;
-    store_input_gradient<double, 1>(g, gx, 0, 1, ic0, icount, add_gx, P);
+    store_input_gradient<T, 1>(g, gx, 0, 1, ic0, icount, add_gx, P);
   }
 }
 #endif
@@ -2355,7 +2402,7 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
 #if defined(TWIDDLE_SINGLE_ROWS)
   if (use_complex_rows<T>(P)) return crow_forward<T>(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 14 us
   if constexpr (std::is_same_v<T, double>) {
-    if (use_real_rows(P)) return rrow_forward(tw, x, bias, out, P);
+    if (use_real_rows<T>(P)) return rrow_forward<T>(tw, x, bias, out, P);
   }
 #endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
@@ -2367,9 +2414,15 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
 template <typename T>
 void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
   const int64_t tw_size = P.nstacks * P.stack_size();
+#if defined(TWIDDLE_SINGLE_ROWS)
+  const bool single_row = use_complex_rows<T>(P) || use_real_rows<T>(P);  // the row paths below
+#else
+  const bool single_row = false;
+#endif
 #if defined(TWIDDLE_HAVE_ROWS)
   if constexpr (std::is_same_v<T, float>) {
-    if (use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, gbias, P);  // writes every entry of gtw, gbias
+    // writes every entry of gtw, gbias
+    if (!single_row && use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, gbias, P);
   }
 #endif
   std::fill(gtw, gtw + tw_size, T(0));
@@ -2379,9 +2432,7 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
   // the AVX2 16-lane backward's joint reductions (complex64 n = 1024 batch 8: 180 -> 200 us).
 #if defined(TWIDDLE_SINGLE_ROWS)
   if (use_complex_rows<T>(P)) return crow_backward<T>(tw, x, gy, gx, gtw, gbias, P);  // complex64 n = 1024: see above
-  if constexpr (std::is_same_v<T, double>) {
-    if (use_real_rows(P)) return rrow_backward(tw, x, gy, gx, gtw, gbias, P);
-  }
+  if (use_real_rows<T>(P)) return rrow_backward<T>(tw, x, gy, gx, gtw, gbias, P);
 #endif
   if (P.batch <= 4) return tiles_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
   if (P.batch <= 8 && std::is_same_v<T, double>) return tiles_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
