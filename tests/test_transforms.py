@@ -212,6 +212,57 @@ def test_conv2d_circular_matches_nn_conv2d(shape, cin, cout, kernel, padding, di
     )
 
 
+@pytest.mark.parametrize(("n", "cin", "cout", "k", "padding", "dilation", "stride"), [
+    (16, 1, 1, 3, 1, 1, 2),
+    (13, 2, 3, 4, "valid", 1, 3),
+    (100, 3, 2, 5, 2, 2, 4),
+    (64, 2, 2, 3, 0, 1, 64),  # one output
+    (9, 1, 2, 9, 4, 1, 2),
+])
+def test_strided_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dilation, stride):
+    conv = nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, padding_mode="circular",
+                     dtype=torch.float64)
+    x = torch.randn(2, cin, n, dtype=torch.float64)
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    check_both_dtypes(
+        lambda dtype: transforms.conv1d_circular(
+            conv.weight, n, conv.bias, padding=padding, dilation=dilation, stride=stride, dtype=dtype
+        ),
+        x.numpy(),
+        ref,
+    )
+
+
+@pytest.mark.parametrize(("shape", "kernel", "padding", "dilation", "stride"), [
+    ((8, 8), (3, 3), 1, 1, 2),
+    ((16, 9), (5, 3), (2, 0), (1, 2), (3, 2)),
+    ((13, 32), (4, 4), "valid", 1, (1, 5)),
+])
+def test_strided_conv2d_circular_matches_nn_conv2d(shape, kernel, padding, dilation, stride):
+    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, dilation=dilation, padding_mode="circular",
+                     dtype=torch.float64)
+    x = torch.randn(2, 2, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    check_both_dtypes(
+        lambda dtype: transforms.conv2d_circular(
+            conv.weight, shape, conv.bias, padding=padding, dilation=dilation, stride=stride, dtype=dtype
+        ),
+        x.numpy(),
+        ref,
+    )
+
+
+def test_strided_same_padding_is_refused_as_in_pytorch():
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        transforms.conv1d_circular(torch.randn(1, 1, 3), 8, stride=2)
+    with pytest.raises(ValueError, match="padding='same' needs stride 1"):
+        transforms.conv2d_circular(torch.randn(1, 1, 3, 3), 8, padding=("same", "same"), stride=(1, 2))
+    with pytest.raises(ValueError, match="stride must be a positive integer"):
+        transforms.conv1d_circular(torch.randn(1, 1, 3), 8, padding=1, stride=0)
+
+
 def test_conv1d_accepts_unbatched_input_like_nn_conv1d():
     conv = nn.Conv1d(2, 3, 3, padding="same", padding_mode="circular", dtype=torch.float64)
     module = transforms.conv1d_circular(conv.weight, 10, conv.bias, dtype=torch.float64)

@@ -173,6 +173,14 @@ def _conv_geometry(n: int, k: int, padding: object, dilation: int, axis: str) ->
     return padding, out_len
 
 
+def _check_stride(stride: object, padding: object, name: str) -> int:
+    """A positive int stride; padding ``"same"`` needs 1 (as ``nn.Conv1d`` / ``nn.Conv2d``)."""
+    stride = positive_int(stride, name)
+    if stride > 1 and padding == "same":
+        raise ValueError(f"padding='same' needs {name} 1 (as in nn.Conv1d / nn.Conv2d), got {stride}")
+    return stride
+
+
 def _circular_column(weights: torch.Tensor, n: int, left: int, dilation: int) -> torch.Tensor:
     """``(..., k) -> (..., n)``: the first column of the circulant with ``y[t] = Σ_j w[j] x[(t + j·dil - left) mod
     n]``, i.e. ``c[(left - j·dil) mod n] += w[j]``."""
@@ -223,13 +231,14 @@ def conv1d_circular(
     *,
     padding: int | str = "same",
     dilation: int = 1,
+    stride: int = 1,
     trainable: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
     """A circular 1-D convolution on inputs of length ``n``, matching
-    ``nn.Conv1d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
-    padding_mode="circular")`` with its ``weight`` and ``bias`` (stride 1, groups 1).
+    ``nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+    padding_mode="circular")`` with its ``weight`` and ``bias`` (groups 1).
 
     Single channel (``weight`` of shape ``(1, 1, k)``): one kaleidoscope butterfly. Several channels: one forward
     DFT butterfly per input channel, per-frequency channel mixing (``out × in × m`` complex numbers), one inverse
@@ -241,7 +250,8 @@ def conv1d_circular(
         bias: ``(out_channels,)`` or None.
         padding: ``"same"`` (output length ``n``), ``"valid"`` or an int ``p ≤ n`` (output length
             ``n + 2p - dilation·(k-1)``).
-        dilation: kernel dilation. trainable: learnable twiddles, mixing weights and bias.
+        dilation: kernel dilation. stride: keep every ``stride``-th output (``padding="same"`` needs stride 1, as
+            in PyTorch; output length ``⌈n_out / stride⌉``). trainable: learnable twiddles, mixing weights and bias.
 
     Shapes: ``(..., in_channels, n) -> (..., out_channels, n_out)`` real.
     """
@@ -249,6 +259,7 @@ def conv1d_circular(
     w = _check_weight(weight, 1)
     out_ch, in_ch, k = w.shape
     b = _check_bias(bias, out_ch)
+    stride = _check_stride(stride, padding, "stride")
     left, out_len = _conv_geometry(n, k, padding, positive_int(dilation, "dilation"), "")
     dtype = real_dtype(dtype)
     cols = _circular_column(w, n, left, dilation)  # (out, in, n)
@@ -258,11 +269,12 @@ def conv1d_circular(
         m = _spectral_size(n)
         steps = _spectral_steps([m], [n], _embed_axis(cols, n, m, -1), dtype, device)
     steps.append(_RealPart())
-    if out_len != n:
-        steps.append(_Take(torch.arange(out_len) % n))
+    if out_len != n or stride > 1:
+        steps.append(_Take(torch.arange(0, out_len, stride) % n))
     if b is not None:
         steps.append(_AddBias(b.to(dtype), 1))
-    return Transform("conv1d_circular", steps, (in_ch, n), (out_ch, out_len), real=True, trainable=trainable)
+    n_out = len(range(0, out_len, stride))
+    return Transform("conv1d_circular", steps, (in_ch, n), (out_ch, n_out), real=True, trainable=trainable)
 
 
 def _spectral_steps(
@@ -311,12 +323,13 @@ def conv2d_circular(
     *,
     padding: int | str | tuple[int, int] = "same",
     dilation: int | tuple[int, int] = 1,
+    stride: int | tuple[int, int] = 1,
     trainable: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
-    """A circular 2-D convolution on ``(height, width)`` inputs, matching ``nn.Conv2d(..., padding=padding,
-    dilation=dilation, padding_mode="circular")`` with its ``weight`` and ``bias`` (stride 1, groups 1).
+    """A circular 2-D convolution on ``(height, width)`` inputs, matching ``nn.Conv2d(..., stride=stride,
+    padding=padding, dilation=dilation, padding_mode="circular")`` with its ``weight`` and ``bias`` (groups 1).
 
     A 2-D DFT (butterflies along rows, then columns) per input channel, per-frequency channel mixing, an inverse
     2-D DFT per output channel. Each axis that is not a power of two is embedded in a circulant of size
@@ -325,7 +338,8 @@ def conv2d_circular(
     Args:
         weight: ``(out_channels, in_channels, kh, kw)``, real. shape: ``(height, width)`` or one int.
         bias: ``(out_channels,)`` or None. padding: ``"same"``, ``"valid"``, an int or a pair.
-        dilation: an int or a pair. trainable: learnable twiddles, mixing weights and bias.
+        dilation: an int or a pair. stride: an int or a pair (every ``stride``-th output along each axis;
+            ``padding="same"`` needs 1). trainable: learnable twiddles, mixing weights and bias.
 
     Shapes: ``(..., in_channels, height, width) -> (..., out_channels, height_out, width_out)`` real.
     """
@@ -338,6 +352,7 @@ def conv2d_circular(
     else:
         pads = as_pair(padding, "padding")
     dh, dw = (positive_int(d, "dilation") for d in as_pair(dilation, "dilation"))
+    sh, sw = (_check_stride(st, pad, "stride") for st, pad in zip(as_pair(stride, "stride"), pads, strict=True))
     left_h, out_h = _conv_geometry(h, kh, pads[0], dh, " (height)")
     left_w, out_w = _conv_geometry(w_len, kw, pads[1], dw, " (width)")
     dtype = real_dtype(dtype)
@@ -348,12 +363,13 @@ def conv2d_circular(
     cols = _embed_axis(_embed_axis(cols, h, mh, 2), w_len, mw, 3)
     steps = _spectral_steps([mh, mw], [h, w_len], cols, dtype, device)
     steps.append(_RealPart())
-    if out_h != h:
-        steps.append(_AlongDim(_Take(torch.arange(out_h) % h), -2))
-    if out_w != w_len:
-        steps.append(_Take(torch.arange(out_w) % w_len))
+    if out_h != h or sh > 1:
+        steps.append(_AlongDim(_Take(torch.arange(0, out_h, sh) % h), -2))
+    if out_w != w_len or sw > 1:
+        steps.append(_Take(torch.arange(0, out_w, sw) % w_len))
     if b is not None:
         steps.append(_AddBias(b.to(dtype), 2))
+    out_h, out_w = len(range(0, out_h, sh)), len(range(0, out_w, sw))
     return Transform(
         "conv2d_circular", steps, (in_ch, h, w_len), (out_ch, out_h, out_w), real=True, trainable=trainable
     )
