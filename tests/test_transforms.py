@@ -254,6 +254,52 @@ def test_strided_conv2d_circular_matches_nn_conv2d(shape, kernel, padding, dilat
     )
 
 
+@pytest.mark.parametrize(("n", "cin", "cout", "groups", "padding", "stride"), [
+    (16, 4, 6, 2, "same", 1),
+    (13, 3, 3, 3, "same", 1),  # depthwise, a Bluestein-size input
+    (32, 4, 8, 4, 2, 2),
+    (10, 6, 2, 2, "valid", 1),
+])
+def test_grouped_conv1d_circular_matches_nn_conv1d(n, cin, cout, groups, padding, stride):
+    conv = nn.Conv1d(cin, cout, 3, stride=stride, padding=padding, groups=groups, padding_mode="circular",
+                     dtype=torch.float64)
+    x = torch.randn(2, cin, n, dtype=torch.float64)
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    check_both_dtypes(
+        lambda dtype: transforms.conv1d_circular(
+            conv.weight, n, conv.bias, padding=padding, stride=stride, groups=groups, dtype=dtype
+        ),
+        x.numpy(),
+        ref,
+    )
+
+
+@pytest.mark.parametrize(("shape", "cin", "cout", "groups"), [((8, 8), 4, 4, 4), ((6, 9), 4, 6, 2)])
+def test_grouped_conv2d_circular_matches_nn_conv2d(shape, cin, cout, groups):
+    conv = nn.Conv2d(cin, cout, (3, 3), padding="same", groups=groups, padding_mode="circular", dtype=torch.float64)
+    x = torch.randn(2, cin, *shape, dtype=torch.float64)
+    with torch.no_grad():
+        ref = conv(x).numpy()
+    check_both_dtypes(
+        lambda dtype: transforms.conv2d_circular(conv.weight, shape, conv.bias, groups=groups, dtype=dtype),
+        x.numpy(),
+        ref,
+    )
+
+
+def test_grouped_conv_errors_and_trainable_mixing():
+    with pytest.raises(ValueError, match="groups must divide out_channels = 3"):
+        transforms.conv1d_circular(torch.randn(3, 1, 3), 8, groups=2)
+    with pytest.raises(ValueError, match="groups must be a positive integer"):
+        transforms.conv1d_circular(torch.randn(3, 1, 3), 8, groups=0)
+    depthwise = transforms.conv1d_circular(torch.randn(4, 1, 5), 16, groups=4, trainable=True)
+    x = torch.randn(3, 4, 16, requires_grad=True)
+    depthwise(x).square().sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in depthwise.parameters() if p.requires_grad)
+    assert "groups=4" in repr(depthwise)
+
+
 def test_strided_same_padding_is_refused_as_in_pytorch():
     with pytest.raises(ValueError, match="padding='same' needs stride 1"):
         transforms.conv1d_circular(torch.randn(1, 1, 3), 8, stride=2)

@@ -206,12 +206,17 @@ def _spectral_size(n: int) -> int:
     return n if is_power_of_two(n) else _embedded_size(n, n)
 
 
-def _check_weight(weight: object, dims: int) -> torch.Tensor:
+def _check_weight(weight: object, dims: int, groups: object = 1) -> tuple[torch.Tensor, int]:
+    """The weight as float64 and the groups (a positive int dividing the output channels)."""
     w = as_float64(weight, "weight", allow_complex=False)
     if w.dim() != dims + 2 or w.numel() == 0:
-        layout = "(out_channels, in_channels, kernel_size)" if dims == 1 else "(out_channels, in_channels, kh, kw)"
+        layout = "(out_channels, in_channels / groups, kernel_size)" if dims == 1 else \
+            "(out_channels, in_channels / groups, kh, kw)"
         raise ValueError(f"weight must have shape {layout}, got {tuple(w.shape)}")
-    return w
+    g = positive_int(groups, "groups")
+    if w.shape[0] % g:
+        raise ValueError(f"groups must divide out_channels = {w.shape[0]} (weight's first dimension), got {g}")
+    return w, g
 
 
 def _check_bias(bias: object, out_channels: int) -> torch.Tensor | None:
@@ -232,13 +237,14 @@ def conv1d_circular(
     padding: int | str = "same",
     dilation: int = 1,
     stride: int = 1,
+    groups: int = 1,
     trainable: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
     """A circular 1-D convolution on inputs of length ``n``, matching
     ``nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
-    padding_mode="circular")`` with its ``weight`` and ``bias`` (groups 1).
+    groups=groups, padding_mode="circular")`` with its ``weight`` and ``bias``.
 
     Single channel (``weight`` of shape ``(1, 1, k)``): one kaleidoscope butterfly. Several channels: one forward
     DFT butterfly per input channel, per-frequency channel mixing (``out × in × m`` complex numbers), one inverse
@@ -246,18 +252,21 @@ def conv1d_circular(
     (the circulant embedded in a larger one).
 
     Args:
-        weight: ``(out_channels, in_channels, kernel_size)``, real. n: input length.
+        weight: ``(out_channels, in_channels / groups, kernel_size)``, real. n: input length.
         bias: ``(out_channels,)`` or None.
         padding: ``"same"`` (output length ``n``), ``"valid"`` or an int ``p ≤ n`` (output length
             ``n + 2p - dilation·(k-1)``).
         dilation: kernel dilation. stride: keep every ``stride``-th output (``padding="same"`` needs stride 1, as
-            in PyTorch; output length ``⌈n_out / stride⌉``). trainable: learnable twiddles, mixing weights and bias.
+            in PyTorch; output length ``⌈n_out / stride⌉``). groups: output channel ``o`` sees the input channels
+            of its group only (depthwise: ``groups = in_channels = out_channels``, one product per channel and
+            frequency). trainable: learnable twiddles, mixing weights and bias.
 
     Shapes: ``(..., in_channels, n) -> (..., out_channels, n_out)`` real.
     """
     n = positive_int(n, "n")
-    w = _check_weight(weight, 1)
-    out_ch, in_ch, k = w.shape
+    w, groups = _check_weight(weight, 1, groups)
+    out_ch, per_group, k = w.shape
+    in_ch = per_group * groups
     b = _check_bias(bias, out_ch)
     stride = _check_stride(stride, padding, "stride")
     left, out_len = _conv_geometry(n, k, padding, positive_int(dilation, "dilation"), "")
@@ -267,7 +276,7 @@ def conv1d_circular(
         steps = _circulant_steps(cols[0, 0], dtype, device)
     else:
         m = _spectral_size(n)
-        steps = _spectral_steps([m], [n], _embed_axis(cols, n, m, -1), dtype, device)
+        steps = _spectral_steps([m], [n], _embed_axis(cols, n, m, -1), dtype, device, groups)
     steps.append(_RealPart())
     if out_len != n or stride > 1:
         steps.append(_Take(torch.arange(0, out_len, stride) % n))
@@ -278,14 +287,14 @@ def conv1d_circular(
 
 
 def _spectral_steps(
-    sizes: list[int], lengths: list[int], columns: torch.Tensor, dtype: torch.dtype, device
+    sizes: list[int], lengths: list[int], columns: torch.Tensor, dtype: torch.dtype, device, groups: int = 1
 ) -> list[nn.Module]:
     """Steps of a multi-channel circular convolution over the last ``len(sizes)`` dimensions.
 
-    ``columns``: ``(out, in, *sizes)``, the embedded circulant kernels (power-of-two ``sizes``); ``lengths``: the
-    input lengths (≤ sizes). Forward DFTs in decimation-in-frequency order (bit-reversed spectrum), channel
-    mixing on the bit-reversed spectrum ``/ prod(sizes)``, inverse decimation-in-time DFTs that take it back to
-    natural order and keep the first ``lengths`` outputs.
+    ``columns``: ``(out, in / groups, *sizes)``, the embedded circulant kernels (power-of-two ``sizes``);
+    ``lengths``: the input lengths (≤ sizes). Forward DFTs in decimation-in-frequency order (bit-reversed
+    spectrum), channel mixing on the bit-reversed spectrum ``/ prod(sizes)`` (within ``groups``), inverse
+    decimation-in-time DFTs that take it back to natural order and keep the first ``lengths`` outputs.
     """
     dims = len(sizes)
     spectrum = torch.fft.fftn(columns.to(_CDTYPE), dim=tuple(range(2, 2 + dims)))
@@ -301,7 +310,7 @@ def _spectral_steps(
         dim = axis - dims
         t = dif_twiddle(ceil_log2(m), -1)[None, None]
         steps.append(_AlongDim(_butterfly_or_identity(t, m, m, False, dtype, device), dim))
-    steps.append(_ChannelMix(spectrum.to(device=device, dtype=complex_dtype(dtype))))
+    steps.append(_ChannelMix(spectrum.to(device=device, dtype=complex_dtype(dtype)), groups=groups))
     for axis, (m, length) in enumerate(zip(sizes, lengths, strict=True)):
         dim = axis - dims
         t = dit_twiddle(ceil_log2(m), +1)[None, None]
@@ -324,28 +333,32 @@ def conv2d_circular(
     padding: int | str | tuple[int, int] = "same",
     dilation: int | tuple[int, int] = 1,
     stride: int | tuple[int, int] = 1,
+    groups: int = 1,
     trainable: bool = False,
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> Transform:
     """A circular 2-D convolution on ``(height, width)`` inputs, matching ``nn.Conv2d(..., stride=stride,
-    padding=padding, dilation=dilation, padding_mode="circular")`` with its ``weight`` and ``bias`` (groups 1).
+    padding=padding, dilation=dilation, groups=groups, padding_mode="circular")`` with its ``weight`` and
+    ``bias``.
 
     A 2-D DFT (butterflies along rows, then columns) per input channel, per-frequency channel mixing, an inverse
     2-D DFT per output channel. Each axis that is not a power of two is embedded in a circulant of size
     ``2^⌈log2(2·length-1)⌉``.
 
     Args:
-        weight: ``(out_channels, in_channels, kh, kw)``, real. shape: ``(height, width)`` or one int.
+        weight: ``(out_channels, in_channels / groups, kh, kw)``, real. shape: ``(height, width)`` or one int.
         bias: ``(out_channels,)`` or None. padding: ``"same"``, ``"valid"``, an int or a pair.
         dilation: an int or a pair. stride: an int or a pair (every ``stride``-th output along each axis;
-            ``padding="same"`` needs 1). trainable: learnable twiddles, mixing weights and bias.
+            ``padding="same"`` needs 1). groups: as :func:`conv1d_circular`. trainable: learnable twiddles, mixing
+            weights and bias.
 
     Shapes: ``(..., in_channels, height, width) -> (..., out_channels, height_out, width_out)`` real.
     """
     h, w_len = check_shape2d(shape)
-    w = _check_weight(weight, 2)
-    out_ch, in_ch, kh, kw = w.shape
+    w, groups = _check_weight(weight, 2, groups)
+    out_ch, per_group, kh, kw = w.shape
+    in_ch = per_group * groups
     b = _check_bias(bias, out_ch)
     if isinstance(padding, str):
         pads = (padding, padding)
@@ -361,7 +374,7 @@ def conv2d_circular(
     cols = _circular_column(cols.movedim(2, -1), h, left_h, dh).movedim(-1, 2)  # (out, in, H, W)
     mh, mw = _spectral_size(h), _spectral_size(w_len)
     cols = _embed_axis(_embed_axis(cols, h, mh, 2), w_len, mw, 3)
-    steps = _spectral_steps([mh, mw], [h, w_len], cols, dtype, device)
+    steps = _spectral_steps([mh, mw], [h, w_len], cols, dtype, device, groups)
     steps.append(_RealPart())
     if out_h != h or sh > 1:
         steps.append(_AlongDim(_Take(torch.arange(0, out_h, sh) % h), -2))

@@ -162,21 +162,33 @@ class _AlongDim(nn.Module):
 
 class _ChannelMix(nn.Module):
     """Per-frequency channel mixing: ``y[..., o, f] = Σ_c weight[o, c, f] · x[..., c, f]`` (``f`` may be several
-    trailing dimensions). A multi-channel convolution is this between a forward and an inverse DFT."""
+    trailing dimensions). A multi-channel convolution is this between a forward and an inverse DFT. With ``groups``
+    (as ``nn.Conv1d``): ``weight`` is ``(out, in / groups, *f)`` and output channel ``o`` mixes only the input
+    channels of its group (depthwise: ``groups = in = out``, one product per channel and frequency)."""
 
-    def __init__(self, weight: torch.Tensor, *, trainable: bool = False) -> None:
+    def __init__(self, weight: torch.Tensor, *, groups: int = 1, trainable: bool = False) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=trainable)
+        self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         freq = "fgh"[: self.weight.dim() - 2]
-        # (..., c, *f) x (o, c, *f) -> (..., o, *f), without materializing the (..., o, c, *f) product
         dtype = torch.promote_types(x.dtype, self.weight.dtype)
-        return torch.einsum(f"...c{freq},oc{freq}->...o{freq}", x.to(dtype), self.weight.to(dtype))
+        g = getattr(self, "groups", 1)  # (modules pickled before groups existed have none)
+        if g == 1:  # (..., c, *f) x (o, c, *f) -> (..., o, *f), without materializing the (..., o, c, *f) product
+            return torch.einsum(f"...c{freq},oc{freq}->...o{freq}", x.to(dtype), self.weight.to(dtype))
+        nf = self.weight.dim() - 2
+        lead, spatial = x.shape[: x.dim() - nf - 1], x.shape[x.dim() - nf:]
+        xg = x.to(dtype).reshape(*lead, g, -1, *spatial)  # (..., g, c / g, *f)
+        wg = self.weight.to(dtype).reshape(g, -1, *self.weight.shape[1:])  # (g, o / g, c / g, *f)
+        y = torch.einsum(f"...kc{freq},koc{freq}->...ko{freq}", xg, wg)
+        return y.reshape(*lead, -1, *spatial)
 
     def extra_repr(self) -> str:
-        out_ch, in_ch = self.weight.shape[:2]
-        return f"in_channels={in_ch}, out_channels={out_ch}, frequencies={tuple(self.weight.shape[2:])}"
+        out_ch, per_group = self.weight.shape[:2]
+        g = getattr(self, "groups", 1)
+        return (f"in_channels={per_group * g}, out_channels={out_ch}, "
+                + (f"groups={g}, " if g > 1 else "") + f"frequencies={tuple(self.weight.shape[2:])}")
 
 
 class _AddBias(nn.Module):
