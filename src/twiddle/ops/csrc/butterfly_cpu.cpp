@@ -43,7 +43,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <limits>
 #include <new>
 #include <memory>
@@ -542,14 +541,14 @@ TWIDDLE_ONE_BODY void lanes_factor_complex_backward<float, kLanes>(float* __rest
           _mm256_fmadd_ps(g1i, xi1, _mm256_mul_ps(g1r, xr1)), _mm256_fnmadd_ps(g1r, xi1, _mm256_mul_ps(g1i, xr1))};
       for (int j = 0; j < 8; ++j) acc[j] = h == 0 ? t[j] : _mm256_add_ps(acc[j], t[j]);
       // g_in = conj(T)^T g_out
-      _mm256_storeu_ps(gp + o, _mm256_fmadd_ps(Ci, g1i, _mm256_fmadd_ps(Cr, g1r, _mm256_fmadd_ps(Ai, g0i,
-                                                                                              _mm256_mul_ps(Ar, g0r)))));
-      _mm256_storeu_ps(gp + kLanes + o, _mm256_fnmadd_ps(Ci, g1r, _mm256_fmadd_ps(Cr, g1i, _mm256_fnmadd_ps(Ai, g0r,
-                                                                                              _mm256_mul_ps(Ar, g0i)))));
-      _mm256_storeu_ps(gq + o, _mm256_fmadd_ps(Di, g1i, _mm256_fmadd_ps(Dr, g1r, _mm256_fmadd_ps(Bi, g0i,
-                                                                                              _mm256_mul_ps(Br, g0r)))));
-      _mm256_storeu_ps(gq + kLanes + o, _mm256_fnmadd_ps(Di, g1r, _mm256_fmadd_ps(Dr, g1i, _mm256_fnmadd_ps(Bi, g0r,
-                                                                                              _mm256_mul_ps(Br, g0i)))));
+      const __m256 in_pr = _mm256_fmadd_ps(Ai, g0i, _mm256_mul_ps(Ar, g0r));
+      const __m256 in_pi = _mm256_fnmadd_ps(Ai, g0r, _mm256_mul_ps(Ar, g0i));
+      const __m256 in_qr = _mm256_fmadd_ps(Bi, g0i, _mm256_mul_ps(Br, g0r));
+      const __m256 in_qi = _mm256_fnmadd_ps(Bi, g0r, _mm256_mul_ps(Br, g0i));
+      _mm256_storeu_ps(gp + o, _mm256_fmadd_ps(Ci, g1i, _mm256_fmadd_ps(Cr, g1r, in_pr)));
+      _mm256_storeu_ps(gp + kLanes + o, _mm256_fnmadd_ps(Ci, g1r, _mm256_fmadd_ps(Cr, g1i, in_pi)));
+      _mm256_storeu_ps(gq + o, _mm256_fmadd_ps(Di, g1i, _mm256_fmadd_ps(Dr, g1r, in_qr)));
+      _mm256_storeu_ps(gq + kLanes + o, _mm256_fnmadd_ps(Di, g1r, _mm256_fmadd_ps(Dr, g1i, in_qi)));
     }
     // transposed reduction: hadd pairs, then pairs of pairs; each 128-bit half then holds four partial sums
     const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
@@ -1092,14 +1091,14 @@ inline void crow_transpose(T* __restrict dst, const T* __restrict src, int64_t r
     for (int64_t j = 0; j < cols; ++j) dst[j * rows + i] = src[i * cols + j];
 }
 
-// Puts the rows `parts` (n numbers each; spare: n more) into the layout a factor works on: plain, or held
-// transposed (W x n / W) for strides below W (want). `transposed` is their current layout.
+// Puts a row held as `parts` consecutive arrays of n numbers (spare: n more) into the layout a factor works on: plain,
+// or held transposed (W x n / W) for strides below W (want). `transposed` is its current layout.
 template <typename T, int64_t W>
-inline void row_layout(std::initializer_list<T*> parts, T* spare, int64_t n, bool& transposed, bool want) {
+inline void row_layout(T* row, int64_t parts, T* spare, int64_t n, bool& transposed, bool want) {
   if (want == transposed) return;
-  for (T* part : parts) {  // (n / W x W) <-> (W x n / W)
-    crow_transpose(spare, part, want ? n / W : W, want ? W : n / W);
-    std::memcpy(part, spare, sizeof(T) * n);
+  for (int64_t i = 0; i < parts; ++i) {  // (n / W x W) <-> (W x n / W)
+    crow_transpose(spare, row + i * n, want ? n / W : W, want ? W : n / W);
+    std::memcpy(row + i * n, spare, sizeof(T) * n);
   }
   transposed = want;
 }
@@ -1110,106 +1109,15 @@ inline bool use_complex_rows(const Plan& P) {
   return P.complex && P.batch == 1 && P.n >= W * W;
 }
 
-// The forward of one row by the complex row path (use_complex_rows(P)): loads and stores as lanes_forward's with a
-// one-lane tile (x's interleaved layout: every input mode, permutation, bias and output mode handled there).
-template <typename T>
-void crow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
-  constexpr int64_t W = CVec<T>::W;
-  const int64_t n = P.n;
-  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<T, 0> scratch(6 * n);  // the one-lane tile (interleaved), the split row, a transposing buffer
-  T* const buf = scratch.data();
-  T* const re = buf + 2 * n;
-  T* const im = re + n;
-  T* const spare = im + n;
-  for (int64_t k = 0; k < P.nstacks; ++k) {
-    auto [ic0, icount] = input_cols(P, k);
-    auto [oc0, ocount] = output_cols(P, k);
-    if (ocount == 0) continue;
-    const T* twk = tw + k * P.stack_size();
-    load_input<T, 1>(buf, x, 0, 1, ic0, icount, P);
-    bool transposed = false;  // the split row's layout
-    for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
-    for (int64_t f = 0; f < P.F; ++f) {
-      row_layout<T, W>({re, im}, spare, n, transposed, P.strides[f] < W);
-      crow_factor(re, im, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
-    }
-    row_layout<T, W>({re, im}, spare, n, transposed, false);
-    for (int64_t p = 0; p < n; ++p) buf[2 * p] = re[p], buf[2 * p + 1] = im[p];
-    store_output<T, 1>(buf, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
-  }
-}
-
-// The backward of one complex row (use_complex_rows(P)), as rrow_backward for float64 rows: every factor's input
-// recomputed (split into real and imaginary parts) in the layout that factor works on, then the gradient taken back
-// through the factors, W blocks per vector; loads and stores as lanes_backward's with a one-lane tile. gtw and gbias
-// (nullable) are zero-filled and get the row's gradients directly. Bit for bit the one-row lane tile's gradients.
-template <typename T>
-void crow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
-  constexpr int64_t W = CVec<T>::W;
-  const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
-  const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  // the interleaved one-lane tile, every factor's split input, the split gradient, a transposing buffer
-  ThreadScratch<T, 1> scratch(2 * n + F * 2 * n + 2 * n + n);
-  T* const buf = scratch.data();
-  T* const acts = buf + 2 * n;  // factor f's input: real parts at acts + 2 f n, imaginary parts n further
-  T* const gre = acts + F * 2 * n;
-  T* const gim = gre + n;
-  T* const spare = gim + n;
-  const auto split = [&](T* re, T* im) {
-    for (int64_t p = 0; p < n; ++p) re[p] = buf[2 * p], im[p] = buf[2 * p + 1];
-  };
-  for (int64_t k = 0; k < P.nstacks; ++k) {
-    auto [ic0, icount] = input_cols(P, k);
-    auto [oc0, ocount] = output_cols(P, k);
-    const T* twk = tw + k * P.stack_size();
-    T* gtwk = gtw + k * P.stack_size();
-    load_input<T, 1>(buf, x, 0, 1, ic0, icount, P);
-    split(acts, acts + n);
-    bool transposed = false;  // the layout of the factor inputs computed so far
-    for (int64_t f = 0; f < P.F; ++f) {
-      T* u = acts + f * 2 * n;
-      row_layout<T, W>({u, u + n}, spare, n, transposed, P.strides[f] < W);
-      if (f + 1 == P.F) break;
-      std::copy_n(u, 2 * n, u + 2 * n);
-      crow_factor(u + 2 * n, u + 3 * n, twk + P.offsets[f], n, P.strides[f], eb, ec, P.conjugate);
-    }
-    load_gradient<T, 1>(buf, gy, 0, 1, oc0, ocount, P);
-    split(gre, gim);
-    if (gbias) {
-      const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-      if (bcount > 0) add_gradient_column_sums<T>(gbias + bc0 * P.comps, gy, 0, 1, bc0, bcount, P);
-    }
-    bool g_transposed = false;
-    for (int64_t f = P.F - 1; f >= 0; --f) {
-      const int64_t s = P.strides[f];
-      row_layout<T, W>({gre, gim}, spare, n, g_transposed, s < W);
-      const T* ure = acts + f * 2 * n;
-      const T* uim = ure + n;
-      const T* twf = twk + P.offsets[f];
-      T* dtwf = gtwk + P.offsets[f];
-      row_blocks<W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
-        crow_apply_backward(crow_quad(twf, i0, step, eb, ec, P.conjugate), dtwf, i0, step, eb, ec, P.conjugate,
-                            gre + p, gim + p, gre + q, gim + q, ure + p, uim + p, ure + q, uim + q);
-      });
-    }
-    row_layout<T, W>({gre, gim}, spare, n, g_transposed, false);
-    for (int64_t p = 0; p < n; ++p) buf[2 * p] = gre[p], buf[2 * p + 1] = gim[p];
-    const bool add_gx = !P.split_input && k > 0;
-    store_input_gradient<T, 1>(buf, gx, 0, 1, ic0, icount, add_gx, P);
-  }
-}
-
 // ------------------------------------------------------------------------------------------------ real rows
-// A single real row (batch 1, where the narrowest lane tile, 4 lanes, computes three lanes of padding), float64
-// forward and backward, float32 backward (its forward on this path was slower than the row code's, which fuses
-// factors in registers: n = 16384 97 against 81 us, 1 thread): as the complex row path, W blocks per vector (4 doubles, 8 floats) with
-// their twiddles transposed from the user's layout (W blocks x 4 numbers) in registers, strides below W on the row
-// held transposed (W x n / W). Each block's arithmetic is the lane tile's (lanes_factor_real and its backward), so
-// the results are bit for bit the same. Needs n >= W^2. (The float32 forward of small batches has its own row code,
-// below, which also serves one row; its backward converts the twiddles to and from a vector-friendly layout on every
-// call, most of a single row's time: backward op, 1 thread, float32 batch 1, n = 1024 26 -> 20 us, n = 4096 104 ->
-// 73 us, n = 16384 598 -> 306 us on this path.)
+// A single real row (batch 1, where the narrowest lane tile, 4 lanes, computes three lanes of padding): as the complex
+// row path, W blocks per vector (4 doubles, 8 floats) with their twiddles transposed from the user's layout (W blocks
+// x 4 numbers) in registers, strides below W on the row held transposed (W x n / W). Each block's arithmetic is the
+// lane tile's (lanes_factor_real and its backward), so the results are bit for bit the same. Needs n >= W^2. float64
+// forward and backward; float32 backward only: the float32 forward of small batches has its own row code (below),
+// faster at large n (it fuses factors in registers: n = 16384 81 against 97 us here, 1 thread), whose backward
+// converts the twiddles to and from a vector-friendly layout on every call, most of a single row's time (backward
+// op, 1 thread, float32 batch 1 on this path instead: n = 1024 26 -> 20 us, 4096 104 -> 73 us, 16384 598 -> 306 us).
 
 // (dp, dq) <- T (sp, sq) on W blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < W
 // (d == s: in place).
@@ -1258,75 +1166,117 @@ inline bool use_real_rows(const Plan& P) {
   return !P.complex && P.batch == 1 && P.n >= W * W;
 }
 
-// The forward of one real row (use_real_rows(P)): loads and stores as lanes_forward's with a one-lane tile (every
-// input mode, permutation, bias and output mode handled there).
+// ------------------------------------------------------------------------------------------------ row paths
+// The forward and backward of one row (use_complex_rows, use_real_rows) held as R::parts arrays of n numbers:
+// ComplexRow (real and imaginary parts) or RealRow; loads and stores as lanes_forward's and lanes_backward's with a
+// one-lane tile (every input mode, permutation, bias and output mode handled there).
 template <typename T>
-void rrow_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
-  constexpr int64_t W = CVec<T>::W;
+struct ComplexRow {
+  static constexpr int64_t W = CVec<T>::W, parts = 2;
+  static void from_tile(const T* tile, T* row, int64_t n) {  // the one-lane tile interleaves re, im per position
+    for (int64_t p = 0; p < n; ++p) row[p] = tile[2 * p], row[n + p] = tile[2 * p + 1];
+  }
+  static void to_tile(const T* row, T* tile, int64_t n) {
+    for (int64_t p = 0; p < n; ++p) tile[2 * p] = row[p], tile[2 * p + 1] = row[n + p];
+  }
+  static void factor(T* row, const T* twf, int64_t n, int64_t s, int eb, int ec, const Plan& P) {
+    crow_factor(row, row + n, twf, n, s, eb, ec, P.conjugate);
+  }
+  static void factor_backward(T* g, const T* u, const T* twf, T* dtwf, int64_t n, int64_t s, int eb, int ec,
+                              const Plan& P) {
+    row_blocks<W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+      crow_apply_backward(crow_quad(twf, i0, step, eb, ec, P.conjugate), dtwf, i0, step, eb, ec, P.conjugate, g + p,
+                          g + n + p, g + q, g + n + q, u + p, u + n + p, u + q, u + n + q);
+    });
+  }
+};
+
+template <typename T>
+struct RealRow {
+  static constexpr int64_t W = CVec<T>::W, parts = 1;
+  static void from_tile(const T* tile, T* row, int64_t n) { std::copy_n(tile, n, row); }
+  static void to_tile(const T* row, T* tile, int64_t n) { std::copy_n(row, n, tile); }
+  static void factor(T* row, const T* twf, int64_t n, int64_t s, int eb, int ec, const Plan&) {
+    rrow_factor(row, row, twf, n, s, eb, ec);
+  }
+  static void factor_backward(T* g, const T* u, const T* twf, T* dtwf, int64_t n, int64_t s, int eb, int ec,
+                              const Plan&) {
+    row_blocks<W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
+      rrow_apply_backward(twf, dtwf, i0, step, eb, ec, g + p, g + q, u + p, u + q);
+    });
+  }
+};
+
+template <typename R, typename T>
+void row_forward(const T* tw, const T* x, const T* bias, T* out, const Plan& P) {
+  constexpr int64_t W = R::W, np = R::parts;
   const int64_t n = P.n;
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<T, 0> scratch(2 * n);  // the row, a transposing buffer
-  T* const row = scratch.data();
-  T* const spare = row + n;
+  ThreadScratch<T, 0> scratch(P.comps * n + np * n + n);  // the one-lane tile, the row, a transposing buffer
+  T* const tile = scratch.data();
+  T* const row = tile + P.comps * n;
+  T* const spare = row + np * n;
   for (int64_t k = 0; k < P.nstacks; ++k) {
     auto [ic0, icount] = input_cols(P, k);
     auto [oc0, ocount] = output_cols(P, k);
     if (ocount == 0) continue;
     const T* twk = tw + k * P.stack_size();
-    load_input<T, 1>(row, x, 0, 1, ic0, icount, P);
-    bool transposed = false;
+    load_input<T, 1>(tile, x, 0, 1, ic0, icount, P);
+    R::from_tile(tile, row, n);
+    bool transposed = false;  // the row's layout
     for (int64_t f = 0; f < P.F; ++f) {
-      row_layout<T, W>({row}, spare, n, transposed, P.strides[f] < W);
-      rrow_factor(row, row, twk + P.offsets[f], n, P.strides[f], eb, ec);
+      row_layout<T, W>(row, np, spare, n, transposed, P.strides[f] < W);
+      R::factor(row, twk + P.offsets[f], n, P.strides[f], eb, ec, P);
     }
-    row_layout<T, W>({row}, spare, n, transposed, false);
-    store_output<T, 1>(row, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
+    row_layout<T, W>(row, np, spare, n, transposed, false);
+    R::to_tile(row, tile, n);
+    store_output<T, 1>(tile, out, 0, 1, oc0, ocount, P.sum_output && k > 0, bias, P);
   }
 }
 
-// The backward of one real row (use_real_rows(P)), as lanes_backward's with a one-lane tile: every factor's input
-// recomputed in the layout that factor works on, then the gradient taken back through the factors. gtw and gbias
-// (nullable) are zero-filled and get the row's gradients directly (one row: nothing to reduce across chunks).
-template <typename T>
-void rrow_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
-  constexpr int64_t W = CVec<T>::W;
-  const int64_t n = P.n, F = std::max<int64_t>(P.F, 1);
+// Every factor's input recomputed in the layout that factor works on, then the gradient taken back through the
+// factors. gtw and gbias (nullable) are zero-filled and get the row's gradients directly (one row: nothing to reduce
+// across chunks).
+template <typename R, typename T>
+void row_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, const Plan& P) {
+  constexpr int64_t W = R::W, np = R::parts;
+  const int64_t n = P.n, F = std::max<int64_t>(P.F, 1), size = np * n;
   const int eb = static_cast<int>(raw_entry(P, 1)), ec = static_cast<int>(raw_entry(P, 2));
-  ThreadScratch<T, 1> scratch((F + 2) * n);  // the input of every factor, the gradient, a transposing buffer
-  T* const acts = scratch.data();
-  T* const g = acts + F * n;
-  T* const spare = g + n;
+  // the one-lane tile, every factor's input, the gradient, a transposing buffer
+  ThreadScratch<T, 1> scratch(P.comps * n + (F + 1) * size + n);
+  T* const tile = scratch.data();
+  T* const acts = tile + P.comps * n;  // factor f's input at acts + f size
+  T* const g = acts + F * size;
+  T* const spare = g + size;
   for (int64_t k = 0; k < P.nstacks; ++k) {
     auto [ic0, icount] = input_cols(P, k);
     auto [oc0, ocount] = output_cols(P, k);
     const T* twk = tw + k * P.stack_size();
     T* gtwk = gtw + k * P.stack_size();
-    load_input<T, 1>(acts, x, 0, 1, ic0, icount, P);
+    load_input<T, 1>(tile, x, 0, 1, ic0, icount, P);
+    R::from_tile(tile, acts, n);
     bool transposed = false;  // the layout of the factor inputs computed so far
     for (int64_t f = 0; f < P.F; ++f) {
-      T* u = acts + f * n;
-      row_layout<T, W>({u}, spare, n, transposed, P.strides[f] < W);
-      if (f + 1 < P.F) rrow_factor(u + n, u, twk + P.offsets[f], n, P.strides[f], eb, ec);
+      T* u = acts + f * size;
+      row_layout<T, W>(u, np, spare, n, transposed, P.strides[f] < W);
+      if (f + 1 == P.F) break;
+      std::copy_n(u, size, u + size);
+      R::factor(u + size, twk + P.offsets[f], n, P.strides[f], eb, ec, P);
     }
-    load_gradient<T, 1>(g, gy, 0, 1, oc0, ocount, P);
+    load_gradient<T, 1>(tile, gy, 0, 1, oc0, ocount, P);
+    R::from_tile(tile, g, n);
     if (gbias) {
       const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-      if (bcount > 0) add_gradient_column_sums<T>(gbias + bc0, gy, 0, 1, bc0, bcount, P);
+      if (bcount > 0) add_gradient_column_sums<T>(gbias + bc0 * P.comps, gy, 0, 1, bc0, bcount, P);
     }
     bool g_transposed = false;
     for (int64_t f = P.F - 1; f >= 0; --f) {
-      const int64_t s = P.strides[f];
-      row_layout<T, W>({g}, spare, n, g_transposed, s < W);
-      const T* u = acts + f * n;
-      const T* twf = twk + P.offsets[f];
-      T* dtwf = gtwk + P.offsets[f];
-      row_blocks<W>(n, s, [&](int64_t i0, int64_t step, int64_t p, int64_t q) {
-        rrow_apply_backward(twf, dtwf, i0, step, eb, ec, g + p, g + q, u + p, u + q);
-      });
+      row_layout<T, W>(g, np, spare, n, g_transposed, P.strides[f] < W);
+      R::factor_backward(g, acts + f * size, twk + P.offsets[f], gtwk + P.offsets[f], n, P.strides[f], eb, ec, P);
     }
-    row_layout<T, W>({g}, spare, n, g_transposed, false);
-    const bool add_gx = !P.split_input && k > 0;
-    store_input_gradient<T, 1>(g, gx, 0, 1, ic0, icount, add_gx, P);
+    row_layout<T, W>(g, np, spare, n, g_transposed, false);
+    R::to_tile(g, tile, n);
+    store_input_gradient<T, 1>(tile, gx, 0, 1, ic0, icount, !P.split_input && k > 0, P);
   }
 }
 #endif
@@ -2400,9 +2350,9 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
   // n = 1024 batch 1 49 -> 30 us, float64 30 -> 16 us on a 2-core AMD EPYC (Zen 3). Each lane's arithmetic is the
   // same whatever the tile's width.
 #if defined(TWIDDLE_SINGLE_ROWS)
-  if (use_complex_rows<T>(P)) return crow_forward<T>(tw, x, bias, out, P);  // complex64 n = 1024: 31 -> 14 us
+  if (use_complex_rows<T>(P)) return row_forward<ComplexRow<T>>(tw, x, bias, out, P);  // c64 n = 1024: 31 -> 14 us
   if constexpr (std::is_same_v<T, double>) {
-    if (use_real_rows<T>(P)) return rrow_forward<T>(tw, x, bias, out, P);
+    if (use_real_rows<T>(P)) return row_forward<RealRow<T>>(tw, x, bias, out, P);
   }
 #endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
@@ -2431,8 +2381,8 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
   // results still do not depend on the thread count. 8 lanes for float64 / complex128 only: with float32 they lose
   // the AVX2 16-lane backward's joint reductions (complex64 n = 1024 batch 8: 180 -> 200 us).
 #if defined(TWIDDLE_SINGLE_ROWS)
-  if (use_complex_rows<T>(P)) return crow_backward<T>(tw, x, gy, gx, gtw, gbias, P);  // complex64 n = 1024: see above
-  if (use_real_rows<T>(P)) return rrow_backward<T>(tw, x, gy, gx, gtw, gbias, P);
+  if (use_complex_rows<T>(P)) return row_backward<ComplexRow<T>>(tw, x, gy, gx, gtw, gbias, P);
+  if (use_real_rows<T>(P)) return row_backward<RealRow<T>>(tw, x, gy, gx, gtw, gbias, P);
 #endif
   if (P.batch <= 4) return tiles_backward<T, 4>(tw, x, gy, gx, gtw, gbias, tw_size, P);
   if (P.batch <= 8 && std::is_same_v<T, double>) return tiles_backward<T, 8>(tw, x, gy, gx, gtw, gbias, tw_size, P);
