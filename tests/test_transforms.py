@@ -170,19 +170,22 @@ CONV1D_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("n", "cin", "cout", "k", "padding", "dilation"), CONV1D_CASES)
-def test_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dilation):
-    conv = nn.Conv1d(cin, cout, k, padding=padding, dilation=dilation, padding_mode="circular", dtype=torch.float64)
-    x = torch.randn(2, cin, n, dtype=torch.float64)
+def _matches_nn_conv(spatial, cin, cout, kernel, **options):
+    """conv1d_circular / conv2d_circular (by the length of ``spatial``) against ``nn.Conv1d`` / ``nn.Conv2d`` with
+    circular padding and the same options (padding, dilation, stride, groups), float64 and float32."""
+    conv_class, build = (nn.Conv1d, transforms.conv1d_circular) if len(spatial) == 1 else \
+        (nn.Conv2d, transforms.conv2d_circular)
+    conv = conv_class(cin, cout, kernel, padding_mode="circular", dtype=torch.float64, **options)
+    x = torch.randn(2, cin, *spatial, dtype=torch.float64)
     with torch.no_grad():
         ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv1d_circular(
-            conv.weight, n, conv.bias, padding=padding, dilation=dilation, dtype=dtype
-        ),
-        x.numpy(),
-        ref,
-    )
+    size = spatial[0] if len(spatial) == 1 else spatial
+    check_both_dtypes(lambda dtype: build(conv.weight, size, conv.bias, dtype=dtype, **options), x.numpy(), ref)
+
+
+@pytest.mark.parametrize(("n", "cin", "cout", "k", "padding", "dilation"), CONV1D_CASES)
+def test_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dilation):
+    _matches_nn_conv((n,), cin, cout, k, padding=padding, dilation=dilation)
 
 
 @pytest.mark.parametrize(
@@ -197,19 +200,14 @@ def test_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dilation):
     ],
 )
 def test_conv2d_circular_matches_nn_conv2d(shape, cin, cout, kernel, padding, dilation):
-    conv = nn.Conv2d(
-        cin, cout, kernel, padding=padding, dilation=dilation, padding_mode="circular", dtype=torch.float64
-    )
-    x = torch.randn(2, cin, *shape, dtype=torch.float64)
-    with torch.no_grad():
-        ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv2d_circular(
-            conv.weight, shape, conv.bias, padding=padding, dilation=dilation, dtype=dtype
-        ),
-        x.numpy(),
-        ref,
-    )
+    _matches_nn_conv(shape, cin, cout, kernel, padding=padding, dilation=dilation)
+
+
+def test_conv1d_accepts_unbatched_input_like_nn_conv1d():
+    conv = nn.Conv1d(2, 3, 3, padding="same", padding_mode="circular", dtype=torch.float64)
+    module = transforms.conv1d_circular(conv.weight, 10, conv.bias, dtype=torch.float64)
+    x = torch.randn(2, 10, dtype=torch.float64)
+    assert torch.allclose(module(x), conv(x), atol=1e-12)
 
 
 @pytest.mark.parametrize(("n", "cin", "cout", "k", "padding", "dilation", "stride"), [
@@ -220,18 +218,7 @@ def test_conv2d_circular_matches_nn_conv2d(shape, cin, cout, kernel, padding, di
     (9, 1, 2, 9, 4, 1, 2),
 ])
 def test_strided_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dilation, stride):
-    conv = nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, padding_mode="circular",
-                     dtype=torch.float64)
-    x = torch.randn(2, cin, n, dtype=torch.float64)
-    with torch.no_grad():
-        ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv1d_circular(
-            conv.weight, n, conv.bias, padding=padding, dilation=dilation, stride=stride, dtype=dtype
-        ),
-        x.numpy(),
-        ref,
-    )
+    _matches_nn_conv((n,), cin, cout, k, padding=padding, dilation=dilation, stride=stride)
 
 
 @pytest.mark.parametrize(("shape", "kernel", "padding", "dilation", "stride"), [
@@ -240,18 +227,7 @@ def test_strided_conv1d_circular_matches_nn_conv1d(n, cin, cout, k, padding, dil
     ((13, 32), (4, 4), "valid", 1, (1, 5)),
 ])
 def test_strided_conv2d_circular_matches_nn_conv2d(shape, kernel, padding, dilation, stride):
-    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding, dilation=dilation, padding_mode="circular",
-                     dtype=torch.float64)
-    x = torch.randn(2, 2, *shape, dtype=torch.float64)
-    with torch.no_grad():
-        ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv2d_circular(
-            conv.weight, shape, conv.bias, padding=padding, dilation=dilation, stride=stride, dtype=dtype
-        ),
-        x.numpy(),
-        ref,
-    )
+    _matches_nn_conv(shape, 2, 3, kernel, padding=padding, dilation=dilation, stride=stride)
 
 
 @pytest.mark.parametrize(("n", "cin", "cout", "groups", "padding", "stride"), [
@@ -261,31 +237,12 @@ def test_strided_conv2d_circular_matches_nn_conv2d(shape, kernel, padding, dilat
     (10, 6, 2, 2, "valid", 1),
 ])
 def test_grouped_conv1d_circular_matches_nn_conv1d(n, cin, cout, groups, padding, stride):
-    conv = nn.Conv1d(cin, cout, 3, stride=stride, padding=padding, groups=groups, padding_mode="circular",
-                     dtype=torch.float64)
-    x = torch.randn(2, cin, n, dtype=torch.float64)
-    with torch.no_grad():
-        ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv1d_circular(
-            conv.weight, n, conv.bias, padding=padding, stride=stride, groups=groups, dtype=dtype
-        ),
-        x.numpy(),
-        ref,
-    )
+    _matches_nn_conv((n,), cin, cout, 3, padding=padding, stride=stride, groups=groups)
 
 
 @pytest.mark.parametrize(("shape", "cin", "cout", "groups"), [((8, 8), 4, 4, 4), ((6, 9), 4, 6, 2)])
 def test_grouped_conv2d_circular_matches_nn_conv2d(shape, cin, cout, groups):
-    conv = nn.Conv2d(cin, cout, (3, 3), padding="same", groups=groups, padding_mode="circular", dtype=torch.float64)
-    x = torch.randn(2, cin, *shape, dtype=torch.float64)
-    with torch.no_grad():
-        ref = conv(x).numpy()
-    check_both_dtypes(
-        lambda dtype: transforms.conv2d_circular(conv.weight, shape, conv.bias, groups=groups, dtype=dtype),
-        x.numpy(),
-        ref,
-    )
+    _matches_nn_conv(shape, cin, cout, (3, 3), padding="same", groups=groups)
 
 
 def test_grouped_conv_errors_and_trainable_mixing():
@@ -307,13 +264,6 @@ def test_strided_same_padding_is_refused_as_in_pytorch():
         transforms.conv2d_circular(torch.randn(1, 1, 3, 3), 8, padding=("same", "same"), stride=(1, 2))
     with pytest.raises(ValueError, match="stride must be a positive integer"):
         transforms.conv1d_circular(torch.randn(1, 1, 3), 8, padding=1, stride=0)
-
-
-def test_conv1d_accepts_unbatched_input_like_nn_conv1d():
-    conv = nn.Conv1d(2, 3, 3, padding="same", padding_mode="circular", dtype=torch.float64)
-    module = transforms.conv1d_circular(conv.weight, 10, conv.bias, dtype=torch.float64)
-    x = torch.randn(2, 10, dtype=torch.float64)
-    assert torch.allclose(module(x), conv(x), atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------- other transforms

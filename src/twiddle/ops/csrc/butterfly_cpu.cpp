@@ -1281,6 +1281,31 @@ void row_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias,
 }
 #endif
 
+// The lane-tile backward's work on tiles [begin, end) of one chunk (acc: the chunk's twiddle gradient, then, with a
+// bias, its bias gradient): for every tile and stack, x's columns into `in`, then recompute(k) (whatever the
+// backward keeps of the forward), the incoming gradient into `g` and the bias gradient, then back(k, acck), which
+// takes `g` back to the input gradient and adds the twiddle gradient into acck, and `g` into gx.
+template <typename T, int64_t L, typename Recompute, typename Back>
+void lanes_backward_tiles(int64_t begin, int64_t end, T* in, T* g, T* acc, int64_t tw_size, bool with_bias,
+                          const T* x, const T* gy, T* gx, const Plan& P, const Recompute& recompute, const Back& back) {
+  for (int64_t t = begin; t < end; ++t) {
+    const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
+    for (int64_t k = 0; k < P.nstacks; ++k) {
+      auto [ic0, icount] = input_cols(P, k);
+      auto [oc0, ocount] = output_cols(P, k);
+      load_input<T, L>(in, x, row0, rows, ic0, icount, P);
+      recompute(k);
+      load_gradient<T, L>(g, gy, row0, rows, oc0, ocount, P);
+      if (with_bias) {
+        const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
+        if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
+      }
+      back(k, acc + k * P.stack_size());
+      store_input_gradient<T, L>(g, gx, row0, rows, ic0, icount, !P.split_input && k > 0, P);
+    }
+  }
+}
+
 // gbias (nullable, zero-filled, out_size * comps numbers) receives the bias gradient, the column sums of gy.
 template <typename T, int64_t L = kLanes>
 void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias, int64_t tw_size, const Plan& P) {
@@ -1294,26 +1319,15 @@ void lanes_backward(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbia
     ThreadScratch<T, 1> scratch((std::max<int64_t>(P.F, 1) + 1) * tile);
     T* const acts = scratch.data();
     T* const g = acts + std::max<int64_t>(P.F, 1) * tile;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
-      for (int64_t k = 0; k < P.nstacks; ++k) {
-        auto [ic0, icount] = input_cols(P, k);
-        auto [oc0, ocount] = output_cols(P, k);
-        const T* twk = tw + k * P.stack_size();
-        T* acck = acc + k * P.stack_size();
-        load_input<T, L>(acts, x, row0, rows, ic0, icount, P);
-        // factor f reads its input tile and writes the next one (out of place: no copy)
-        for (int64_t f = 0; f + 1 < P.F; ++f) lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, twk, P, f);
-        load_gradient<T, L>(g, gy, row0, rows, oc0, ocount, P);
-        if (gbias) {
-          const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-          if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
-        }
-        for (int64_t f = P.F - 1; f >= 0; --f) lanes_factor_backward<T, L>(g, acts + f * tile, twk, acck, P, f);
-        const bool add_gx = !P.split_input && k > 0;
-        store_input_gradient<T, L>(g, gx, row0, rows, ic0, icount, add_gx, P);
-      }
-    }
+    lanes_backward_tiles<T, L>(begin, end, acts, g, acc, tw_size, gbias != nullptr, x, gy, gx, P,
+      [&](int64_t k) {  // factor f reads its input tile and writes the next one (out of place: no copy)
+        for (int64_t f = 0; f + 1 < P.F; ++f)
+          lanes_factor<T, L>(acts + (f + 1) * tile, acts + f * tile, tw + k * P.stack_size(), P, f);
+      },
+      [&](int64_t k, T* acck) {
+        for (int64_t f = P.F - 1; f >= 0; --f)
+          lanes_factor_backward<T, L>(g, acts + f * tile, tw + k * P.stack_size(), acck, P, f);
+      });
   });
 }
 
@@ -1515,29 +1529,17 @@ void lanes_backward_blocked(const T* tw, const T* x, const T* gy, T* gx, T* gtw,
     T* const acts = g + tile;
     T* const us = acts + (B.longest - 1) * sub;
     T* const gs = us + group;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t row0 = t * L, rows = std::min(L, P.batch - row0);
-      for (int64_t k = 0; k < P.nstacks; ++k) {
-        auto [ic0, icount] = input_cols(P, k);
-        auto [oc0, ocount] = output_cols(P, k);
-        const T* twk = twb + k * P.stack_size();
-        T* acck = acc + k * P.stack_size();
-        load_input<T, L>(inputs, x, row0, rows, ic0, icount, P);
+    lanes_backward_tiles<T, L>(begin, end, inputs, g, acc, tw_size, gbias != nullptr, x, gy, gx, P,
+      [&](int64_t k) {
         for (int64_t q = 0; q + 1 < B.phases(); ++q) {
           std::copy_n(inputs + q * tile, tile, inputs + (q + 1) * tile);
-          blocked_phase_forward<T, L>(inputs + (q + 1) * tile, acts, twk, P, B, q);
+          blocked_phase_forward<T, L>(inputs + (q + 1) * tile, us, twb + k * P.stack_size(), P, B, q);  // us: a group
         }
-        load_gradient<T, L>(g, gy, row0, rows, oc0, ocount, P);
-        if (gbias) {
-          const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-          if (bcount > 0) add_gradient_column_sums<T>(acc + tw_size + bc0 * P.comps, gy, row0, rows, bc0, bcount, P);
-        }
+      },
+      [&](int64_t k, T* acck) {
         for (int64_t q = B.phases() - 1; q >= 0; --q)
-          blocked_phase_backward<T, L>(inputs + q * tile, g, acts, us, gs, twk, acck, P, B, q);
-        const bool add_gx = !P.split_input && k > 0;
-        store_input_gradient<T, L>(g, gx, row0, rows, ic0, icount, add_gx, P);
-      }
-    }
+          blocked_phase_backward<T, L>(inputs + q * tile, g, acts, us, gs, twb + k * P.stack_size(), acck, P, B, q);
+      });
   });
   reorder_twiddles(gtwb, gtw, P, B, false);
 }
