@@ -58,7 +58,7 @@ CASES = [
     ("circulant-empty", lambda: transforms.circulant([]), ValueError, "non-empty 1-D vector"),
     ("circulant-nan", lambda: transforms.circulant([1.0, float("nan")]), ValueError, "NaN or Inf"),
     ("conv1d-weight", lambda: transforms.conv1d_circular(torch.randn(3, 3), 8), ValueError,
-     r"weight must have shape \(out_channels, in_channels, kernel_size\)"),
+     r"weight must have shape \(out_channels, in_channels / groups, kernel_size\)"),
     ("conv2d-shape", lambda: transforms.conv2d_circular(torch.randn(2, 3, 3, 3), (8,)), ValueError,
      "shape must be one value or a pair"),
     ("acdc-shapes", lambda: transforms.acdc(torch.randn(2, 4), torch.randn(2, 5)), ValueError,
