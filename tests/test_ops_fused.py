@@ -398,10 +398,10 @@ def test_the_row_paths_for_one_row(dtype, n, nstacks, nblocks, transpose, conjug
 ])
 @pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient", "real input"])
 def test_the_row_paths_backward(dtype, n, nstacks, nblocks, transpose, increasing, extras):
-    """A single row's backward runs a row path (float64, float32, complex): every gradient against the reference's,
-    the input gradient bit for bit the row's inside a larger batch (the lane tile; 12 rows for float32, whose
-    batches of up to 8 rows take other row code), the twiddle gradient bit for bit that of a batch whose other rows
-    are zero."""
+    """A single row's backward runs a row path (float64, complex; float32 on AVX-512, on AVX2 the row code of
+    small batches): every gradient against the reference's, the input gradient bit for bit the row's inside a
+    larger batch (the lane tile; 12 rows for float32, whose batches of up to 8 rows take the row code), the twiddle
+    gradient bit for bit that of a batch whose other rows are zero."""
     if dtype in (torch.complex64, torch.float32) and n < 64:
         pytest.skip("single-precision rows take the row path from n = 64")
     if extras == "real input" and not dtype.is_complex:
@@ -444,6 +444,50 @@ def test_the_row_paths_backward(dtype, n, nstacks, nblocks, transpose, increasin
     only_row = torch.zeros_like(x)
     only_row[2] = x[2]
     assert torch.equal(one[0], gradients(only_row, padded_gy)[0])
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("transpose,increasing,nblocks", [(False, True, 1), (True, False, 2)])
+@pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient"])
+def test_float32_small_batches_split_passes_over_threads(batch, transpose, increasing, nblocks, extras):
+    """float32 batches of up to 8 rows (the row code on AVX2) read the twiddles and add their gradient in the
+    user's layout, and with enough work (here 2 stacks at n = 4096) run each pass's positions on all threads (the
+    backward; the forward for a single row): output and every gradient against the reference, and bit for bit
+    those of one thread."""
+    torch.manual_seed(batch)
+    n, nstacks = 4096, 2
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
+    in_size, out_size = (nstacks * n - 5, n - 3) if transpose else (n - 5, nstacks * n - 3)
+    x = torch.randn(batch, in_size)
+    in_perm = torch.randperm(in_size) if extras == "permuted+bias" else None
+    out_perm = torch.randperm(out_size) if extras == "permuted+bias" else None
+    bias = torch.randn(out_size) if extras == "permuted+bias" else None
+    gy = torch.randn(batch, out_size, 2)[..., 0] if extras == "strided gradient" else torch.randn(batch, out_size)
+
+    def gradients(dtype=torch.float32):
+        tt, xx = t.to(dtype).requires_grad_(), x.to(dtype).requires_grad_()
+        bb = None if bias is None else bias.to(dtype).requires_grad_()
+        if dtype == torch.float32:
+            y = fused_cpu.fused_butterfly_multiply(tt, xx, increasing, out_size=out_size, transpose=transpose,
+                                                   conjugate=False, bias=bb, in_perm=in_perm, out_perm=out_perm)
+        else:
+            y = butterfly_multiply_reference(tt, xx if in_perm is None else xx[:, in_perm], increasing,
+                                             out_size=out_size, transpose=transpose)
+            y = y if out_perm is None else y[:, out_perm]
+            y = y if bb is None else y + bb
+        return (y.detach(),) + torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), gy.to(dtype))
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = gradients()
+        torch.set_num_threads(2)
+        two = gradients()
+    finally:
+        torch.set_num_threads(before)
+    for a, b, want in zip(one, two, gradients(torch.float64), strict=True):
+        assert torch.equal(a, b)
+        assert rel(b.double(), want) < 1e-5
 
 
 def _blocked_backward_bytes(threshold: int) -> int:

@@ -1765,6 +1765,36 @@ inline std::vector<Pass> make_passes(const Plan& P) {
   return passes;
 }
 
+// A pass's independent units of work: a Small pass's chunks of 2 kW positions, a Pair pass's closed groups of four
+// vectors, a Single pass's pairs of vectors. Units write disjoint positions and twiddle-gradient blocks, so a pass
+// may run its units on several threads with the same results (each block's gradient is summed over the rows
+// within one unit).
+inline int64_t pass_units(const Plan& P, const Pass& pass) {
+  return P.n / (pass.kind == PassKind::Pair ? 4 * kW : 2 * kW);
+}
+
+// Units [begin, end) of a pass.
+struct Units {
+  int64_t begin, end;
+};
+
+// Runs body(units) on every unit of a pass: on the calling thread, or (split) cut over the threads.
+template <typename Body>
+inline void for_pass_units(const Plan& P, const Pass& pass, bool split, const Body& body) {
+  const int64_t units = pass_units(P, pass);
+  if (!split) return body(Units{0, units});
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) { body(Units{begin, end}); });
+}
+
+// q with a zero bit inserted at bit s (a power of two): the q-th number (q, s multiples of kW) whose bit s is clear.
+inline int64_t with_zero_bit(int64_t q, int64_t s) { return ((q & ~(s - 1)) << 1) | (q & (s - 1)); }
+
+// The first position of unit j of a Single pass of stride s and of a Pair pass of strides s1 != s2.
+inline int64_t single_position(int64_t j, int64_t s) { return with_zero_bit(j * kW, s); }
+inline int64_t pair_position(int64_t j, int64_t s1, int64_t s2) {
+  return with_zero_bit(with_zero_bit(j * kW, std::min(s1, s2)), std::max(s1, s2));
+}
+
 
 // kW consecutive blocks straight from the user's layout (a b c d a b c d ...).
 #if defined(__AVX512F__)
@@ -1825,17 +1855,32 @@ const float* rows_soa(const float* tw, const Plan& P, float* soa) {
 
 #if !defined(__AVX512F__)
 // AVX2: eight blocks' entries, given as the vectors r0..r3 of raw entries 0..3 (t00, t01, t10, t11) of blocks
-// 0..7, stored in the raw layout (t00 t01 t10 t11 of block 0, then block 1, ...): load_quad_raw's inverse.
-TWIDDLE_INLINE void store_quad_raw(float* t, VF r0, VF r1, VF r2, VF r3) {
+// 0..7, as the four vectors of the raw layout (t00 t01 t10 t11 of block 0, then block 1, ...; out[j] holds blocks
+// 2j and 2j + 1): load_quad_raw's inverse.
+TWIDDLE_INLINE void raw_vectors(VF r0, VF r1, VF r2, VF r3, VF out[4]) {
   const VF t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);  // blocks 0 1 | 4 5, 2 3 | 6 7
   const VF t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   constexpr int kLow = _MM_SHUFFLE(1, 0, 1, 0), kHigh = _MM_SHUFFLE(3, 2, 3, 2);
   const VF u0 = _mm256_shuffle_ps(t0, t2, kLow), u1 = _mm256_shuffle_ps(t0, t2, kHigh);  // blocks 0 | 4, 1 | 5
   const VF u2 = _mm256_shuffle_ps(t1, t3, kLow), u3 = _mm256_shuffle_ps(t1, t3, kHigh);  // blocks 2 | 6, 3 | 7
-  _mm256_storeu_ps(t, _mm256_permute2f128_ps(u0, u1, 0x20));
-  _mm256_storeu_ps(t + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
-  _mm256_storeu_ps(t + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
-  _mm256_storeu_ps(t + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+  out[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+  out[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+  out[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+  out[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
+}
+
+TWIDDLE_INLINE void store_quad_raw(float* t, VF r0, VF r1, VF r2, VF r3) {
+  VF out[4];
+  raw_vectors(r0, r1, r2, r3, out);
+  for (int j = 0; j < 4; ++j) _mm256_storeu_ps(t + kW * j, out[j]);
+}
+
+// t[...] += the kW blocks of q (entries of the applied blocks; swap: the transpose's, whose t01 and t10 trade
+// places in the raw layout), in the raw layout: add_quad's counterpart for a gradient kept in the user's layout.
+TWIDDLE_INLINE void add_quad_raw(float* t, const Quad& q, bool swap) {
+  VF out[4];
+  raw_vectors(q.a, swap ? q.c : q.b, swap ? q.b : q.c, q.d, out);
+  for (int j = 0; j < 4; ++j) _mm256_storeu_ps(t + kW * j, vadd(_mm256_loadu_ps(t + kW * j), out[j]));
 }
 #endif
 
@@ -1887,6 +1932,27 @@ struct TwiddleSource {
   }
 };
 
+// Where the backward's pass kernels add one stack's twiddle gradient: a SoA buffer (the layout the twiddles were
+// converted to), or, on AVX2 where the twiddles are read in the user's layout, the user's gradient itself in that
+// layout (offsets and swap as in TwiddleSource).
+#if defined(__AVX512F__)
+constexpr bool kRawRowGradient = false;  // no add_quad_raw: the AVX-512 backward always converts
+#else
+constexpr bool kRawRowGradient = true;
+#endif
+struct GradientSink {
+  float* base;  // SoA: this stack's SoA gradient; raw: this stack's gradient in the user's layout
+  int64_t h;
+  bool raw, swap;
+  const int64_t* offsets;
+  TWIDDLE_INLINE void add(int64_t f, int64_t i, const Quad& q) const {
+#if !defined(__AVX512F__)
+    if (raw) return add_quad_raw(base + offsets[f] + 4 * i, q, swap);
+#endif
+    add_quad(base + f * 4 * h, h, i, q);
+  }
+};
+
 // y[pos..pos+kW) = v (+ bias[pos..pos+kW) when a bias is given: the forward's last pass adds it as it stores)
 TWIDDLE_INLINE void store_row(float* y, const float* bias, int64_t pos, VF v) {
   if (bias) v = vadd(v, vload(bias + pos));
@@ -1897,13 +1963,13 @@ TWIDDLE_INLINE void store_row(float* y, const float* bias, int64_t pos, VF v) {
 // and permutation indices of the run stay in registers across the rows (looked up once per pass, not per row).
 template <int M>
 void small_forward(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows, const TwiddleSource& tws,
-                   const Plan& P, const Pass& pass, const PermTable& perms, const float* bias) {
+                   const Plan& P, const Pass& pass, Units units, const PermTable& perms, const float* bias) {
   static_assert(M >= 1 && M <= kMaxSmallRun, "a Small pass has 1..kMaxSmallRun factors");
   const int64_t* st = P.strides.data() + pass.f0;
   const SmallPerm first = perms(st[0]), last = perms(st[M - 1]);
   HalfChange change[M];  // change[j]: from factor j's halves to factor j+1's (the last one unused)
   for (int j = 0; j + 1 < M; ++j) change[j] = perms.between(st[j], st[j + 1]);
-  for (int64_t c = 0; c < P.n / (2 * kW); ++c) {
+  for (int64_t c = units.begin; c < units.end; ++c) {
     Quad q[M];
     for (int j = 0; j < M; ++j) q[j] = tws.quad(pass.f0 + j, kW * c);
     for (int64_t r = 0; r < rows; ++r) {
@@ -1927,26 +1993,25 @@ void small_forward(const float* src, int64_t lds, float* dst, int64_t ldd, int64
 // apart). In place when src == dst; otherwise the two must not overlap (every vector of a row group is loaded
 // before any is stored, so in place is safe). Out of place lets the first pass read the caller's input and the
 // last one write the caller's output, with no copy through the buffer; `bias` (or null), indexed by position,
-// is added to what is stored.
+// is added to what is stored. Only the given units of the pass run.
 inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd, int64_t rows,
-                         const TwiddleSource& tws, const Plan& P, const Pass& pass, const PermTable& perms,
-                         const float* bias = nullptr) {
-  const int64_t n = P.n;
+                         const TwiddleSource& tws, const Plan& P, const Pass& pass, Units units,
+                         const PermTable& perms, const float* bias = nullptr) {
   if (pass.kind == PassKind::Small) {
     switch (pass.count) {
-      case 1: return small_forward<1>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 2: return small_forward<2>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 3: return small_forward<3>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 4: return small_forward<4>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 5: return small_forward<5>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 6: return small_forward<6>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      case 7: return small_forward<7>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
-      default: return small_forward<kMaxSmallRun>(src, lds, dst, ldd, rows, tws, P, pass, perms, bias);
+      case 1: return small_forward<1>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 2: return small_forward<2>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 3: return small_forward<3>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 4: return small_forward<4>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 5: return small_forward<5>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 6: return small_forward<6>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      case 7: return small_forward<7>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
+      default: return small_forward<kMaxSmallRun>(src, lds, dst, ldd, rows, tws, P, pass, units, perms, bias);
     }
   } else if (pass.kind == PassKind::Pair) {
     const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
-    for (int64_t p = 0; p < n; p += kW) {
-      if ((p & s1) || (p & s2)) continue;
+    for (int64_t j = units.begin; j < units.end; ++j) {
+      const int64_t p = pair_position(j, s1, s2);
       const Quad q10 = tws.quad(pass.f0, block_index(p, s1)), q11 = tws.quad(pass.f0, block_index(p + s2, s1));
       const Quad q20 = tws.quad(pass.f0 + 1, block_index(p, s2));
       const Quad q21 = tws.quad(pass.f0 + 1, block_index(p + s1, s2));
@@ -1967,8 +2032,8 @@ inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd,
     }
   } else {
     const int64_t s = P.strides[pass.f0];
-    for (int64_t p = 0; p < n; p += kW) {
-      if (p & s) continue;
+    for (int64_t j = units.begin; j < units.end; ++j) {
+      const int64_t p = single_position(j, s);
       const Quad q = tws.quad(pass.f0, block_index(p, s));
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = src + r * lds + p;
@@ -1985,10 +2050,9 @@ inline void pass_forward(const float* src, int64_t lds, float* dst, int64_t ldd,
 // The backward of a Small pass, M known at compile time (see small_forward).
 template <int M>
 void small_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, const float* u, int64_t ldu,
-                    int64_t rows, const float* soa, float* gsoa, const Plan& P, const Pass& pass,
-                    const PermTable& perms) {
+                    int64_t rows, const TwiddleSource& tws, const GradientSink& gs, const Plan& P,
+                    const Pass& pass, Units units, const PermTable& perms) {
   static_assert(M >= 1 && M <= kMaxSmallRun, "a Small pass has 1..kMaxSmallRun factors");
-  const int64_t h = P.half;
   const int64_t* st = P.strides.data() + pass.f0;
   const SmallPerm first = perms(st[0]), last = perms(st[M - 1]);
   HalfChange up[M], down[M];  // up[j]: factor j's halves to factor j+1's; down[j]: factor j+1's to factor j's
@@ -1996,10 +2060,10 @@ void small_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, c
     up[j] = perms.between(st[j], st[j + 1]);
     down[j] = perms.between(st[j + 1], st[j]);
   }
-  for (int64_t c = 0; c < P.n / (2 * kW); ++c) {
+  for (int64_t c = units.begin; c < units.end; ++c) {
     Quad q[M], acc[M];
     for (int j = 0; j < M; ++j) {
-      q[j] = load_quad(soa + (pass.f0 + j) * 4 * h, h, kW * c);
+      q[j] = tws.quad(pass.f0 + j, kW * c);
       acc[j] = zero_quad();
     }
     for (int64_t r = 0; r < rows; ++r) {
@@ -2027,40 +2091,35 @@ void small_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, c
       vstore(go, g0);
       vstore(go + kW, g1);
     }
-    for (int j = 0; j < M; ++j) add_quad(gsoa + (pass.f0 + j) * 4 * h, h, kW * c, acc[j]);
+    for (int j = 0; j < M; ++j) gs.add(pass.f0 + j, kW * c, acc[j]);
   }
 }
 
 // Backward of one pass: u = the pass's input rows (ldu floats apart); gin = gradient w.r.t. its output (ldgi
 // apart); gout receives the gradient w.r.t. its input (ldgo apart; gout == gin updates in place, as in
-// pass_forward); gsoa accumulates the twiddle gradient (SoA, this stack).
+// pass_forward); gs accumulates the twiddle gradient (this stack's). Only the given units of the pass run.
 inline void pass_backward(const float* gin, int64_t ldgi, float* gout, int64_t ldgo, const float* u, int64_t ldu,
-                          int64_t rows, const float* soa, float* gsoa, const Plan& P, const Pass& pass,
-                          const PermTable& perms) {
-  const int64_t n = P.n, h = P.half;
+                          int64_t rows, const TwiddleSource& tws, const GradientSink& gs, const Plan& P,
+                          const Pass& pass, Units units, const PermTable& perms) {
   if (pass.kind == PassKind::Small) {
     switch (pass.count) {
-      case 1: return small_backward<1>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 2: return small_backward<2>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 3: return small_backward<3>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 4: return small_backward<4>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 5: return small_backward<5>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 6: return small_backward<6>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      case 7: return small_backward<7>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
-      default: return small_backward<kMaxSmallRun>(gin, ldgi, gout, ldgo, u, ldu, rows, soa, gsoa, P, pass, perms);
+      case 1: return small_backward<1>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 2: return small_backward<2>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 3: return small_backward<3>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 4: return small_backward<4>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 5: return small_backward<5>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 6: return small_backward<6>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      case 7: return small_backward<7>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
+      default: return small_backward<kMaxSmallRun>(gin, ldgi, gout, ldgo, u, ldu, rows, tws, gs, P, pass, units, perms);
     }
   } else if (pass.kind == PassKind::Pair) {
     const int64_t s1 = P.strides[pass.f0], s2 = P.strides[pass.f0 + 1];
-    const float* t1 = soa + pass.f0 * 4 * h;
-    const float* t2 = t1 + 4 * h;
-    float* d1 = gsoa + pass.f0 * 4 * h;
-    float* d2 = d1 + 4 * h;
-    for (int64_t p = 0; p < n; p += kW) {
-      if ((p & s1) || (p & s2)) continue;
+    for (int64_t j = units.begin; j < units.end; ++j) {
+      const int64_t p = pair_position(j, s1, s2);
       const int64_t i10 = block_index(p, s1), i11 = block_index(p + s2, s1);
       const int64_t i20 = block_index(p, s2), i21 = block_index(p + s1, s2);
-      const Quad q10 = load_quad(t1, h, i10), q11 = load_quad(t1, h, i11);
-      const Quad q20 = load_quad(t2, h, i20), q21 = load_quad(t2, h, i21);
+      const Quad q10 = tws.quad(pass.f0, i10), q11 = tws.quad(pass.f0, i11);
+      const Quad q20 = tws.quad(pass.f0 + 1, i20), q21 = tws.quad(pass.f0 + 1, i21);
       Quad a10 = zero_quad(), a11 = zero_quad(), a20 = zero_quad(), a21 = zero_quad();
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = u + r * ldu + p;
@@ -2082,19 +2141,17 @@ inline void pass_backward(const float* gin, int64_t ldgi, float* gout, int64_t l
         vstore(go + s2, g2);
         vstore(go + s1 + s2, g3);
       }
-      add_quad(d1, h, i10, a10);
-      add_quad(d1, h, i11, a11);
-      add_quad(d2, h, i20, a20);
-      add_quad(d2, h, i21, a21);
+      gs.add(pass.f0, i10, a10);
+      gs.add(pass.f0, i11, a11);
+      gs.add(pass.f0 + 1, i20, a20);
+      gs.add(pass.f0 + 1, i21, a21);
     }
   } else {
     const int64_t s = P.strides[pass.f0];
-    const float* t = soa + pass.f0 * 4 * h;
-    float* d = gsoa + pass.f0 * 4 * h;
-    for (int64_t p = 0; p < n; p += kW) {
-      if (p & s) continue;
+    for (int64_t j = units.begin; j < units.end; ++j) {
+      const int64_t p = single_position(j, s);
       const int64_t i = block_index(p, s);
-      const Quad q = load_quad(t, h, i);
+      const Quad q = tws.quad(pass.f0, i);
       Quad acc = zero_quad();
       for (int64_t r = 0; r < rows; ++r) {
         const float* x = u + r * ldu + p;
@@ -2105,7 +2162,7 @@ inline void pass_backward(const float* gin, int64_t ldgi, float* gout, int64_t l
         vstore(go, g0);
         vstore(go + s, g1);
       }
-      add_quad(d, h, i, acc);
+      gs.add(pass.f0, i, acc);
     }
   }
 }
@@ -2177,8 +2234,11 @@ inline void rows_store(const float* buf, int64_t ld, float* dst, int64_t ld_dst,
 // run on one thread. With at least kSplitWork factor-position-row updates the forward cuts it into one group per
 // thread (each row's arithmetic does not depend on its group, so the result is the same). Measured on 2 cores
 // (AMD EPYC, Zen 3): n = 1024 batch 8 18.7 -> 15.5 us, n = 4096 batch 4 43 -> 34 us, batch 8 75 -> 46 us. The
-// backward keeps its groups: its twiddle-gradient sums depend on them, and on 2 cores splitting 2-8 rows in two
-// was as often slower as faster (n = 4096 batch 2 177 -> 214 us, batch 8 302 -> 254 us).
+// backward keeps its groups, on which its twiddle-gradient sums depend (splitting 2-8 rows in two was as often
+// slower as faster on 2 cores: n = 4096 batch 2 177 -> 214 us, batch 8 302 -> 254 us), and splits each pass's
+// positions instead (rows_backward). The forward splits positions for a single row only: for 2-8 rows splitting
+// the passes instead of the rows lost (n = 1024 batch 8 11 -> 22 us, n = 4096 batch 2 22 -> 31 us) except at
+// n = 16384 batch 2 and 4 (84 -> 67 us, 110 -> 94 us).
 constexpr int64_t kSplitWork = int64_t(1) << 16;
 inline int64_t forward_rows_per_group(const Plan& P, int64_t parts) {
   const int64_t work = P.nstacks * std::max<int64_t>(P.F, 1) * P.n * P.batch;
@@ -2190,6 +2250,10 @@ inline int64_t forward_rows_per_group(const Plan& P, int64_t parts) {
 void rows_forward(const float* tw, const float* x, const float* bias, float* out, const Plan& P) {
   const int64_t group = forward_rows_per_group(P, at::get_num_threads());
   const int64_t ngroups = (P.batch + group - 1) / group;
+  // A single row (one group) with that much work splits each pass's positions over the threads instead (as
+  // rows_backward does; the same arithmetic per position).
+  const bool split = ngroups == 1 && at::get_num_threads() > 1 &&
+                     P.nstacks * std::max<int64_t>(P.F, 1) * P.n * P.batch >= kSplitWork;
   const int64_t ld = P.n + 16;
   const bool raw = P.batch <= kRows;  // at most one group's rows: read the user's layout, skip the conversion
   ThreadScratch<float, 2> soa_scratch(raw ? 1 : P.nstacks * P.F * 4 * P.half);
@@ -2221,7 +2285,10 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
           const bool to_out = direct_out && j + 1 == npasses;
           float* dst = to_out ? out + row0 * P.out_size + oc0 : buf;
           const int64_t ldd = to_out ? P.out_size : ld;
-          pass_forward(src, lds, dst, ldd, rows, tws, P, passes[j], perms, to_out && bias ? bias + oc0 : nullptr);
+          for_pass_units(P, passes[j], split, [&](Units units) {
+            pass_forward(src, lds, dst, ldd, rows, tws, P, passes[j], units, perms,
+                         to_out && bias ? bias + oc0 : nullptr);
+          });
           src = dst;
           lds = ldd;
         }
@@ -2251,17 +2318,23 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
   const int64_t group = backward_rows(ld, npasses);
   const int64_t ngroups = (P.batch + group - 1) / group;
   const int64_t slot = group * ld;
+  // One group of rows (every batch the AVX2 row layout takes) reads the twiddles and adds their gradient in the
+  // user's layout, as the forward reads them: the conversion to SoA and the gradient's back, O(n log n) each, cost
+  // more than the rows' own work at large n.
+  const bool raw = kRawRowGradient && ngroups == 1;
   const int64_t soa_size = P.nstacks * P.F * 4 * P.half;
-  ThreadScratch<float, 2> soa_scratch(soa_size);
-  const float* const soa = rows_soa(tw, P, soa_scratch.data());
+  ThreadScratch<float, 2> soa_scratch(raw ? 1 : soa_size);
+  const float* const soa = raw ? nullptr : rows_soa(tw, P, soa_scratch.data());
   static const PermTable perms;  // built once (constant tables)
-  const int64_t bias_size = gbias ? P.out_size : 0;  // real only
-  const int64_t acc_size = soa_size + bias_size;
-  const Chunking ch = chunking(ngroups, min_groups_per_chunk(ngroups, std::max<int64_t>(1, kRowsPerChunk / group)));
-  ThreadScratch<float, 4> partial_scratch(ch.count * acc_size);
-  float* const partial = partial_scratch.data();
-  chunked_partials<float>(ngroups, ch, std::max<int64_t>(1, grain_for(P, group) / 4), acc_size, partial,
-                          [&](int64_t begin, int64_t end, float* acc) {
+  // One group with at least kSplitWork factor-position-row updates runs each pass's units on the threads (see
+  // pass_units): every block's gradient is still summed over the same rows in the same order, so the results are
+  // those of one thread bit for bit. Measured on 2 cores (AMD EPYC, Zen 3), backward op: n = 1024 batch 8 48 ->
+  // 41 us, n = 4096 batch 2 85 -> 63 us, batch 8 206 -> 130 us, n = 16384 batch 2 378 -> 225 us, batch 8 1.05 ->
+  // 0.69 ms; below kSplitWork (n = 1024 batch 2, n = 256 batch 8) the threads' start and joins per pass cost more.
+  const bool split = raw && at::get_num_threads() > 1 && P.nstacks * P.F * P.n * P.batch >= kSplitWork;
+  // Rows [begin, end) of groups: their twiddle gradient added to gtw_acc (raw: the user's layout, else SoA),
+  // their bias gradient to gbias_acc.
+  auto groups_backward = [&](int64_t begin, int64_t end, float* gtw_acc, float* gbias_acc) {
     // the input of every pass, then the gradient; written before they are read
     ThreadScratch<float, 1> scratch((std::max<int64_t>(npasses, 1) + 1) * slot);
     float* const acts = scratch.data();
@@ -2271,9 +2344,13 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
       for (int64_t k = 0; k < P.nstacks; ++k) {
         auto [ic0, icount] = input_cols(P, k);
         auto [oc0, ocount] = output_cols(P, k);
-        const float* soak = soa + k * P.F * 4 * P.half;
-        float* acck = acc + k * P.F * 4 * P.half;
-        const TwiddleSource tws{soak, P.half, false, false, nullptr, nullptr};
+        const TwiddleSource tws = raw ? TwiddleSource{tw + k * P.stack_size(), P.half, true, P.transpose,
+                                                      P.offsets.data(), &soa_perm()}
+                                      : TwiddleSource{soa + k * P.F * 4 * P.half, P.half, false, false, nullptr,
+                                                      nullptr};
+        const GradientSink gs = raw ? GradientSink{gtw_acc + k * P.stack_size(), P.half, true, P.transpose,
+                                                   P.offsets.data()}
+                                    : GradientSink{gtw_acc + k * P.F * 4 * P.half, P.half, false, false, nullptr};
         // As in the forward: the input, the incoming gradient and the input gradient are read and written in
         // place where no padding, truncation, strides or accumulation over stacks get in the way.
         const bool direct_in = icount == P.n && !P.in_perm;
@@ -2285,7 +2362,9 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         if (!direct_in) rows_load(acts, ld, x, P.in_size, row0, rows, ic0, icount, P.n, P.in_perm);
         for (int64_t j = 0; j + 1 < npasses; ++j) {
           const float* src = j == 0 ? u0 : acts + j * slot;
-          pass_forward(src, j == 0 ? ldu0 : ld, acts + (j + 1) * slot, ld, rows, tws, P, passes[j], perms);
+          for_pass_units(P, passes[j], split, [&](Units units) {
+            pass_forward(src, j == 0 ? ldu0 : ld, acts + (j + 1) * slot, ld, rows, tws, P, passes[j], units, perms);
+          });
         }
         const float* gin = direct_g ? gy + row0 * P.g_row + oc0 : g;
         int64_t ldgi = direct_g ? P.g_row : ld;
@@ -2297,14 +2376,16 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
         }
         if (gbias) {
           const auto [bc0, bcount] = bias_gradient_cols(P, k, oc0, ocount);
-          if (bcount > 0) add_gradient_column_sums<float>(acc + soa_size + bc0, gy, row0, rows, bc0, bcount, P);
+          if (bcount > 0) add_gradient_column_sums<float>(gbias_acc + bc0, gy, row0, rows, bc0, bcount, P);
         }
         for (int64_t j = npasses - 1; j >= 0; --j) {
           const bool to_gx = direct_gx && j == 0;
           float* gout = to_gx ? gx + row0 * P.in_size + ic0 : g;
           const int64_t ldgo = to_gx ? P.in_size : ld;
           const float* u = j == 0 ? u0 : acts + j * slot;
-          pass_backward(gin, ldgi, gout, ldgo, u, j == 0 ? ldu0 : ld, rows, soak, acck, P, passes[j], perms);
+          for_pass_units(P, passes[j], split, [&](Units units) {
+            pass_backward(gin, ldgi, gout, ldgo, u, j == 0 ? ldu0 : ld, rows, tws, gs, P, passes[j], units, perms);
+          });
           gin = gout;
           ldgi = ldgo;
         }
@@ -2312,7 +2393,21 @@ void rows_backward(const float* tw, const float* x, const float* gy, float* gx, 
           rows_store(g, ld, gx, P.in_size, row0, rows, ic0, icount, add_gx, nullptr, P.in_perm);
       }
     }
-  });
+  };
+  const int64_t bias_size = gbias ? P.out_size : 0;  // real only
+  if (raw) {  // the same sums as one chunk's below: each block's gradient is 0 + the group's sum
+    std::fill(gtw, gtw + P.nstacks * P.stack_size(), 0.0f);
+    std::fill(gbias, gbias + bias_size, 0.0f);
+    return groups_backward(0, ngroups, gtw, gbias);
+  }
+  const int64_t acc_size = soa_size + bias_size;
+  const Chunking ch = chunking(ngroups, min_groups_per_chunk(ngroups, std::max<int64_t>(1, kRowsPerChunk / group)));
+  ThreadScratch<float, 4> partial_scratch(ch.count * acc_size);
+  float* const partial = partial_scratch.data();
+  chunked_partials<float>(ngroups, ch, std::max<int64_t>(1, grain_for(P, group) / 4), acc_size, partial,
+                          [&](int64_t begin, int64_t end, float* acc) {
+                            groups_backward(begin, end, acc, acc + soa_size);
+                          });
   rows_soa_to_raw(partial, ch.count, acc_size, gtw, P);
   if (gbias) {  // the chunks' bias parts, summed in chunk order
     for (int64_t j = 0; j < bias_size; ++j) gbias[j] = 0.0f;
@@ -2373,8 +2468,11 @@ void backward_impl(const T* tw, const T* x, const T* gy, T* gx, T* gtw, T* gbias
 #endif
 #if defined(TWIDDLE_HAVE_ROWS)
   if constexpr (std::is_same_v<T, float>) {
-    // writes every entry of gtw, gbias
-    if (!single_row && use_rows<T>(P)) return rows_backward(tw, x, gy, gx, gtw, gbias, P);
+    // Writes every entry of gtw, gbias. A single row too where the row code reads the twiddles and adds their
+    // gradient in the user's layout (AVX2), against the float32 row template below (which AVX-512 keeps, its row
+    // code converting the layout): op, 1 thread, n = 1024 21 -> 19.7 us, n = 4096 76 -> 66 us, n = 16384 325 ->
+    // 290 us (180 us on 2 threads: passes split, below).
+    if (use_rows<T>(P) && (kRawRowGradient || !single_row)) return rows_backward(tw, x, gy, gx, gtw, gbias, P);
   }
 #endif
   std::fill(gtw, gtw + tw_size, T(0));
