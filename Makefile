@@ -37,7 +37,7 @@ lint: $(STAMP)
 
 # API reference from the docstrings (HTML, docs/api/index.html); the tutorial is docs/tutorial.md
 docs: $(STAMP)
-	$(PY) -m pdoc -o docs/api twiddle twiddle.benchmark twiddle.experiments twiddle.factorize.targets \
+	$(PY) -m pdoc -o docs/api twiddle twiddle.benchmark twiddle.experiments twiddle.factorize.targets twiddle.factorize.recover \
 		twiddle.factorize.lift twiddle.ops.reference
 
 clean:

@@ -3,8 +3,11 @@
     python benchmarks/factorize.py                      # n = 256 ... 4096
     python benchmarks/factorize.py --sizes 1024 --out benchmarks/results
 
-Prints a markdown table and writes factorize.json. The peer figure (pyfaust's hierarchical factorization of the
-DFT) is 0.23 s at n = 1024 and about 9 s at n = 4096 on 2 cores (see shared/DESIGN.md section 5).
+Prints a markdown table and writes factorize.json. Targets are the 2019 paper's, and ``shuffled-butterfly``: a
+random butterfly (seed 0) with its columns in a random order, which no BP or BPP permutation fits and
+``permutation="recover"`` (also tried by ``"auto"``) reads off the matrix. The peer figure (pyfaust's
+hierarchical factorization of the DFT) is 0.23 s at n = 1024 and about 9 s at n = 4096 on 2 cores (see
+shared/DESIGN.md section 5).
 """
 
 from __future__ import annotations
@@ -16,9 +19,19 @@ from pathlib import Path
 
 import torch
 
+import twiddle
 from twiddle.factorize import factorize, target_matrix
 
-CASES = (("dft", "bitrev"), ("hadamard", "identity"), ("dft", "auto"), ("dct", "auto"), ("randn", "auto"))
+CASES = (("dft", "bitrev"), ("hadamard", "identity"), ("dft", "auto"), ("dct", "auto"), ("randn", "auto"),
+         ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"))
+
+
+def _matrix(target: str, n: int) -> torch.Tensor:
+    if target != "shuffled-butterfly":
+        return target_matrix(target, n)
+    torch.manual_seed(0)
+    dense = twiddle.Butterfly(n, n, bias=False).double().to_dense().detach()
+    return dense[:, torch.randperm(n)]
 
 
 def main() -> None:
@@ -34,7 +47,7 @@ def main() -> None:
         for target, perm in CASES:
             if perm == "auto" and n > 1024:
                 continue  # 8 candidates: a multiple of the single-permutation time
-            matrix = target_matrix(target, n)
+            matrix = _matrix(target, n)
             for order in args.orders:
                 start = time.perf_counter()
                 result = factorize(matrix, permutation=perm, order=order)

@@ -1,7 +1,8 @@
 """Find a fast algorithm for a matrix: ``M ≈ B P`` with ``B`` a butterfly and ``P`` a permutation.
 
-:func:`factorize` is the entry point; :mod:`~twiddle.factorize.targets` has the 2019 paper's target matrices and
-:mod:`~twiddle.factorize.hierarchical` the closed-form algorithm.
+:func:`factorize` is the entry point; :mod:`~twiddle.factorize.targets` has the 2019 paper's target matrices,
+:mod:`~twiddle.factorize.hierarchical` the closed-form algorithm and :mod:`~twiddle.factorize.recover` the
+closed-form recovery of any column permutation (:func:`recover_permutation`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutati
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
+from .recover import recover_order, recover_permutation
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationResult", "PermutedButterfly", "TARGETS",
-           "target_matrix", "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig"]
+           "target_matrix", "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig", "recover_permutation"]
 
 METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
@@ -116,7 +118,7 @@ def load_matrix(matrix) -> torch.Tensor:
     return m
 
 
-def _bpp_compositions(n: int) -> list[tuple[str, torch.Tensor]]:
+def _bpp_compositions(n: int) -> list[_Candidate]:
     """The distinct products of two BP permutations that are not BP permutations themselves.
 
     ``"bpA>bpB"`` gathers with ``bpA`` first, then with ``bpB``: ``perm = pA[pB]``.
@@ -131,35 +133,58 @@ def _bpp_compositions(n: int) -> list[tuple[str, torch.Tensor]]:
             key = tuple(perm.tolist())
             if key not in seen:
                 seen.add(key)
-                out.append((f"{first}>{second}", perm))
+                out.append((f"{first}>{second}", perm, "all"))
     return out
 
 
-def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int
-                        ) -> list[list[tuple[str, torch.Tensor]]]:
-    """Candidate permutations in stages: the search stops after the first stage that has an exact fit."""
+# A candidate: (name, permutation, for which matrices: "all" — the matrix and its complex lifts —, "plain" — the
+# matrix only —, or "lifts"). A permutation None is read off each matrix it is tried on (recover_order).
+_Candidate = tuple[str, "torch.Tensor | None", str]
+_RECOVERED = "recovered"
+
+
+def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int) -> list[list[_Candidate]]:
+    """Candidate permutations in stages: the search stops after the first stage that has an exact fit.
+
+    ``"auto"``: the BP permutations, the recovered one on the matrix itself (one candidate, exact for any ``B P``),
+    the BPP products, then the recovered one on the complex lifts; a real matrix's transforms keep the fits they
+    had before recovery existed (the DCT, exact through a lift under a BPP permutation, finds that one first)."""
     if isinstance(permutation, str):
         if permutation in ("auto", "bp"):
-            stages = [[(_ALIASES.get(name, name), named_permutation(name, n)) for name in _AUTO_CANDIDATES]]
-            if permutation == "auto":
-                stages.append(_bpp_compositions(n))
-            return stages
+            bp = [(_ALIASES.get(name, name), named_permutation(name, n), "all") for name in _AUTO_CANDIDATES]
+            if permutation == "bp":
+                return [bp]
+            return [bp, [(_RECOVERED, None, "plain")], _bpp_compositions(n), [(_RECOVERED, None, "lifts")]]
         if permutation == "bpp":
             return [_bpp_compositions(n)]
+        if permutation == "recover":
+            return [[(_RECOVERED, None, "all")]]
         if permutation not in PERMUTATION_NAMES:
-            raise ValueError(f"permutation must be 'auto', 'bp', 'bpp', one of {PERMUTATION_NAMES} or an index "
-                             f"sequence, got {permutation!r}")
-        return [[(permutation, named_permutation(permutation, n))]]
+            raise ValueError(f"permutation must be 'auto', 'bp', 'bpp', 'recover', one of {PERMUTATION_NAMES} or an "
+                             f"index sequence, got {permutation!r}")
+        return [[(permutation, named_permutation(permutation, n), "all")]]
     perm = check_permutation(permutation, name="permutation")
     if perm.numel() != n:
         raise ValueError(f"permutation has {perm.numel()} entries but the butterfly is {n} × {n} (the matrix "
                          "zero-padded to a power of two)")
-    return [[("given", perm)]]
+    return [[("given", perm, "all")]]
 
 
 def _padded_size(rows: int, cols: int) -> int:
     """The least power of two >= 2 that holds a rows × cols matrix."""
     return max(2, 1 << (max(rows, cols) - 1).bit_length())
+
+
+def _butterfly_size(m: torch.Tensor, size: int | None) -> int:
+    """The butterfly size for matrix ``m``: ``size`` (checked: a power of two that holds ``m``), or by default the
+    least power of two >= 2 that holds it."""
+    n = _padded_size(*m.shape)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < n or size & (size - 1):
+            raise ValueError(f"size must be a power of two >= {n} (the matrix is {m.shape[0]} × {m.shape[1]}), "
+                             f"got {size!r}")
+        n = size
+    return n
 
 
 def _pad(m: torch.Tensor, n: int | None = None) -> torch.Tensor:
@@ -178,7 +203,7 @@ def _pad(m: torch.Tensor, n: int | None = None) -> torch.Tensor:
     return padded
 
 
-def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Tensor]]], order: str,
+def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order: str,
                          complex: bool | None, stop_early: bool,
                          lifts: dict[str, torch.Tensor] | None = None,
                          size: int | None = None) -> tuple[tuple, dict[str, float]]:
@@ -206,7 +231,8 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Ten
     norm = float(m.norm())
     best = None
     errors: dict[str, float] = {}
-    candidates = ((lift, name, perm) for stage in stages for lift in kinds for name, perm in stage)
+    candidates = ((lift, name, perm) for stage in stages for lift in kinds for name, perm, which in stage
+                  if which == "all" or (which == "plain") == (lift is None))
     for lift, name, perm in candidates:
         exact = best is not None and best[0] <= EXACT_TOLERANCE
         if exact and stop_early:
@@ -214,6 +240,8 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[tuple[str, torch.Ten
         if exact and lift is not None:  # lifts only for matrices with no exact real factorization
             continue
         work = plain if lift is None else lifted(lift)
+        if perm is None:
+            perm = recover_order(work)
         target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
         module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
                                    in_features=cols, out_features=rows)
@@ -303,9 +331,12 @@ def factorize(
             learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
             real part of the complex model, as in the paper.
         permutation: of the padded size ``n``: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and
-            bit reversal among them — then, unless one is exact, the products of two (the paper's BPP model); keep
-            the best, stop at the first exact one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only),
-            ``"bpp"`` (the products only; these two try every candidate), a name (``identity``, ``bitrev``,
+            bit reversal among them —, then the permutation read off the matrix (:func:`recover_permutation`:
+            exact for ``B P`` with any permutation ``P``), then the products of two BP permutations (the paper's
+            BPP model), then the read-off permutation of the complex lifts; keep the best, stop at the first exact
+            one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only), ``"bpp"`` (the products only;
+            these two try every candidate), ``"recover"`` (the read-off permutation only, of the matrix and of its
+            lifts: for a matrix known to be ``B P``, the fastest), a name (``identity``, ``bitrev``,
             ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
@@ -342,12 +373,7 @@ def factorize(
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     m = load_matrix(matrix)
-    n = _padded_size(*m.shape)
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < n or size & (size - 1):
-            raise ValueError(f"size must be a power of two >= {n} (the matrix is {m.shape[0]} × {m.shape[1]}), "
-                             f"got {size!r}")
-        n = size
+    n = _butterfly_size(m, size)
     if method == "gradient":
         trials = positive_int(trials, "trials")
         if not time_budget > 0:

@@ -378,7 +378,8 @@ def _closed_form(target: torch.Tensor, perm: torch.Tensor, lifts: dict) -> tuple
     of) ``B P`` against ``target``."""
     from . import _hierarchical_search  # the package imports this module first
 
-    (_, err, _, _, module, _), _ = _hierarchical_search(target, [[("learned", perm)]], "right", None, True, lifts)
+    candidates = [[("learned", perm, "all")]]
+    (_, err, _, _, module, _), _ = _hierarchical_search(target, candidates, "right", None, True, lifts)
     n = target.shape[0]
     tw = module.butterfly.twiddle.detach()[0, 0].to(torch.complex128)
     return tw, (err / n) ** 2

@@ -28,6 +28,31 @@ __all__ = ["ORDERS", "hierarchical_twiddle", "split_node"]
 ORDERS = ("balanced", "left", "right")
 
 
+def _leading_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(u, σ, vᴴ)`` of the largest singular value of every matrix in ``blocks`` (..., p, q): ``u`` (..., p), ``σ``
+    (...), the row ``vᴴ`` (..., q).
+
+    LAPACK's divide-and-conquer SVD (``gesdd``, torch's CPU driver) fails to converge on rare well-scaled matrices
+    (a complex 32 × 32 block of a shuffled butterfly at n = 1024, balanced order); the batch then takes the leading
+    eigenvector ``v`` of the Gram matrices ``BᴴB`` instead, refined by two power steps (``u = B v / |B v|``,
+    ``σ = |Bᴴ u|``, ``v = Bᴴ u / σ``): the same triplet up to a phase, to rounding for the rank-one blocks of an exact
+    butterfly (less accurate only where σ₁ and σ₂ are close, where no rank-one split is exact anyway)."""
+    try:
+        u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
+        return u[..., :, 0], s[..., 0], vh[..., 0, :]
+    except torch.linalg.LinAlgError:
+        pass
+    v = torch.linalg.eigh(blocks.mH @ blocks).eigenvectors[..., :, -1]  # eigenvalues ascending
+    tiny = torch.finfo(blocks.real.dtype if blocks.is_complex() else blocks.dtype).tiny
+    for _ in range(2):  # power steps u = B v / |B v|, v = Bᴴ u / |Bᴴ u|: the Gram's squared rounding taken out
+        u = (blocks @ v.unsqueeze(-1)).squeeze(-1)
+        u = u / u.norm(dim=-1, keepdim=True).clamp_min(tiny)
+        w = (blocks.mH @ u.unsqueeze(-1)).squeeze(-1)
+        sigma = w.norm(dim=-1)
+        v = w / sigma.unsqueeze(-1).clamp_min(tiny)
+    return u, sigma, v.conj()
+
+
 def split_node(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a node ``T (a, d, m, m)`` into ``left (a, m2 d, m1, m1)`` and ``right (a m1, d, m2, m2)``.
 
@@ -37,8 +62,7 @@ def split_node(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, t
     m2 = m // m1
     # axes (ia, id, r1, r2, c1, c2) -> (ia, c1, r2, id, r1, c2): a batch of m1 x m2 rank-one blocks
     blocks = T.reshape(a, d, m1, m2, m1, m2).permute(0, 4, 3, 1, 2, 5)
-    u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
-    u1, s1, v1 = u[..., :, 0], s[..., 0], vh[..., 0, :]  # (a, c1, r2, id, m1), (a, c1, r2, id), (..., m2)
+    u1, s1, v1 = _leading_triplet(blocks)  # (a, c1, r2, id, m1), (a, c1, r2, id), (..., m2)
     if sigma_to == "left":
         u1 = u1 * s1.unsqueeze(-1)
     else:

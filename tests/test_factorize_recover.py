@@ -1,0 +1,129 @@
+"""The permutation of M = B P read off M in closed form (twiddle.factorize.recover)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import twiddle
+from twiddle.factorize import LIFTS, complex_lift, factorize, recover_permutation, target_matrix
+from twiddle.factorize.recover import _two_colouring
+
+
+def _butterfly(n: int, *, complex: bool = False, seed: int = 0) -> torch.Tensor:
+    torch.manual_seed(seed)
+    layer = twiddle.Butterfly(n, n, bias=False, complex=complex).double()
+    return layer.to_dense().detach()
+
+
+def _is_permutation(perm: torch.Tensor, n: int) -> bool:
+    return perm.dtype == torch.long and torch.equal(perm.sort().values, torch.arange(n))
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 64, 512])
+@pytest.mark.parametrize("complex", [False, True])
+def test_a_butterfly_with_any_column_permutation_is_recovered_exactly(n, complex):
+    B = _butterfly(n, complex=complex, seed=n)
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(1))
+    M = B[:, shuffle]
+    perm = recover_permutation(M)
+    assert _is_permutation(perm, n)
+    result = factorize(M, permutation=perm)
+    assert result.relative_error < 1e-12
+    # "auto" finds it too, as one candidate after the BP permutations (none of which fits a random shuffle)
+    auto = factorize(M)
+    assert auto.relative_error < 1e-12
+    if n >= 8:
+        assert auto.permutation_name == "recovered" and auto.lift is None
+    x = torch.randn(3, n, dtype=M.dtype)
+    torch.testing.assert_close(auto.module(x), x @ M.T, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dft", "hadamard"])
+def test_transforms_with_shuffled_columns(name):
+    n = 128
+    M = target_matrix(name, n)[:, torch.randperm(n, generator=torch.Generator().manual_seed(2))]
+    assert factorize(M, permutation="recover").relative_error < 1e-12
+
+
+def test_sparse_matrices_take_a_balanced_two_colouring():
+    """A permutation matrix's columns conflict only in pairs (most pairs of columns share no row): many splits are
+    valid, and the balanced colouring picks one that keeps every pair apart."""
+    n = 64
+    P = torch.eye(n, dtype=torch.float64)[:, torch.randperm(n, generator=torch.Generator().manual_seed(3))]
+    assert factorize(P, permutation="recover").relative_error < 1e-14
+    # a butterfly with zeroed twiddles: blocks of zeros and a few nonzero columns
+    B = _butterfly(n, seed=4)
+    B[:, ::3] = 0
+    assert factorize(B[:, torch.randperm(n)], permutation="recover").relative_error < 1e-12
+
+
+def test_a_real_matrix_exact_only_through_a_complex_lift():
+    """The DCT is the real part of a complex B P: "recover" reads the permutation off its lifts (a lift depends on
+    the column order, so a real matrix's columns must come in the order its lift needs; the lift's own columns can
+    come in any order)."""
+    n = 64
+    result = factorize(target_matrix("dct", n), permutation="recover")
+    assert result.relative_error < 1e-12 and result.lift is not None
+    assert result.permutation_name == "recovered"
+    assert set(result.candidates) <= {"recovered"} | {f"{lift}:recovered" for lift in LIFTS}
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(5))
+    lifted = complex_lift(target_matrix("dct", n), result.lift)[:, shuffle]
+    assert factorize(lifted, permutation=recover_permutation(lifted)).relative_error < 1e-12
+
+
+def test_padded_blocks_and_the_size_argument():
+    B = _butterfly(256, seed=6)
+    block = B[:200, :150][:, torch.randperm(150, generator=torch.Generator().manual_seed(7))]
+    result = factorize(block, permutation="recover")
+    assert result.relative_error < 1e-12 and result.module.in_features == 150
+    assert _is_permutation(recover_permutation(block), 256)
+    assert _is_permutation(recover_permutation(block, size=512), 512)
+
+
+@pytest.mark.parametrize("noise", [1e-6, 1e-4, 1e-3])
+def test_noisy_products_fit_to_the_noise_level(noise):
+    """With noise there is no clean split: each block falls back to a balanced two-means on the conflict scores.
+    The fit under the recovered permutation is within 1.5x of the fit under the true one (at 1% noise it is not
+    always: 1.0-3.1x over six seeds at n = 256)."""
+    n = 256
+    B = _butterfly(n, seed=8)
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(9))
+    M = B[:, shuffle]
+    noisy = M + noise * M.std() * torch.randn(M.shape, generator=torch.Generator().manual_seed(10), dtype=M.dtype)
+    truth = factorize(noisy, permutation=torch.argsort(shuffle)).relative_error
+    got = factorize(noisy, permutation="recover").relative_error
+    assert truth < 2 * noise and got < 1.5 * truth
+
+
+def test_a_matrix_that_is_no_butterfly_still_gets_a_permutation():
+    M = torch.randn(64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
+    assert _is_permutation(recover_permutation(M), 64)
+    assert factorize(M, permutation="recover").relative_error > 0.1
+
+
+def test_two_colouring():
+    conflict = torch.zeros(6, 6, dtype=torch.bool)
+    for a, b in [(0, 1), (1, 2), (3, 4)]:  # a path 0-1-2 (sides {0, 2} / {1}), an edge 3-4, 5 alone
+        conflict[a, b] = conflict[b, a] = True
+    mask = _two_colouring(conflict.numpy(), 3)
+    assert mask is not None and mask.sum() == 3
+    for a, b in [(0, 1), (1, 2), (3, 4)]:
+        assert mask[a] != mask[b]
+    conflict[0, 2] = conflict[2, 0] = True  # a triangle: no clean split
+    assert _two_colouring(conflict.numpy(), 3) is None
+    star = torch.zeros(4, 4, dtype=torch.bool)
+    star[0, 1:] = star[1:, 0] = True  # sides {0} / {1, 2, 3}: no split into 2 + 2
+    assert _two_colouring(star.numpy(), 2) is None
+
+
+def test_bad_arguments():
+    M = _butterfly(8)
+    with pytest.raises(ValueError, match="size must be a power of two"):
+        recover_permutation(M, size=12)
+    with pytest.raises(ValueError, match="tol must be a non-negative"):
+        recover_permutation(M, tol=-1.0)
+    with pytest.raises(ValueError, match="matrix contains NaN"):
+        recover_permutation(torch.full((4, 4), float("nan")))
+    with pytest.raises(ValueError, match="'recover'"):
+        factorize(M, permutation="recovery")
