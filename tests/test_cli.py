@@ -134,3 +134,17 @@ def test_factor_out_saves_a_loadable_module(capsys, tmp_path):
     assert json.loads(capsys.readouterr().out)["out"] == str(path)
     module = PermutedButterfly.load(path)
     torch.testing.assert_close(module.to_dense(), target_matrix("dft", 32), atol=1e-12, rtol=0)
+
+
+def test_output_piped_into_a_reader_that_stops_early(tmp_path):
+    """`twiddle factor ... | head -1`: the reader closes the pipe; the command ends without a traceback."""
+    import subprocess
+    import sys
+
+    code = "from twiddle.cli import main; import sys; sys.exit(main(['factor', 'hadamard', '-n', '8', '--json']))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader has gone before anything is written
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipeError" not in err

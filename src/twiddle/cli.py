@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -301,7 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"-n must be a positive integer, got {n}")
     if getattr(args, "batch", 1) <= 0:
         parser.error(f"--batch must be a positive integer, got {args.batch}")
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # stdout went to a reader that stopped early (`twiddle factor ... | head`): no traceback, and no second
+        # error when Python flushes stdout at exit; 141 is a shell's status for a command killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover
