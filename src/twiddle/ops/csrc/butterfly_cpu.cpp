@@ -2261,7 +2261,7 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
   const std::vector<Pass> passes = make_passes(P);
   const int64_t npasses = static_cast<int64_t>(passes.size());
   static const PermTable perms;  // built once (constant tables)
-  at::parallel_for(0, ngroups, group < kRows ? 1 : grain_for(P, kRows), [&](int64_t begin, int64_t end) {
+  auto run_groups = [&](int64_t begin, int64_t end) {
     ThreadScratch<float, 0> scratch(kRows * ld);  // written before it is read
     float* const buf = scratch.data();
     for (int64_t grp = begin; grp < end; ++grp) {
@@ -2295,7 +2295,11 @@ void rows_forward(const float* tw, const float* x, const float* bias, float* out
         if (!direct_out) rows_store(buf, ld, out, P.out_size, row0, rows, oc0, ocount, add, bias, P.out_inv);
       }
     }
-  });
+  };
+  // one group runs on the calling thread, outside any parallel region, so that its passes can split (at::parallel_for
+  // marks even an inline call as a parallel region on some versions, which would keep nested loops on one thread)
+  if (ngroups == 1) return run_groups(0, 1);
+  at::parallel_for(0, ngroups, group < kRows ? 1 : grain_for(P, kRows), run_groups);
 }
 
 // Rows per group in the backward: the largest of 32, 16, 8 whose working set (the input of every pass and the
