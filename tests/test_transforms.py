@@ -581,3 +581,21 @@ def test_dtype_conversions_keep_the_complex_twiddles_complex(make):
         torch.testing.assert_close(back(x), want, rtol=0, atol=scale * (2e-2 if low == torch.bfloat16 else 4e-3))
     model = torch.nn.Sequential(make(), torch.nn.Linear(module.out_shape[-1], 4)).half()
     assert model(x.half()).dtype == torch.float16  # was: "mat1 and mat2 must have the same dtype"
+
+
+def test_a_channel_mix_pickled_before_groups_existed_loads_as_one_group():
+    import io
+    import pickle
+
+    from twiddle.transforms._modules import _ChannelMix
+
+    mix = _ChannelMix(torch.randn(3, 2, 8, dtype=torch.complex128))
+    x = torch.randn(4, 2, 8, dtype=torch.complex128)
+    want = mix(x)
+    del mix.__dict__["groups"]  # as a module saved by an earlier version
+    buffer = io.BytesIO()
+    pickle.dump(mix, buffer)
+    buffer.seek(0)
+    loaded = pickle.load(buffer)
+    assert loaded.groups == 1 and torch.equal(loaded(x), want)
+    assert "groups" not in repr(loaded)

@@ -171,10 +171,14 @@ class _ChannelMix(nn.Module):
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=trainable)
         self.groups = groups
 
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("groups", 1)  # modules pickled before groups existed have none
+        super().__setstate__(state)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         freq = "fgh"[: self.weight.dim() - 2]
         dtype = torch.promote_types(x.dtype, self.weight.dtype)
-        g = getattr(self, "groups", 1)  # (modules pickled before groups existed have none)
+        g = self.groups
         if g == 1:  # (..., c, *f) x (o, c, *f) -> (..., o, *f), without materializing the (..., o, c, *f) product
             return torch.einsum(f"...c{freq},oc{freq}->...o{freq}", x.to(dtype), self.weight.to(dtype))
         nf = self.weight.dim() - 2
@@ -186,7 +190,7 @@ class _ChannelMix(nn.Module):
 
     def extra_repr(self) -> str:
         out_ch, per_group = self.weight.shape[:2]
-        g = getattr(self, "groups", 1)
+        g = self.groups
         return (f"in_channels={per_group * g}, out_channels={out_ch}, "
                 + (f"groups={g}, " if g > 1 else "") + f"frequencies={tuple(self.weight.shape[2:])}")
 

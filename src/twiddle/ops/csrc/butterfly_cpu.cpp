@@ -1114,10 +1114,11 @@ inline bool use_complex_rows(const Plan& P) {
 // row path, W blocks per vector (4 doubles, 8 floats) with their twiddles transposed from the user's layout (W blocks
 // x 4 numbers) in registers, strides below W on the row held transposed (W x n / W). Each block's arithmetic is the
 // lane tile's (lanes_factor_real and its backward), so the results are bit for bit the same. Needs n >= W^2. float64
-// forward and backward; float32 backward only: the float32 forward of small batches has its own row code (below),
-// faster at large n (it fuses factors in registers: n = 16384 81 against 97 us here, 1 thread), whose backward
-// converts the twiddles to and from a vector-friendly layout on every call, most of a single row's time (backward
-// op, 1 thread, float32 batch 1 on this path instead: n = 1024 26 -> 20 us, 4096 104 -> 73 us, 16384 598 -> 306 us).
+// forward and backward; float32 backward on AVX-512 only: float32 rows have their own row code (below), faster
+// (it fuses factors in registers: forward n = 16384 81 against 97 us here, 1 thread), whose AVX-512 backward converts
+// the twiddles to and from a vector-friendly layout on every call, most of a single row's time (on AVX2, before its
+// row code read the user's layout, this path took a float32 row's backward from 26 to 20 us at n = 1024, 598 to
+// 306 us at n = 16384, 1 thread).
 
 // (dp, dq) <- T (sp, sq) on W blocks whose raw twiddles (4 numbers each) start at tw + 4 (i0 + j step), j < W
 // (d == s: in place).
@@ -1854,40 +1855,25 @@ const float* rows_soa(const float* tw, const Plan& P, float* soa) {
 }
 
 #if !defined(__AVX512F__)
-// AVX2: eight blocks' entries, given as the vectors r0..r3 of raw entries 0..3 (t00, t01, t10, t11) of blocks
-// 0..7, as the four vectors of the raw layout (t00 t01 t10 t11 of block 0, then block 1, ...; out[j] holds blocks
-// 2j and 2j + 1): load_quad_raw's inverse.
-TWIDDLE_INLINE void raw_vectors(VF r0, VF r1, VF r2, VF r3, VF out[4]) {
+// AVX2: t[...] += the kW blocks of q (entries of the applied blocks; swap: the transpose's, whose t01 and t10 trade
+// places) in the raw layout (t00 t01 t10 t11 of block 0, then block 1, ...): add_quad's counterpart for a gradient
+// kept in the user's layout, the inverse of load_quad_raw's transpose.
+TWIDDLE_INLINE void add_quad_raw(float* t, const Quad& q, bool swap) {
+  const VF r0 = q.a, r1 = swap ? q.c : q.b, r2 = swap ? q.b : q.c, r3 = q.d;  // raw entries 0..3 of blocks 0..7
   const VF t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);  // blocks 0 1 | 4 5, 2 3 | 6 7
   const VF t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
   constexpr int kLow = _MM_SHUFFLE(1, 0, 1, 0), kHigh = _MM_SHUFFLE(3, 2, 3, 2);
   const VF u0 = _mm256_shuffle_ps(t0, t2, kLow), u1 = _mm256_shuffle_ps(t0, t2, kHigh);  // blocks 0 | 4, 1 | 5
   const VF u2 = _mm256_shuffle_ps(t1, t3, kLow), u3 = _mm256_shuffle_ps(t1, t3, kHigh);  // blocks 2 | 6, 3 | 7
-  out[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
-  out[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
-  out[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
-  out[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
-}
-
-TWIDDLE_INLINE void store_quad_raw(float* t, VF r0, VF r1, VF r2, VF r3) {
-  VF out[4];
-  raw_vectors(r0, r1, r2, r3, out);
-  for (int j = 0; j < 4; ++j) _mm256_storeu_ps(t + kW * j, out[j]);
-}
-
-// t[...] += the kW blocks of q (entries of the applied blocks; swap: the transpose's, whose t01 and t10 trade
-// places in the raw layout), in the raw layout: add_quad's counterpart for a gradient kept in the user's layout.
-TWIDDLE_INLINE void add_quad_raw(float* t, const Quad& q, bool swap) {
-  VF out[4];
-  raw_vectors(q.a, swap ? q.c : q.b, swap ? q.b : q.c, q.d, out);
+  const VF out[4] = {_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
+                     _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
   for (int j = 0; j < 4; ++j) _mm256_storeu_ps(t + kW * j, vadd(_mm256_loadu_ps(t + kW * j), out[j]));
 }
 #endif
 
 // The sum of the chunks' SoA twiddle gradients (chunk c at partial + c stride), in the raw user layout: every entry
-// of gtw is written. Parallel over factors; each entry adds the chunks in chunk order, starting from zero. On AVX2,
-// kW blocks at a time with a 4 x 8 transpose (a strided scalar loop per entry took 0.39 ms of a 1.05 ms batch-1
-// backward at n = 16384).
+// of gtw is written. Parallel over factors; each entry adds the chunks in chunk order, starting from zero. Reached on
+// AVX-512 only: on AVX2 the row code serves a single group of rows, which adds its gradient in the raw layout.
 void rows_soa_to_raw(const float* partial, int64_t nchunks, int64_t stride, float* gtw, const Plan& P) {
   const int64_t h = P.half;
   at::parallel_for(0, P.nstacks * P.F, 1, [&](int64_t begin, int64_t end) {
@@ -1895,17 +1881,6 @@ void rows_soa_to_raw(const float* partial, int64_t nchunks, int64_t stride, floa
       const int64_t k = kf / P.F, f = kf % P.F;
       float* dst = gtw + k * P.stack_size() + P.offsets[f];
       const float* src = partial + kf * 4 * h;  // entry e of block i at src[e h + i] (+ c stride for chunk c)
-#if !defined(__AVX512F__)
-      for (int64_t i = 0; i < h; i += kW) {
-        VF raw[4];
-        for (int e = 0; e < 4; ++e) {
-          VF sum = _mm256_setzero_ps();
-          for (int64_t c = 0; c < nchunks; ++c) sum = vadd(sum, vload(src + c * stride + e * h + i));
-          raw[raw_entry(P, e)] = sum;
-        }
-        store_quad_raw(dst + 4 * i, raw[0], raw[1], raw[2], raw[3]);
-      }
-#else
       for (int e = 0; e < 4; ++e) {
         const int64_t re = raw_entry(P, e);
         for (int64_t i = 0; i < h; ++i) dst[4 * i + re] = 0.0f;
@@ -1914,7 +1889,6 @@ void rows_soa_to_raw(const float* partial, int64_t nchunks, int64_t stride, floa
           for (int64_t i = 0; i < h; ++i) dst[4 * i + re] += acc[i];
         }
       }
-#endif
     }
   });
 }
