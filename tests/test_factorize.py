@@ -8,7 +8,7 @@ import torch
 
 from twiddle import Butterfly
 from twiddle.factorize import LIFTS, TARGETS, PermutedButterfly, complex_lift, factorize, load_matrix, target_matrix
-from twiddle.factorize.hierarchical import ORDERS, hierarchical_twiddle
+from twiddle.factorize.hierarchical import ORDERS, _leading_triplet, hierarchical_twiddle
 from twiddle.permutations import PERMUTATION_NAMES, bitreversal_permutation, named_permutation
 
 SIZES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -386,6 +386,34 @@ def test_the_gradient_method_fits_a_block_through_its_zero_padding():
     assert result.rmse < 1e-4
     x = torch.randn(2, 5, dtype=torch.float64).to(torch.complex128)
     torch.testing.assert_close(result.module(x), x @ M.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("shape", [(37, 2), (2, 37), (2, 2)])
+def test_closed_form_triplet_of_two_column_blocks_matches_the_svd(dtype, shape):
+    """Blocks with two columns (or rows) take a closed form (the 2 × 2 Gram's leading eigenvector) instead of LAPACK:
+    the same σ₁ and the same best rank-one error as the SVD, unit singular vectors, on generic blocks, exact rank-one
+    blocks, equal singular values, tiny and huge scales, and zero blocks (u = v = 0, as the Gram fallback gives)."""
+    g = torch.Generator().manual_seed(1)
+    p, q = shape
+    generic = torch.randn(64, p, q, dtype=dtype, generator=g)
+    rank_one = torch.randn(64, p, 1, dtype=dtype, generator=g) @ torch.randn(64, 1, q, dtype=dtype, generator=g)
+    one_column = generic.clone()
+    one_column[..., :, 0] = 0 if q == 2 else one_column[..., :, 0]
+    equal = torch.linalg.qr(torch.randn(64, max(p, q), 2, dtype=dtype, generator=g)).Q  # orthonormal: σ₁ = σ₂
+    equal = equal if q == 2 else equal.mH
+    blocks = torch.cat([generic, rank_one, one_column, equal, generic * 1e-150, generic * 1e150])
+    u, s, vh = _leading_triplet(blocks)
+    svals = torch.linalg.svdvals(blocks)
+    assert torch.allclose(s, svals[:, 0], rtol=1e-13, atol=0)
+    assert torch.allclose(u.norm(dim=-1), torch.ones(len(blocks), dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(vh.norm(dim=-1), torch.ones(len(blocks), dtype=torch.float64), atol=1e-13)
+    residual = (blocks - s[:, None, None] * u[:, :, None] * vh[:, None, :]).flatten(1).norm(dim=1)
+    best = svals[:, 1:].norm(dim=1)  # the Eckart–Young error
+    scale = svals[:, 0]
+    assert torch.all((residual - best).abs() <= 1e-13 * scale), float(((residual - best).abs() / scale).max())
+    u0, s0, vh0 = _leading_triplet(torch.zeros(3, p, q, dtype=dtype))
+    assert not s0.any() and not u0.any() and not vh0.any()
 
 
 def test_the_split_survives_an_svd_that_does_not_converge(monkeypatch):

@@ -28,15 +28,52 @@ __all__ = ["ORDERS", "hierarchical_twiddle", "split_node"]
 ORDERS = ("balanced", "left", "right")
 
 
+def _two_column_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(u, σ, vᴴ)`` of the largest singular value of every matrix in ``blocks`` (..., p, 2), in closed form.
+
+    ``v`` is the leading eigenvector of the 2 × 2 Gram matrix ``G = BᴴB``: with ``h = (G₀₀ − G₁₁) / 2`` and
+    ``r = √(h² + |G₀₁|²)`` (so ``λ = (G₀₀ + G₁₁) / 2 + r``), ``v ∝ (h + r, conj G₀₁)`` when ``h ≥ 0``, else
+    ``(G₀₁, r − h)``, the form whose leading entry has no cancellation; then ``σ = |B v|`` and ``u = B v / σ``.
+    The eigenvector's error is that of the SVD's (``ε / (1 − σ₂² / σ₁²)``, the same order as ``ε / (1 − σ₂ / σ₁)``),
+    and exact for the rank-one blocks of an exact butterfly, while one pass over the blocks replaces a LAPACK call
+    per block: the right and left orders (every split ``m × 2`` or ``2 × m``) run 3-6x faster at n = 1024.
+    Where ``σ = 0`` (``B = 0``), ``u`` and ``v`` are 0, as the Gram fallback of :func:`_leading_triplet` gives."""
+    blocks = blocks.contiguous()  # one copy: the two products below then read it at full speed
+    gram = blocks.mH @ blocks  # (..., 2, 2)
+    g00, g11, g01 = gram[..., 0, 0].real, gram[..., 1, 1].real, gram[..., 0, 1]
+    h = (g00 - g11) / 2
+    r = torch.hypot(h, g01.abs())
+    upper = h >= 0
+    lead = torch.where(upper, h + r, r - h).to(blocks.dtype)  # λ − G₁₁ or λ − G₀₀: at least r
+    x = torch.where(upper, lead, g01)
+    y = torch.where(upper, g01.conj(), lead)
+    norm = torch.hypot(x.abs(), y.abs())
+    zero = norm == 0
+    scale = torch.where(zero, 1.0, norm).to(blocks.dtype)
+    v = torch.stack([torch.where(zero, 1.0, x / scale), torch.where(zero, 0.0, y / scale)], dim=-1)
+    w = (blocks @ v.unsqueeze(-1)).squeeze(-1)  # B v = σ u
+    sigma = torch.linalg.vector_norm(w, dim=-1)
+    nonzero = (sigma > 0).unsqueeze(-1)
+    u = w / torch.where(nonzero, sigma.unsqueeze(-1), 1.0).to(w.dtype)
+    return u, sigma, torch.where(nonzero, v.conj(), 0.0)  # a zero block: u = v = 0
+
+
 def _leading_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(u, σ, vᴴ)`` of the largest singular value of every matrix in ``blocks`` (..., p, q): ``u`` (..., p), ``σ``
     (...), the row ``vᴴ`` (..., q).
 
+    Blocks with two columns (or two rows, through ``Bᴴ``) take the closed form of :func:`_two_column_triplet`.
     LAPACK's divide-and-conquer SVD (``gesdd``, torch's CPU driver) fails to converge on rare well-scaled matrices
     (a complex 32 × 32 block of a shuffled butterfly at n = 1024, balanced order); the batch then takes the leading
     eigenvector ``v`` of the Gram matrices ``BᴴB`` instead, refined by two power steps (``u = B v / |B v|``,
     ``σ = |Bᴴ u|``, ``v = Bᴴ u / σ``): the same triplet up to a phase, to rounding for the rank-one blocks of an exact
     butterfly (less accurate only where σ₁ and σ₂ are close, where no rank-one split is exact anyway)."""
+    p, q = blocks.shape[-2:]
+    if q == 2:
+        return _two_column_triplet(blocks)
+    if p == 2:
+        v, sigma, uh = _two_column_triplet(blocks.mH)
+        return uh.conj(), sigma, v.conj()
     try:
         u, s, vh = torch.linalg.svd(blocks, full_matrices=False)
         return u[..., :, 0], s[..., 0], vh[..., 0, :]
