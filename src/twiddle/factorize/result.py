@@ -138,7 +138,9 @@ class PermutedButterfly(NotScriptable, nn.Module):
         """The ``out_features × in_features`` matrix ``M = … B₂ P₂ B P`` (its real part if ``real_output``; the
         top-left block of the ``n × n`` product for a padded factorization) with ``forward(x) == x @ M.T`` for real
         ``x``."""
-        dense = self.butterfly.to_dense()[:, torch.argsort(self.permutation.perm)]
+        # B P: column j of B moves to perm[j]; gathered as rows of Bᵀ (to_dense's transposed view: whole rows
+        # copied, several times faster than a column gather at n = 1024)
+        dense = self.butterfly.to_dense().mT[torch.argsort(self.permutation.perm)].mT
         for stage in self.then:
             inner = stage.to_dense()
             dense = inner.to(torch.promote_types(inner.dtype, dense.dtype)) @ dense.to(
