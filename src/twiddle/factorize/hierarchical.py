@@ -9,7 +9,8 @@ Splitting it into ``X_s..X_i`` (``m1 = 2^(i-s+1)``) and ``X_{i+1}..X_e`` (``m2 =
 by block: with rows ``(r1, r2)`` and columns ``(c1, c2)``,
 ``T[ia, id, (r1, r2), (c1, c2)] = Lt[ia, (r2, id), r1, c1] · Rt[(ia, c1), id, r2, c2]``, so for each
 ``(ia, c1, r2, id)`` the ``m1 × m2`` matrix over ``(r1, c2)`` must be rank one. One batched SVD per split gives the
-best rank-one approximations; the left factor takes ``u``, the right ``σ v`` (or the reverse).
+best rank-one approximations (blocks with two columns or two rows — every split of the right and left orders — in
+closed form, from their 2 × 2 Gram matrices); the left factor takes ``u``, the right ``σ v`` (or the reverse).
 
 Orthonormalization (Le et al. 2024): the part that is final — a single factor — keeps the unit singular vector
 and the singular value moves to the part still to be split, so the norms are pushed inward and the error of the
