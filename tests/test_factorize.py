@@ -436,3 +436,16 @@ def test_the_split_survives_an_svd_that_does_not_converge(monkeypatch):
     assert got.shape == want.shape
     zero = hierarchical_twiddle(torch.zeros(8, 8, dtype=torch.float64), "right")
     assert torch.isfinite(zero).all() and not zero.any()
+
+
+def test_the_hierarchical_search_shows_progress_when_asked(capsys):
+    """``progress=True`` (the CLI's default without --json) puts a bar over the candidates on stderr; stdout stays
+    clean and the result is the same as without it."""
+    target = target_matrix("dct", 16)
+    quiet = factorize(target)
+    assert capsys.readouterr().err == ""
+    shown = factorize(target, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "hierarchical (right) n=16" in captured.err and "candidate" in captured.err and "best=" in captured.err
+    assert shown.permutation_name == quiet.permutation_name and shown.relative_error == quiet.relative_error

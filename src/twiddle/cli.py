@@ -161,10 +161,10 @@ def _factor(args: argparse.Namespace) -> int:
         raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a "
                          f"{'/'.join(MATRIX_FILE_SUFFIXES)} file")
     try:
-        extra = {}
+        extra = {"progress": not args.json}
         if args.method == "gradient":
-            extra = dict(trials=args.trials, time_budget=args.time_budget, seed=args.seed, progress=not args.json,
-                         model=args.model, polish=args.polish, polish_start=args.polish_start)
+            extra.update(trials=args.trials, time_budget=args.time_budget, seed=args.seed, model=args.model,
+                         polish=args.polish, polish_start=args.polish_start)
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order,
                            size=args.size, **extra)
     except (ValueError, TypeError) as exc:

@@ -206,14 +206,15 @@ def _pad(m: torch.Tensor, n: int | None = None) -> torch.Tensor:
 def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order: str,
                          complex: bool | None, stop_early: bool,
                          lifts: dict[str, torch.Tensor] | None = None,
-                         size: int | None = None) -> tuple[tuple, dict[str, float]]:
+                         size: int | None = None, progress: bool = False) -> tuple[tuple, dict[str, float]]:
     """Closed-form fits of ``m`` (rows × cols; zero-padded to ``n × n``, see :func:`_pad`) under each candidate
     permutation of ``n`` (and, for real ``m`` unless ``complex`` is False, of its complex lifts). Returns
     ``(rel, err, name, perm, module, lift)`` of the best (errors on ``m``) and every candidate's relative error.
     Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit.
 
     The lifts (of the padded matrix) are computed when first needed and kept in ``lifts`` (pass the same dict to
-    reuse them across calls on the same ``m``)."""
+    reuse them across calls on the same ``m``). ``progress``: a bar on stderr over the candidates (it stops short
+    where an exact fit ends the search)."""
     lifts = {} if lifts is None else lifts
     rows, cols = m.shape
     padded = _pad(m, size)
@@ -231,12 +232,17 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
     norm = float(m.norm())
     best = None
     errors: dict[str, float] = {}
-    candidates = ((lift, name, perm) for stage in stages for lift in kinds for name, perm, which in stage
-                  if which == "all" or (which == "plain") == (lift is None))
+    candidates = [(lift, name, perm) for stage in stages for lift in kinds for name, perm, which in stage
+                  if which == "all" or (which == "plain") == (lift is None)]
+    bar = _candidate_bar(len(candidates), padded.shape[0], order) if progress else None
     for lift, name, perm in candidates:
         exact = best is not None and best[0] <= EXACT_TOLERANCE
         if exact and stop_early:
             break
+        if bar is not None:
+            bar.update(1)
+            if best is not None:
+                bar.set_postfix(best=f"{best[0]:.2e}", refresh=False)
         if exact and lift is not None:  # lifts only for matrices with no exact real factorization
             continue
         work = plain if lift is None else lifted(lift)
@@ -251,8 +257,20 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
         errors[name if lift is None else f"{lift}:{name}"] = rel
         if best is None or rel < best[0]:
             best = (rel, err, name, perm, module, lift)
+    if bar is not None:
+        bar.set_postfix(best=f"{best[0]:.2e}")
+        bar.close()
     assert best is not None
     return best, errors
+
+
+def _candidate_bar(total: int, n: int, order: str):
+    """A tqdm bar on stderr over the hierarchical search's candidates."""
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"hierarchical ({order}) n={n}", unit="candidate", file=sys.stderr)
 
 
 def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
@@ -345,8 +363,10 @@ def factorize(
             matrix whose real part is ``M``; the module then returns the real part — this makes the DCT and DST
             exact). ``False``: real twiddles only. ``True``: complex twiddles, lifts included.
             The gradient method always uses complex twiddles.
-        trials, time_budget, seed, target_rmse, progress: the gradient method's restarts (trained together),
-            wall-clock budget in seconds, seed, stopping RMSE, and a progress bar on stderr.
+        trials, time_budget, seed, target_rmse: the gradient method's restarts (trained together), wall-clock
+            budget in seconds, seed and stopping RMSE.
+        progress: a progress bar on stderr: the gradient method's epochs, or the hierarchical search's candidate
+            permutations (and lifts) with the best error so far.
         model: the gradient method's model, ``"bp"``, ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``; the
             result's module then has a second stage in ``module.then``).
         polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
@@ -391,7 +411,8 @@ def factorize(
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
     stop_early = isinstance(permutation, str) and permutation == "auto"
-    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n)
+    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
+                                        progress=progress)
     rel, err, name, perm, module, lift = best
     return FactorizationResult(
         module=module,
