@@ -599,3 +599,29 @@ def test_a_channel_mix_pickled_before_groups_existed_loads_as_one_group():
     loaded = pickle.load(buffer)
     assert loaded.groups == 1 and torch.equal(loaded(x), want)
     assert "groups" not in repr(loaded)
+
+
+def test_a_transform_pickled_before_its_later_attributes_existed_loads_with_their_defaults():
+    """Attributes added to Transform over time (precision bookkeeping, the constructor's recipe) are filled by
+    ``__setstate__`` for modules saved without them: the module runs, warns about precision as a new one does, and
+    ``reset_parameters`` says plainly that it has no recipe."""
+    import io
+    import pickle
+
+    from twiddle.transforms._modules import Transform
+
+    module = transforms.dct(16)
+    x = torch.randn(3, 16)
+    want = module(x)
+    for name in Transform._STATE_DEFAULTS:
+        del module.__dict__[name]  # as a module saved by an earlier version
+    buffer = io.BytesIO()
+    pickle.dump(module, buffer)
+    buffer.seek(0)
+    loaded = pickle.load(buffer)
+    assert torch.equal(loaded(x), want)
+    assert loaded._recipe is None and loaded._low_precision is None
+    with pytest.warns(UserWarning, match="single-precision"):
+        loaded(x.double())
+    with pytest.raises(RuntimeError, match="no recipe"):
+        loaded.reset_parameters()

@@ -288,6 +288,16 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
         self._warned_precision = False
         self._low_precision: torch.dtype | None = None  # set by .half() / .to(torch.bfloat16) and the like
         self._converted_single = False  # complex64 values converted to complex128 (by .double() and the like)
+        self._recipe: tuple | None = None  # (constructor, args, kwargs), set by @builds_on_cpu
+
+    # attributes added after the first release, and their values for a module pickled before they existed
+    _STATE_DEFAULTS = {"_single_precision": None, "_warned_precision": False, "_low_precision": None,
+                       "_converted_single": False, "_recipe": None}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in self._STATE_DEFAULTS.items():
+            state.setdefault(name, value)
+        super().__setstate__(state)
 
     def _apply(self, fn, recurse=True):  # .to(), .double(), ...: the stored precision may change
         self._single_precision = None
@@ -301,8 +311,8 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
     def _check_precision(self, x: torch.Tensor) -> None:
         """Warn once when a double-precision input meets values stored in single precision: the result is then
         only single-precision accurate (~1e-7), not what ``torch.fft`` / ``scipy.fft`` give in float64."""
-        if getattr(self, "_single_precision", None) is None:  # (modules pickled before this attribute have none)
-            self._single_precision = getattr(self, "_converted_single", False) or any(
+        if self._single_precision is None:
+            self._single_precision = self._converted_single or any(
                 t.dtype in (torch.float32, torch.complex64, torch.float16, torch.bfloat16)
                 for t in (*self.parameters(), *self.buffers())
             )
@@ -328,13 +338,13 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
             )
         if not (x.is_floating_point() or x.is_complex()):
             raise TypeError(f"{self.name} expected a floating-point or complex input, got dtype {x.dtype}")
-        if x.dtype in (torch.float64, torch.complex128) and not getattr(self, "_warned_precision", False) \
+        if x.dtype in (torch.float64, torch.complex128) and not self._warned_precision \
                 and not torch.compiler.is_compiling():  # (eager only: a warning would break a fullgraph compile)
             self._check_precision(x)
         if self.real and x.is_complex():
             return torch.complex(self.steps(x.real), self.steps(x.imag))
         y = self.steps(x)
-        low = getattr(self, "_low_precision", None)  # (modules pickled before this attribute have none)
+        low = self._low_precision
         if low is not None and x.dtype == low and not y.is_complex():
             y = y.to(low)  # a module converted to float16 / bfloat16 gives its input's dtype, as nn.Linear would
         return y
@@ -367,7 +377,7 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
 
         Raises RuntimeError for a ``Transform`` not made by a :mod:`twiddle.transforms` constructor.
         """
-        recipe = getattr(self, "_recipe", None)
+        recipe = self._recipe
         if recipe is None:
             raise RuntimeError(f"{self.name} was not made by a twiddle.transforms constructor: it has no recipe "
                                "to compute its values again")
@@ -382,7 +392,7 @@ class Transform(NotScriptable, KeepsComplex, nn.Module):
             for name, tensor in mine.items():
                 tensor.copy_(theirs[name])
         self._single_precision = None
-        self._converted_single = getattr(self, "_converted_single", False) and not double
+        self._converted_single = self._converted_single and not double
 
     def stored_numbers(self) -> int:
         """Real numbers stored in parameters and buffers (complex entries count twice, indices once): grows like
