@@ -66,7 +66,8 @@ def test_a_real_matrix_exact_only_through_a_complex_lift():
     result = factorize(target_matrix("dct", n), permutation="recover")
     assert result.relative_error < 1e-12 and result.lift is not None
     assert result.permutation_name == "recovered"
-    assert set(result.candidates) <= {"recovered"} | {f"{lift}:recovered" for lift in LIFTS}
+    tried = {"recovered", "recovered-rows"}
+    assert set(result.candidates) <= tried | {f"{lift}:{name}" for lift in LIFTS for name in tried}
     shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(5))
     lifted = complex_lift(target_matrix("dct", n), result.lift)[:, shuffle]
     assert factorize(lifted, permutation=recover_permutation(lifted)).relative_error < 1e-12
@@ -127,3 +128,104 @@ def test_bad_arguments():
         recover_permutation(torch.full((4, 4), float("nan")))
     with pytest.raises(ValueError, match="'recover'"):
         factorize(M, permutation="recovery")
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 64, 512])
+@pytest.mark.parametrize("complex", [False, True])
+def test_a_butterfly_with_any_row_permutation_is_recovered_exactly(n, complex):
+    """M = Q B: the rows' order is read off the transpose (Bᵀ is a butterfly with its positions' bits reversed on
+    both sides), and the fit is Q B with Q the module's output permutation."""
+    B = _butterfly(n, complex=complex, seed=n + 1)
+    shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(2))
+    M = B[shuffle]
+    rows = recover_permutation(M, side="rows")
+    assert _is_permutation(rows, n)
+    assert factorize(M[rows], permutation="identity").relative_error < 1e-12
+    result = factorize(M, permutation="recover")
+    assert result.relative_error < 1e-12
+    x = torch.randn(3, n, dtype=M.dtype)
+    torch.testing.assert_close(result.module(x), x @ M.T, rtol=1e-11, atol=1e-12)
+    torch.testing.assert_close(result.module.to_dense(), M, rtol=1e-11, atol=1e-12)
+    if n >= 8:  # (smaller ones are fitted by a column permutation as well)
+        assert result.permutation_name == "recovered-rows" and result.output_permutation is not None
+        assert torch.equal(result.permutation, torch.arange(n))
+        assert torch.equal(result.module.output_permutation.perm, result.output_permutation)
+        assert "permutation of its rows" in result.summary() and result.to_dict()["output_permutation"]
+        auto = factorize(M)
+        assert auto.relative_error < 1e-12 and auto.permutation_name == "recovered-rows"
+
+
+def test_recover_tries_columns_first_and_stops_at_an_exact_fit():
+    M = _butterfly(64, seed=3)[:, torch.randperm(64, generator=torch.Generator().manual_seed(4))]
+    result = factorize(M, permutation="recover")
+    assert result.permutation_name == "recovered" and result.output_permutation is None
+    assert result.candidates == {}  # one candidate tried: the rows' one was not needed
+    with pytest.raises(ValueError, match="side must be 'columns' or 'rows'"):
+        recover_permutation(M, side="both")
+
+
+def test_row_recovery_of_padded_blocks_and_not_of_both_sides():
+    """A padded block with its rows shuffled is recovered; a matrix with both its rows and its columns shuffled
+    (Q B P) is not, nor the DCT with its rows shuffled (exact only as the real part of a lift under a column
+    permutation, so Re(Q B P))."""
+    B = _butterfly(256, seed=7)
+    block = B[:200, :150][torch.randperm(200, generator=torch.Generator().manual_seed(8))]
+    result = factorize(block, permutation="recover")
+    assert result.relative_error < 1e-12 and result.permutation_name == "recovered-rows"
+    assert (result.module.in_features, result.module.out_features) == (150, 200)
+    x = torch.randn(4, 150, dtype=torch.float64)
+    torch.testing.assert_close(result.module(x), x @ block.T, rtol=1e-11, atol=1e-12)
+    g = torch.Generator().manual_seed(9)
+    both = _butterfly(64, seed=10)[torch.randperm(64, generator=g)][:, torch.randperm(64, generator=g)]
+    assert factorize(both, permutation="recover").relative_error > 1e-3
+    dct_rows = target_matrix("dct", 64)[torch.randperm(64, generator=g)]
+    assert factorize(dct_rows, permutation="recover").relative_error > 1e-3
+
+
+def test_permuted_butterfly_with_an_output_permutation_saves_loads_and_pickles(tmp_path):
+    """The output permutation through every path: forward (fused into the butterfly's store, or after further
+    stages), to_dense, gradients, safetensors (format 2 only when there is one), and pickles from before it."""
+    import io
+    import pickle
+
+    from twiddle.factorize import PermutedButterfly
+
+    n = 16
+    g = torch.Generator().manual_seed(12)
+    perm, out = torch.randperm(n, generator=g), torch.randperm(n, generator=g)
+    tw = torch.randn(1, 1, 4, n // 2, 2, 2, dtype=torch.complex128, generator=g)
+    tw2 = torch.randn(1, 1, 4, n // 2, 2, 2, dtype=torch.complex128, generator=g)
+    for then in ((), ((torch.randperm(n, generator=g), tw2),)):
+        module = PermutedButterfly(perm, tw, real_output=True, then=then, in_features=13, out_features=11,
+                                   out_perm=out)
+        plain = PermutedButterfly(perm, tw, real_output=True, then=then)
+        full = plain.to_dense()[out]  # Q applied to the unpadded product
+        torch.testing.assert_close(module.to_dense(), full[:11, :13], rtol=1e-12, atol=1e-12)
+        x = torch.randn(5, 13, dtype=torch.float64, requires_grad=True)
+        y = module(x)
+        torch.testing.assert_close(y, x @ full[:11, :13].T, rtol=1e-11, atol=1e-12)
+        y.square().sum().backward()
+        want = torch.autograd.grad((x @ full[:11, :13].T).square().sum(), x)[0]
+        torch.testing.assert_close(x.grad, want, rtol=1e-11, atol=1e-12)
+        path = tmp_path / f"m{len(then)}.safetensors"
+        module.save(path)
+        loaded = PermutedButterfly.load(path)
+        assert torch.equal(loaded.output_permutation.perm, out)
+        torch.testing.assert_close(loaded(x.detach()), y.detach(), rtol=0, atol=0)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["format"] == "twiddle.PermutedButterfly/2"
+    plain.save(tmp_path / "plain.safetensors")
+    with safe_open(str(tmp_path / "plain.safetensors"), framework="pt") as f:
+        assert f.metadata()["format"] == "twiddle.PermutedButterfly/1" and "out_perm" not in f.keys()
+    with pytest.raises(ValueError, match="out_perm must permute n = 16"):
+        PermutedButterfly(perm, tw, out_perm=torch.arange(8))
+    old = PermutedButterfly(perm, tw)
+    del old.__dict__["output_permutation"]  # as a module pickled before output permutations existed
+    buffer = io.BytesIO()
+    pickle.dump(old, buffer)
+    buffer.seek(0)
+    revived = pickle.load(buffer)
+    assert revived.output_permutation is None
+    torch.testing.assert_close(revived.to_dense(), PermutedButterfly(perm, tw).to_dense(), rtol=0, atol=0)

@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="size of the butterfly (a power of two; default the least that holds the matrix)")
     factor.add_argument("--method", default="hierarchical", choices=FACTOR_METHODS)
     factor.add_argument("--permutation", default="auto", choices=("auto", "bp", "bpp", "recover") + PERMUTATION_NAMES,
-                        help="auto: the 8 BP permutations, the permutation read off the matrix (recover: exact for "
-                             "B P with any P), then the BP products (BPP), stopping at the first exact one")
+                        help="auto: the 8 BP permutations, the permutations read off the matrix (recover: exact for "
+                             "B P with any P, and for Q B with any row permutation Q), then the BP products (BPP), "
+                             "stopping at the first exact one")
     factor.add_argument("--order", default="right", choices=ORDERS)
     factor.add_argument("--seed", type=int, default=0,
                         help="seed of the random targets (convolution, randn) and of the gradient method")

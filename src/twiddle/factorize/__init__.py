@@ -21,7 +21,7 @@ from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutati
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
-from .recover import recover_order, recover_permutation
+from .recover import recover_order, recover_permutation, recover_row_order
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
@@ -138,9 +138,13 @@ def _bpp_compositions(n: int) -> list[_Candidate]:
 
 
 # A candidate: (name, permutation, for which matrices: "all" — the matrix and its complex lifts —, "plain" — the
-# matrix only —, or "lifts"). A permutation None is read off each matrix it is tried on (recover_order).
+# matrix only —, or "lifts"). A permutation None is read off each matrix it is tried on: of its columns
+# (recover_order; name _RECOVERED) or of its rows (recover_row_order, fitting M = Q B; name _RECOVERED_ROWS; on the
+# matrix only: a real matrix exact through a lift is Re(B P) with a column permutation, the DCT's bp001>bp100, so
+# with its rows shuffled it is Re(Q B P), both sides).
 _Candidate = tuple[str, "torch.Tensor | None", str]
 _RECOVERED = "recovered"
+_RECOVERED_ROWS = "recovered-rows"
 
 
 def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int) -> list[list[_Candidate]]:
@@ -154,11 +158,12 @@ def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int)
             bp = [(_ALIASES.get(name, name), named_permutation(name, n), "all") for name in _AUTO_CANDIDATES]
             if permutation == "bp":
                 return [bp]
-            return [bp, [(_RECOVERED, None, "plain")], _bpp_compositions(n), [(_RECOVERED, None, "lifts")]]
+            return [bp, [(_RECOVERED, None, "plain"), (_RECOVERED_ROWS, None, "plain")], _bpp_compositions(n),
+                    [(_RECOVERED, None, "lifts")]]
         if permutation == "bpp":
             return [_bpp_compositions(n)]
         if permutation == "recover":
-            return [[(_RECOVERED, None, "all")]]
+            return [[(_RECOVERED, None, "all"), (_RECOVERED_ROWS, None, "plain")]]
         if permutation not in PERMUTATION_NAMES:
             raise ValueError(f"permutation must be 'auto', 'bp', 'bpp', 'recover', one of {PERMUTATION_NAMES} or an "
                              f"index sequence, got {permutation!r}")
@@ -246,11 +251,17 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
         if exact and lift is not None:  # lifts only for matrices with no exact real factorization
             continue
         work = plain if lift is None else lifted(lift)
-        if perm is None:
-            perm = recover_order(work)
-        target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
+        out_perm = None
+        if name == _RECOVERED_ROWS:  # M = Q B: B is M with its rows in the recovered order, Q puts them back
+            rows_order = recover_row_order(work)
+            perm, out_perm = torch.arange(work.shape[1]), torch.argsort(rows_order)
+            target = work[rows_order]
+        else:
+            if perm is None:
+                perm = recover_order(work)
+            target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
         module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
-                                   in_features=cols, out_features=rows)
+                                   in_features=cols, out_features=rows, out_perm=out_perm)
         with torch.no_grad():
             err = float((module.to_dense() - m).norm())
         rel = err / norm if norm > 0 else err
@@ -334,7 +345,7 @@ def factorize(
     size: int | None = None,
     **gradient_options,
 ) -> FactorizationResult:
-    """Factor ``matrix`` as ``M ≈ B P``.
+    """Factor ``matrix`` as ``M ≈ B P`` (or ``Q B``, with ``permutation="auto"`` or ``"recover"``).
 
     Args:
         matrix: tensor (sparse layouts too), numpy array, ``scipy.sparse`` matrix, sequence of rows, or a path
@@ -349,13 +360,15 @@ def factorize(
             learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
             real part of the complex model, as in the paper.
         permutation: of the padded size ``n``: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and
-            bit reversal among them —, then the permutation read off the matrix (:func:`recover_permutation`:
-            exact for ``B P`` with any permutation ``P``), then the products of two BP permutations (the paper's
-            BPP model), then the read-off permutation of the complex lifts; keep the best, stop at the first exact
-            one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only), ``"bpp"`` (the products only;
-            these two try every candidate), ``"recover"`` (the read-off permutation only, of the matrix and of its
-            lifts: for a matrix known to be ``B P``, the fastest), a name (``identity``, ``bitrev``,
-            ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
+            bit reversal among them —, then the permutations read off the matrix (:func:`recover_permutation`:
+            exact for ``B P`` with any column permutation ``P``, and for ``Q B`` with any row permutation ``Q``,
+            fitted as ``Q B`` with ``Q`` in ``module.output_permutation`` and ``result.output_permutation``), then
+            the products of two BP permutations (the paper's BPP model), then the read-off column permutation of the
+            complex lifts; keep the best, stop at the first exact one — relative error ≤ ``EXACT_TOLERANCE``),
+            ``"bp"`` (the 8 only), ``"bpp"`` (the products only; these two try every candidate), ``"recover"``
+            (the read-off permutations only: columns then rows of the matrix, then columns of its lifts, stopping at
+            the first exact one: for a matrix known to be ``B P`` or ``Q B``, the fastest), a name (``identity``,
+            ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
         complex: ``None`` (default): a complex matrix gets complex twiddles; a real one real twiddles and, if
@@ -410,7 +423,7 @@ def factorize(
         raise ValueError(f"options {sorted(gradient_options)} apply to the gradient method only")
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
-    stop_early = isinstance(permutation, str) and permutation == "auto"
+    stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
     best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
                                         progress=progress)
     rel, err, name, perm, module, lift = best
@@ -425,5 +438,6 @@ def factorize(
         order=order,
         candidates=errors if len(errors) > 1 else {},
         lift=lift,
+        output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
     )
 

@@ -1,4 +1,4 @@
-"""The permutation of ``M = B P`` in closed form, for any permutation ``P``.
+"""The permutation of ``M = B P`` (or of the rows of ``M = Q B``) in closed form, for any permutation.
 
 The 2019 paper learns ``P`` by gradient descent over a relaxation; the BP and BPP candidates of
 :func:`~twiddle.factorize.factorize` cover the permutations of the classic fast transforms. When ``M = B P`` exactly
@@ -19,6 +19,10 @@ Each level costs three batched matrix products of ``m × m/2`` blocks (``O(n³)`
 n = 1024, seconds at 4096). The split is exact for an exact ``B P``; for a noisy one (no clean 2-colouring) each
 block falls back to the ``m/2`` columns closest in direction to its largest column, a best effort that the closed-form
 fit under the recovered permutation then measures.
+
+A matrix whose rows came in an order of their own, ``M = Q B``, is read through its transpose (the transpose of a
+butterfly is a butterfly with its positions' bits reversed on both sides; :func:`recover_row_order`). Both at once,
+``Q B P``, is not recovered.
 """
 
 from __future__ import annotations
@@ -149,21 +153,43 @@ def recover_order(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> torc
     return columns.reshape(n)
 
 
-def recover_permutation(matrix, *, size: int | None = None, tol: float = CONFLICT_TOLERANCE) -> torch.Tensor:
-    """The permutation ``perm`` of ``M ≈ B P`` read off ``M`` in closed form, for any permutation ``P``.
+def recover_row_order(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> torch.Tensor:
+    """``rows`` (n,) such that ``matrix[rows]`` is a butterfly (increasing stride), for an n × n ``matrix`` that is
+    ``Q B`` exactly (``Q`` a row permutation); a best effort otherwise.
+
+    The transpose of an increasing-stride butterfly is a decreasing-stride one, and reversing the bits of the
+    positions on both sides turns that back into an increasing one: ``Bᵀ = R C R`` (``R`` the bit reversal, ``C`` a
+    butterfly; the transpose, not the conjugate transpose, so complex butterflies too). So ``R Mᵀ = C (R Qᵀ)`` is a
+    butterfly with its columns permuted, whose order :func:`recover_order` reads off; taken through ``R`` it is
+    the order of ``M``'s rows."""
+    from ..permutations import bitreversal_permutation
+
+    r = bitreversal_permutation(matrix.shape[0])
+    return recover_order(matrix.mT[r], tol)[r]
+
+
+def recover_permutation(matrix, *, side: str = "columns", size: int | None = None,
+                        tol: float = CONFLICT_TOLERANCE) -> torch.Tensor:
+    """The permutation ``perm`` of ``M ≈ B P`` (or of ``M ≈ Q B``) read off ``M`` in closed form, for any
+    permutation.
 
     ``matrix`` is anything :func:`~twiddle.factorize.load_matrix` takes; a matrix that is not ``n × n`` with ``n``
     a power of two is zero-padded to one (to ``size`` if given), as in :func:`~twiddle.factorize.factorize`.
-    Returns a LongTensor ``perm`` of the padded size with ``M[:, perm]`` a butterfly (so ``B x = M``'s product
-    with ``x`` permuted: ``M x = B (x[perm])``, the convention of ``factorize(M, permutation=perm)``), exact when
-    ``M`` is ``B P`` to rounding; for other matrices a best effort (``factorize(M, permutation="recover")`` fits
-    ``B`` under it and reports the error). ``tol``: the squared-sine threshold above which two columns are taken
-    to belong to different halves (see the module's docstring). ``O(n³)`` time.
+    ``side="columns"`` (default): returns a LongTensor ``perm`` of the padded size with ``M[:, perm]`` a butterfly
+    (so ``B x = M``'s product with ``x`` permuted: ``M x = B (x[perm])``, the convention of
+    ``factorize(M, permutation=perm)``). ``side="rows"``: ``perm`` with ``M[perm]`` a butterfly (a matrix whose
+    rows, not columns, came in an order of their own; see :func:`recover_row_order`). Exact when ``M`` is ``B P``
+    (``Q B``) to rounding; for other matrices a best effort (``factorize(M, permutation="recover")`` fits ``B``
+    under both and reports the errors). Not both sides at once (``Q B P``). ``tol``: the squared-sine threshold
+    above which two columns are taken to belong to different halves (see the module's docstring). ``O(n³)`` time.
     """
     from . import _butterfly_size, _pad, load_matrix  # the package imports this module first
 
+    if side not in ("columns", "rows"):
+        raise ValueError(f"side must be 'columns' or 'rows', got {side!r}")
     m = load_matrix(matrix)
     n = _butterfly_size(m, size)
     if not tol >= 0:
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    return recover_order(_pad(m, n), float(tol))
+    recover = recover_order if side == "columns" else recover_row_order
+    return recover(_pad(m, n), float(tol))

@@ -19,7 +19,8 @@ __all__ = ["PermutedButterfly", "FactorizationResult"]
 
 class PermutedButterfly(NotScriptable, nn.Module):
     """``x ↦ B (P x)``: a fixed permutation ``P`` (``(P x)[i] = x[perm[i]]``) followed by a square butterfly ``B``,
-    optionally followed by more such stages (``B₂ P₂ B P``: the 2019 paper's BPBP model).
+    optionally followed by more such stages (``B₂ P₂ B P``: the 2019 paper's BPBP model), and optionally by a fixed
+    permutation of the outputs (``Q B P``: a butterfly whose rows came in an order of their own).
 
     Args:
         perm: permutation of ``0..n-1``.
@@ -28,6 +29,9 @@ class PermutedButterfly(NotScriptable, nn.Module):
         then: further ``(perm, twiddle)`` stages applied after this one, in order (kept in ``self.then``).
         in_features, out_features: the sizes of a factored ``out × in`` matrix that was zero-padded to ``n × n``
             (default ``n``): the input is zero-padded to ``n`` and the first ``out_features`` outputs are kept.
+        out_perm: permutation of ``0..n-1`` applied to the outputs after every stage (``y[..., i] = z[...,
+            out_perm[i]]``, before the first ``out_features`` are kept), kept in ``self.output_permutation``; None
+            (default): none.
 
     Shapes: ``(..., in_features) -> (..., out_features)``; with ``real_output`` a complex input gives
     ``M x.real + i M x.imag`` (``M`` the real matrix), as the real transforms do; runs on the fast butterfly kernel,
@@ -37,7 +41,7 @@ class PermutedButterfly(NotScriptable, nn.Module):
 
     def __init__(self, perm: torch.Tensor, twiddle: torch.Tensor, real_output: bool = False, *,
                  then: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), in_features: int | None = None,
-                 out_features: int | None = None) -> None:
+                 out_features: int | None = None, out_perm: torch.Tensor | None = None) -> None:
         super().__init__()
         n = perm.numel()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
@@ -54,6 +58,13 @@ class PermutedButterfly(NotScriptable, nn.Module):
         for stage in self.then:
             if stage.size != n:
                 raise ValueError(f"every stage must have size {n}, got {stage.size}")
+        self.output_permutation = None if out_perm is None else FixedPermutation(out_perm)
+        if self.output_permutation is not None and self.output_permutation.size != n:
+            raise ValueError(f"out_perm must permute n = {n} outputs, got {self.output_permutation.size}")
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("output_permutation", None)  # modules pickled before output permutations existed
+        super().__setstate__(state)
 
     @property
     def size(self) -> int:
@@ -84,10 +95,14 @@ class PermutedButterfly(NotScriptable, nn.Module):
             return torch.complex(self.forward(x.real), self.forward(x.imag))
         if self.in_features < n:
             x = nn.functional.pad(x, (0, n - self.in_features))
-        # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first
-        y = run_fused((self.permutation, self.butterfly), x)
+        # the permutation is gathered by the kernel as it reads x (twiddle._fusion), not copied first; an output
+        # permutation right after the only butterfly is scattered by its store
+        out = () if self.output_permutation is None else (self.output_permutation,)
+        y = run_fused((self.permutation, self.butterfly, *(() if self.then else out)), x)
         for stage in self.then:
             y = stage(y)
+        if self.then and out:
+            y = self.output_permutation(y)
         y = y.real if self.real_output and y.is_complex() else y
         return y[..., : self.out_features].contiguous() if self.out_features < n else y
 
@@ -105,7 +120,12 @@ class PermutedButterfly(NotScriptable, nn.Module):
             tensors["perm" + suffix] = stage.permutation.perm.contiguous()
             tensors["twiddle" + suffix] = (torch.view_as_real(tw) if tw.is_complex() else tw).contiguous()
         complex_flags = "".join(str(int(stage.butterfly.complex)) for stage in self._stages())
-        metadata = {"format": "twiddle.PermutedButterfly/1", "complex": complex_flags,
+        # format 2 adds the output permutation; files without one stay format 1, readable by earlier versions
+        version = 1
+        if self.output_permutation is not None:
+            tensors["out_perm"] = self.output_permutation.perm.contiguous()
+            version = 2
+        metadata = {"format": f"twiddle.PermutedButterfly/{version}", "complex": complex_flags,
                     "real_output": str(int(self.real_output)), "n": str(self.size),
                     "stages": str(len(self._stages())), "in_features": str(self.in_features),
                     "out_features": str(self.out_features)}
@@ -118,7 +138,7 @@ class PermutedButterfly(NotScriptable, nn.Module):
 
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            if metadata.get("format") != "twiddle.PermutedButterfly/1":
+            if metadata.get("format") not in ("twiddle.PermutedButterfly/1", "twiddle.PermutedButterfly/2"):
                 found = metadata.get("format")
                 raise ValueError(f"{str(path)!r} is not a twiddle factorization file (format {found!r})")
             count = int(metadata.get("stages", "1"))
@@ -129,13 +149,15 @@ class PermutedButterfly(NotScriptable, nn.Module):
                 if metadata["complex"][i] == "1":
                     tw = torch.view_as_complex(tw.contiguous())
                 stages.append((perm, tw))
+            out_perm = f.get_tensor("out_perm") if "out_perm" in f.keys() else None
         (perm, tw), *rest = stages
         n = perm.numel()  # files written before rectangular factorizations have no sizes: n x n
         return cls(perm, tw, real_output=metadata["real_output"] == "1", then=rest,
-                   in_features=int(metadata.get("in_features", n)), out_features=int(metadata.get("out_features", n)))
+                   in_features=int(metadata.get("in_features", n)), out_features=int(metadata.get("out_features", n)),
+                   out_perm=out_perm)
 
     def to_dense(self) -> torch.Tensor:
-        """The ``out_features × in_features`` matrix ``M = … B₂ P₂ B P`` (its real part if ``real_output``; the
+        """The ``out_features × in_features`` matrix ``M = (Q) … B₂ P₂ B P`` (its real part if ``real_output``; the
         top-left block of the ``n × n`` product for a padded factorization) with ``forward(x) == x @ M.T`` for real
         ``x``."""
         # B P: column j of B moves to perm[j]; gathered as rows of Bᵀ (to_dense's transposed view: whole rows
@@ -145,13 +167,15 @@ class PermutedButterfly(NotScriptable, nn.Module):
             inner = stage.to_dense()
             dense = inner.to(torch.promote_types(inner.dtype, dense.dtype)) @ dense.to(
                 torch.promote_types(inner.dtype, dense.dtype))
+        if self.output_permutation is not None:
+            dense = dense[self.output_permutation.perm]
         dense = dense.real if self.real_output and dense.is_complex() else dense
         return dense[: self.out_features, : self.in_features]
 
 
 @dataclass
 class FactorizationResult:
-    """A factorization ``M ≈ B P`` and how good it is.
+    """A factorization ``M ≈ B P`` (or ``Q B``) and how good it is.
 
     Attributes:
         module: the :class:`PermutedButterfly` computing ``x ↦ B P x``.
@@ -163,6 +187,9 @@ class FactorizationResult:
         method, order: how it was found.
         candidates: relative error of every candidate tried (``"lift:permutation"`` for lifted ones).
         lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
+        output_permutation: for a fit ``M ≈ Q B`` (``permutation_name`` ``"recovered-rows"``: the rows read off the
+            matrix), ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``, and
+            ``permutation`` is then the identity); None otherwise.
         model: ``"bp"`` (one butterfly after one permutation), or the gradient method's ``"bpp"`` / ``"bpbp"``.
     """
 
@@ -177,6 +204,7 @@ class FactorizationResult:
     candidates: dict[str, float] = field(default_factory=dict)
     lift: str | None = None
     model: str = "bp"
+    output_permutation: torch.Tensor | None = None
 
     @property
     def params(self) -> int:
@@ -198,6 +226,7 @@ class FactorizationResult:
             "stages": len(self.module.then) + 1,
             "lift": self.lift,
             "model": self.model,
+            "output_permutation": self.output_permutation is not None,
             "candidates": self.candidates,
         }
 
@@ -213,7 +242,9 @@ class FactorizationResult:
         rows, cols = self.module.out_features, self.module.in_features
         shape = f"{n}×{n}" if (rows, cols) == (n, n) else f"{rows}×{cols} (zero-padded to {n}×{n})"
         lines = [
-            f"{how} of a {shape} matrix into a {what}{real} × permutation '{self.permutation_name}'",
+            f"{how} of a {shape} matrix into a {what}{real} × permutation '{self.permutation_name}'"
+            if self.output_permutation is None else
+            f"{how} of a {shape} matrix into a permutation of its rows ('{self.permutation_name}') × {what}{real}",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
             f"  {self.params} parameters ({rows * cols} dense, {rows * cols / self.params:.1f}× fewer)",
         ]
