@@ -5,7 +5,8 @@
 
 Prints a markdown table and writes factorize.json. Targets are the 2019 paper's, and ``shuffled-butterfly``: a
 random butterfly (seed 0) with its columns in a random order, which no BP or BPP permutation fits and
-``permutation="recover"`` (also tried by ``"auto"``) reads off the matrix. The peer figure (pyfaust's
+``permutation="recover"`` (also tried by ``"auto"``) reads off the matrix, and ``rows-shuffled-butterfly``: the
+same with its rows shuffled instead (``Q B``, read through the transpose). The peer figure (pyfaust's
 hierarchical factorization of the DFT) is 0.23 s at n = 1024 and about 9 s at n = 4096 on 2 cores (see
 shared/DESIGN.md section 5).
 """
@@ -23,15 +24,16 @@ import twiddle
 from twiddle.factorize import factorize, target_matrix
 
 CASES = (("dft", "bitrev"), ("hadamard", "identity"), ("dft", "auto"), ("dct", "auto"), ("randn", "auto"),
-         ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"))
+         ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"), ("rows-shuffled-butterfly", "recover"))
 
 
 def _matrix(target: str, n: int) -> torch.Tensor:
-    if target != "shuffled-butterfly":
+    if target not in ("shuffled-butterfly", "rows-shuffled-butterfly"):
         return target_matrix(target, n)
     torch.manual_seed(0)
     dense = twiddle.Butterfly(n, n, bias=False).double().to_dense().detach()
-    return dense[:, torch.randperm(n)]
+    shuffle = torch.randperm(n)
+    return dense[:, shuffle] if target == "shuffled-butterfly" else dense[shuffle]
 
 
 def main() -> None:
