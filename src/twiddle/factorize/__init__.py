@@ -21,7 +21,7 @@ from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutati
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
-from .recover import recover_order, recover_permutation, recover_row_order
+from .recover import read_off_order, recover_permutation
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
@@ -145,6 +145,8 @@ def _bpp_compositions(n: int) -> list[_Candidate]:
 _Candidate = tuple[str, "torch.Tensor | None", str]
 _RECOVERED = "recovered"
 _RECOVERED_ROWS = "recovered-rows"
+# a read-off order whose fit is this close (relative error) is refined by the hybrid order where it was not clean
+_HYBRID_BELOW = 0.25
 
 
 def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int) -> list[list[_Candidate]]:
@@ -240,6 +242,21 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
     candidates = [(lift, name, perm) for stage in stages for lift in kinds for name, perm, which in stage
                   if which == "all" or (which == "plain") == (lift is None)]
     bar = _candidate_bar(len(candidates), padded.shape[0], order) if progress else None
+
+    def fit(found: str, lift: str | None, perm: torch.Tensor, out_perm: torch.Tensor | None,
+            target: torch.Tensor) -> float:
+        """Fit B to ``target`` (the matrix under the permutations), record its relative error on ``m``."""
+        nonlocal best
+        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
+                                   in_features=cols, out_features=rows, out_perm=out_perm)
+        with torch.no_grad():
+            err = float((module.to_dense() - m).norm())
+        rel = err / norm if norm > 0 else err
+        errors[found if lift is None else f"{lift}:{found}"] = rel
+        if best is None or rel < best[0]:
+            best = (rel, err, found, perm, module, lift)
+        return rel
+
     for lift, name, perm in candidates:
         exact = best is not None and best[0] <= EXACT_TOLERANCE
         if exact and stop_early:
@@ -251,23 +268,24 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
         if exact and lift is not None:  # lifts only for matrices with no exact real factorization
             continue
         work = plain if lift is None else lifted(lift)
-        out_perm = None
-        if name == _RECOVERED_ROWS:  # M = Q B: B is M with its rows in the recovered order, Q puts them back
-            rows_order = recover_row_order(work)
-            perm, out_perm = torch.arange(work.shape[1]), torch.argsort(rows_order)
-            target = work[rows_order]
-        else:
-            if perm is None:
-                perm = recover_order(work)
-            target = work[:, perm]  # B should equal M Pᵀ, whose column i is column perm[i] of M
-        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
-                                   in_features=cols, out_features=rows, out_perm=out_perm)
-        with torch.no_grad():
-            err = float((module.to_dense() - m).norm())
-        rel = err / norm if norm > 0 else err
-        errors[name if lift is None else f"{lift}:{name}"] = rel
-        if best is None or rel < best[0]:
-            best = (rel, err, name, perm, module, lift)
+        if perm is not None:
+            fit(name, lift, perm, None, work[:, perm])
+            continue
+        # a read-off order: of the columns (B should equal M Pᵀ, whose column i is column perm[i] of M), or of the
+        # rows (M = Q B: B is M with its rows in the read-off order, Q puts them back)
+        side = "rows" if name == _RECOVERED_ROWS else "columns"
+        for hybrid in (False, True):
+            order_, clean = read_off_order(work, side=side, hybrid=hybrid)
+            if side == "rows":
+                rel = fit(name + "-hybrid" * hybrid, lift, torch.arange(work.shape[1]), torch.argsort(order_),
+                          work[order_])
+            else:
+                rel = fit(name + "-hybrid" * hybrid, lift, order_, None, work[:, order_])
+            # The hybrid order differs only where a split was not clean (noise). It is fitted on the matrix, not its
+            # six lifts (it costs about as much again), and only near a fit (rel below _HYBRID_BELOW): it mends
+            # the deep levels of a nearly right order; a matrix far from any B P gains nothing from it.
+            if hybrid or clean or lift is not None or rel >= _HYBRID_BELOW:
+                break
     if bar is not None:
         bar.set_postfix(best=f"{best[0]:.2e}")
         bar.close()
