@@ -6,7 +6,14 @@ import pytest
 import torch
 
 import twiddle
-from twiddle.factorize import LIFTS, complex_lift, factorize, recover_permutation, target_matrix
+from twiddle.factorize import (
+    LIFTS,
+    complex_lift,
+    factorize,
+    recover_both_permutations,
+    recover_permutation,
+    target_matrix,
+)
 from twiddle.factorize.recover import _bottom_up_units, _mutual_best_pairs, _two_colouring, read_off_order
 
 
@@ -66,7 +73,7 @@ def test_a_real_matrix_exact_only_through_a_complex_lift():
     result = factorize(target_matrix("dct", n), permutation="recover")
     assert result.relative_error < 1e-12 and result.lift is not None
     assert result.permutation_name == "recovered"
-    tried = {"recovered", "recovered-rows", "recovered-hybrid", "recovered-rows-hybrid"}
+    tried = {"recovered", "recovered-rows", "recovered-hybrid", "recovered-rows-hybrid", "recovered-both"}
     assert set(result.candidates) <= tried | {f"{lift}:{name}" for lift in LIFTS for name in tried}
     shuffle = torch.randperm(n, generator=torch.Generator().manual_seed(5))
     lifted = complex_lift(target_matrix("dct", n), result.lift)[:, shuffle]
@@ -154,6 +161,11 @@ def test_mutual_best_pairs_is_a_perfect_matching():
         pairs = _mutual_best_pairs(scores)
         assert pairs.shape == (m // 2, 2)
         assert sorted(pairs.reshape(-1).tolist()) == list(range(m))
+    # ties in a cycle (each item's first best partner prefers another) and NaN scores still end in a matching
+    cycle = np.array([[0, 1, 2, 1], [1, 0, 1, 2], [2, 1, 0, 1], [1, 2, 1, 0]], dtype=float)
+    assert sorted(_mutual_best_pairs(cycle).reshape(-1).tolist()) == [0, 1, 2, 3]
+    assert sorted(_mutual_best_pairs(np.zeros((6, 6))).reshape(-1).tolist()) == list(range(6))
+    assert sorted(_mutual_best_pairs(np.full((4, 4), np.nan)).reshape(-1).tolist()) == [0, 1, 2, 3]
     # items that are each other's nearest are paired
     scores = np.array([[0, 5, 1, 9], [5, 0, 9, 2], [1, 9, 0, 9], [2, 2, 9, 0]], dtype=float)
     assert sorted(map(sorted, _mutual_best_pairs(scores).tolist())) == [[0, 2], [1, 3]]
@@ -228,10 +240,8 @@ def test_recover_tries_columns_first_and_stops_at_an_exact_fit():
         recover_permutation(M, side="both")
 
 
-def test_row_recovery_of_padded_blocks_and_not_of_both_sides():
-    """A padded block with its rows shuffled is recovered; a matrix with both its rows and its columns shuffled
-    (Q B P) is not, nor the DCT with its rows shuffled (exact only as the real part of a lift under a column
-    permutation, so Re(Q B P))."""
+def test_row_recovery_of_padded_blocks():
+    """A padded block with its rows shuffled is recovered by the rows' read-off alone."""
     B = _butterfly(256, seed=7)
     block = B[:200, :150][torch.randperm(200, generator=torch.Generator().manual_seed(8))]
     result = factorize(block, permutation="recover")
@@ -239,11 +249,6 @@ def test_row_recovery_of_padded_blocks_and_not_of_both_sides():
     assert (result.module.in_features, result.module.out_features) == (150, 200)
     x = torch.randn(4, 150, dtype=torch.float64)
     torch.testing.assert_close(result.module(x), x @ block.T, rtol=1e-11, atol=1e-12)
-    g = torch.Generator().manual_seed(9)
-    both = _butterfly(64, seed=10)[torch.randperm(64, generator=g)][:, torch.randperm(64, generator=g)]
-    assert factorize(both, permutation="recover").relative_error > 1e-3
-    dct_rows = target_matrix("dct", 64)[torch.randperm(64, generator=g)]
-    assert factorize(dct_rows, permutation="recover").relative_error > 1e-3
 
 
 def test_permuted_butterfly_with_an_output_permutation_saves_loads_and_pickles(tmp_path):
@@ -293,3 +298,67 @@ def test_permuted_butterfly_with_an_output_permutation_saves_loads_and_pickles(t
     revived = pickle.load(buffer)
     assert revived.output_permutation is None
     torch.testing.assert_close(revived.to_dense(), PermutedButterfly(perm, tw).to_dense(), rtol=0, atol=0)
+
+
+def _shuffle_both(M: torch.Tensor, seed: int) -> torch.Tensor:
+    n = M.shape[0]
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cols = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))
+    return M[rows][:, cols]
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 64, 256])
+@pytest.mark.parametrize("complex", [False, True])
+def test_a_butterfly_with_both_sides_permuted_is_recovered_exactly(n, complex):
+    M = _shuffle_both(_butterfly(n, complex=complex, seed=20 + n), seed=n)
+    rows, perm = recover_both_permutations(M)
+    assert _is_permutation(rows, n) and _is_permutation(perm, n)
+    assert factorize(M[rows][:, perm], permutation="identity").relative_error < 1e-12
+    auto = factorize(M)
+    assert auto.relative_error < 1e-12
+    if n >= 8:  # smaller ones have exact fits among the BP permutations' neighbours (every 2 x 2 is a butterfly)
+        assert auto.permutation_name == "recovered-both" and auto.output_permutation is not None
+        assert "a permutation of its columns" in auto.summary()
+    x = torch.randn(3, n, dtype=M.dtype)
+    torch.testing.assert_close(auto.module(x), x @ M.T, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dft", "hadamard"])
+def test_symmetric_transforms_with_both_sides_permuted(name):
+    """Many rows of the DFT and Hadamard matrices agree with the anchor on half the columns: any of them fixes a
+    valid split."""
+    M = _shuffle_both(target_matrix(name, 128), seed=21)
+    result = factorize(M, permutation="recover")
+    assert result.relative_error < 1e-12 and result.permutation_name == "recovered-both"
+
+
+def test_the_dct_with_shuffled_rows_is_exact_through_a_lift():
+    """The lifts act on each row alone, so the lift of Q M is Q times the lift of M: the DCT's lift is B P, and with
+    its rows shuffled Q B P, read off both sides."""
+    n = 128
+    D = target_matrix("dct", n)[torch.randperm(n, generator=torch.Generator().manual_seed(22))]
+    result = factorize(D, permutation="recover")
+    assert result.relative_error < 1e-12
+    assert result.permutation_name == "recovered-both" and result.lift is not None
+    x = torch.randn(4, n, dtype=torch.float64)
+    torch.testing.assert_close(result.module(x), x @ D.T, rtol=1e-11, atol=1e-12)
+
+
+def test_both_sides_of_a_padded_block():
+    n, rows, cols = 64, 50, 40
+    M = _shuffle_both(_butterfly(n, seed=23), seed=24)[:rows, :cols]
+    out_order, perm = recover_both_permutations(M)
+    assert out_order.shape == (n,) and perm.shape == (n,)
+    result = factorize(M, permutation="recover")
+    assert result.relative_error < 1e-12
+    x = torch.randn(2, cols, dtype=torch.float64)
+    torch.testing.assert_close(result.module(x), x @ M.T, rtol=1e-11, atol=1e-12)
+
+
+def test_one_sided_matrices_do_not_pay_for_the_two_sided_read_off():
+    n = 64
+    M = _butterfly(n, seed=25)[:, torch.randperm(n, generator=torch.Generator().manual_seed(26))]
+    result = factorize(M)
+    assert result.permutation_name == "recovered" and "recovered-both" not in result.candidates
+    with pytest.raises(ValueError, match="tol must be a non-negative"):
+        recover_both_permutations(M, tol=-1.0)

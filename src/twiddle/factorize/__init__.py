@@ -21,12 +21,13 @@ from ..permutations import PERMUTATION_NAMES, check_permutation, named_permutati
 from .gradient import GradientConfig, fit_bp
 from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
-from .recover import read_off_order, recover_permutation
+from .recover import read_off_order, recover_both_permutations, recover_permutation, recover_two_sided
 from .result import FactorizationResult, PermutedButterfly
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationResult", "PermutedButterfly", "TARGETS",
-           "target_matrix", "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig", "recover_permutation"]
+           "target_matrix", "LIFTS", "complex_lift", "EXACT_TOLERANCE", "GradientConfig", "recover_permutation",
+           "recover_both_permutations"]
 
 METHODS = ("hierarchical", "gradient")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
@@ -141,10 +142,12 @@ def _bpp_compositions(n: int) -> list[_Candidate]:
 # matrix only —, or "lifts"). A permutation None is read off each matrix it is tried on: of its columns
 # (recover_order; name _RECOVERED) or of its rows (recover_row_order, fitting M = Q B; name _RECOVERED_ROWS; on the
 # matrix only: a real matrix exact through a lift is Re(B P) with a column permutation, the DCT's bp001>bp100, so
-# with its rows shuffled it is Re(Q B P), both sides).
+# with its rows shuffled it is Re(Q B P), both sides: _RECOVERED_BOTH, which reads off both at once, on the matrix
+# and its lifts).
 _Candidate = tuple[str, "torch.Tensor | None", str]
 _RECOVERED = "recovered"
 _RECOVERED_ROWS = "recovered-rows"
+_RECOVERED_BOTH = "recovered-both"  # rows and columns at once, M = Q B P (recover_two_sided)
 # a read-off order whose fit is this close (relative error) is refined by the hybrid order where it was not clean
 _HYBRID_BELOW = 0.25
 
@@ -160,12 +163,13 @@ def _permutation_stages(permutation: str | torch.Tensor | Sequence[int], n: int)
             bp = [(_ALIASES.get(name, name), named_permutation(name, n), "all") for name in _AUTO_CANDIDATES]
             if permutation == "bp":
                 return [bp]
-            return [bp, [(_RECOVERED, None, "plain"), (_RECOVERED_ROWS, None, "plain")], _bpp_compositions(n),
-                    [(_RECOVERED, None, "lifts")]]
+            return [bp, [(_RECOVERED, None, "plain"), (_RECOVERED_ROWS, None, "plain"),
+                         (_RECOVERED_BOTH, None, "plain")], _bpp_compositions(n),
+                    [(_RECOVERED, None, "lifts"), (_RECOVERED_BOTH, None, "lifts")]]
         if permutation == "bpp":
             return [_bpp_compositions(n)]
         if permutation == "recover":
-            return [[(_RECOVERED, None, "all"), (_RECOVERED_ROWS, None, "plain")]]
+            return [[(_RECOVERED, None, "all"), (_RECOVERED_ROWS, None, "plain"), (_RECOVERED_BOTH, None, "all")]]
         if permutation not in PERMUTATION_NAMES:
             raise ValueError(f"permutation must be 'auto', 'bp', 'bpp', 'recover', one of {PERMUTATION_NAMES} or an "
                              f"index sequence, got {permutation!r}")
@@ -265,11 +269,16 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
             bar.update(1)
             if best is not None:
                 bar.set_postfix(best=f"{best[0]:.2e}", refresh=False)
-        if exact and lift is not None:  # lifts only for matrices with no exact real factorization
+        # lifts only for matrices with no exact real factorization; read-off orders (each O(n³)) only until one fits
+        if exact and (lift is not None or perm is None):
             continue
         work = plain if lift is None else lifted(lift)
         if perm is not None:
             fit(name, lift, perm, None, work[:, perm])
+            continue
+        if name == _RECOVERED_BOTH:  # M = Q B P: B is M with its rows and its columns in the read-off orders
+            columns_, rows_, _ = recover_two_sided(work)
+            fit(name, lift, columns_, torch.argsort(rows_), work[rows_][:, columns_])
             continue
         # a read-off order: of the columns (B should equal M Pᵀ, whose column i is column perm[i] of M), or of the
         # rows (M = Q B: B is M with its rows in the read-off order, Q puts them back)

@@ -188,8 +188,9 @@ class FactorizationResult:
         candidates: relative error of every candidate tried (``"lift:permutation"`` for lifted ones).
         lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
         output_permutation: for a fit ``M ≈ Q B`` (``permutation_name`` ``"recovered-rows"``: the rows read off the
-            matrix), ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``, and
-            ``permutation`` is then the identity); None otherwise.
+            matrix; ``permutation`` is then the identity) or ``M ≈ Q B P`` (``"recovered-both"``: both read off),
+            ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``); None
+            otherwise.
         model: ``"bp"`` (one butterfly after one permutation), or the gradient method's ``"bpp"`` / ``"bpbp"``.
     """
 
@@ -241,10 +242,15 @@ class FactorizationResult:
             real = f" (real part of the '{self.lift}' complex lift)"
         rows, cols = self.module.out_features, self.module.in_features
         shape = f"{n}×{n}" if (rows, cols) == (n, n) else f"{rows}×{cols} (zero-padded to {n}×{n})"
+        if self.output_permutation is None:
+            form = f"a {what}{real} × permutation '{self.permutation_name}'"
+        elif bool((self.permutation == torch.arange(self.permutation.numel())).all()):
+            form = f"a permutation of its rows ('{self.permutation_name}') × {what}{real}"
+        else:
+            form = (f"a permutation of its rows × {what}{real} × a permutation of its columns "
+                    f"('{self.permutation_name}')")
         lines = [
-            f"{how} of a {shape} matrix into a {what}{real} × permutation '{self.permutation_name}'"
-            if self.output_permutation is None else
-            f"{how} of a {shape} matrix into a permutation of its rows ('{self.permutation_name}') × {what}{real}",
+            f"{how} of a {shape} matrix into {form}",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
             f"  {self.params} parameters ({rows * cols} dense, {rows * cols / self.params:.1f}× fewer)",
         ]
