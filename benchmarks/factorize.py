@@ -6,7 +6,9 @@
 Prints a markdown table and writes factorize.json. Targets are the 2019 paper's, and ``shuffled-butterfly``: a
 random butterfly (seed 0) with its columns in a random order, which no BP or BPP permutation fits and
 ``permutation="recover"`` (also tried by ``"auto"``) reads off the matrix, and ``rows-shuffled-butterfly``: the
-same with its rows shuffled instead (``Q B``, read through the transpose). The peer figure (pyfaust's
+same with its rows shuffled instead (``Q B``, read through the transpose), ``both-shuffled-butterfly``: both
+(``Q B P``), and ``rows-shuffled-dct``: the DCT with its rows shuffled (exact only through a complex lift, as
+``Re(Q B P)``). ``--targets`` picks some. The peer figure (pyfaust's
 hierarchical factorization of the DFT) is 0.23 s at n = 1024 and about 9 s at n = 4096 on 2 cores (see
 shared/DESIGN.md section 5).
 """
@@ -24,22 +26,32 @@ import twiddle
 from twiddle.factorize import factorize, target_matrix
 
 CASES = (("dft", "bitrev"), ("hadamard", "identity"), ("dft", "auto"), ("dct", "auto"), ("randn", "auto"),
-         ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"), ("rows-shuffled-butterfly", "recover"))
+         ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"), ("rows-shuffled-butterfly", "recover"),
+         ("both-shuffled-butterfly", "recover"), ("rows-shuffled-dct", "recover"))
+SHUFFLED = ("shuffled-butterfly", "rows-shuffled-butterfly", "both-shuffled-butterfly")
 
 
 def _matrix(target: str, n: int) -> torch.Tensor:
-    if target not in ("shuffled-butterfly", "rows-shuffled-butterfly"):
+    if target == "rows-shuffled-dct":
+        return target_matrix("dct", n)[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+    if target not in SHUFFLED:
         return target_matrix(target, n)
     torch.manual_seed(0)
     dense = twiddle.Butterfly(n, n, bias=False).double().to_dense().detach()
     shuffle = torch.randperm(n)
-    return dense[:, shuffle] if target == "shuffled-butterfly" else dense[shuffle]
+    if target == "shuffled-butterfly":
+        return dense[:, shuffle]
+    if target == "rows-shuffled-butterfly":
+        return dense[shuffle]
+    return dense[shuffle][:, torch.randperm(n)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--orders", nargs="+", default=["right", "balanced"])
+    parser.add_argument("--targets", nargs="+", default=None, choices=sorted({target for target, _ in CASES}),
+                        help="only these targets (default: all)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
     rows = []
@@ -47,6 +59,8 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for n in args.sizes:
         for target, perm in CASES:
+            if args.targets is not None and target not in args.targets:
+                continue
             if perm == "auto" and n > 1024:
                 continue  # 8 candidates: a multiple of the single-permutation time
             matrix = _matrix(target, n)

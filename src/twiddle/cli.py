@@ -252,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--method", default="hierarchical", choices=FACTOR_METHODS)
     factor.add_argument("--permutation", default="auto", choices=("auto", "bp", "bpp", "recover") + PERMUTATION_NAMES,
                         help="auto: the 8 BP permutations, the permutations read off the matrix (recover: exact for "
-                             "B P with any P, and for Q B with any row permutation Q), then the BP products (BPP), "
+                             "B P with any P, for Q B with any row permutation Q, and for Q B P), then the BP products "
+                             "(BPP), "
                              "stopping at the first exact one")
     factor.add_argument("--order", default="right", choices=ORDERS)
     factor.add_argument("--seed", type=int, default=0,

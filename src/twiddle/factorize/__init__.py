@@ -2,7 +2,8 @@
 
 :func:`factorize` is the entry point; :mod:`~twiddle.factorize.targets` has the 2019 paper's target matrices,
 :mod:`~twiddle.factorize.hierarchical` the closed-form algorithm and :mod:`~twiddle.factorize.recover` the
-closed-form recovery of any column permutation (:func:`recover_permutation`).
+closed-form recovery of any column permutation, row permutation, or both (:func:`recover_permutation`,
+:func:`recover_both_permutations`).
 """
 
 from __future__ import annotations
@@ -388,13 +389,14 @@ def factorize(
             real part of the complex model, as in the paper.
         permutation: of the padded size ``n``: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and
             bit reversal among them —, then the permutations read off the matrix (:func:`recover_permutation`:
-            exact for ``B P`` with any column permutation ``P``, and for ``Q B`` with any row permutation ``Q``,
-            fitted as ``Q B`` with ``Q`` in ``module.output_permutation`` and ``result.output_permutation``), then
-            the products of two BP permutations (the paper's BPP model), then the read-off column permutation of the
-            complex lifts; keep the best, stop at the first exact one — relative error ≤ ``EXACT_TOLERANCE``),
-            ``"bp"`` (the 8 only), ``"bpp"`` (the products only; these two try every candidate), ``"recover"``
-            (the read-off permutations only: columns then rows of the matrix, then columns of its lifts, stopping at
-            the first exact one: for a matrix known to be ``B P`` or ``Q B``, the fastest), a name (``identity``,
+            exact for ``B P`` with any column permutation ``P``, for ``Q B`` with any row permutation ``Q``, and
+            for ``Q B P`` (:func:`recover_both_permutations`), fitted with ``Q`` in ``module.output_permutation``
+            and ``result.output_permutation``), then the products of two BP permutations (the paper's BPP model),
+            then the read-off permutations of the complex lifts (columns; both sides); keep the best, stop at the
+            first exact one — relative error ≤ ``EXACT_TOLERANCE``), ``"bp"`` (the 8 only), ``"bpp"`` (the
+            products only; these two try every candidate), ``"recover"`` (the read-off permutations only: columns,
+            rows, both, of the matrix and (columns, both) of its lifts, stopping at the first exact one: for a
+            matrix known to be ``B P``, ``Q B`` or ``Q B P``, the fastest), a name (``identity``,
             ``bitrev``, ``bp000``…``bp111``), or an explicit permutation ``perm`` with ``(P x)[i] = x[perm[i]]``.
         order: ``"right"`` (default: peel one factor at a time from the right; the fastest, as its SVDs are of
             thin ``m × 2`` blocks), ``"left"``, or ``"balanced"`` (see :mod:`twiddle.factorize.hierarchical`).
