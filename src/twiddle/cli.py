@@ -161,10 +161,10 @@ def _factor(args: argparse.Namespace) -> int:
         raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a "
                          f"{'/'.join(MATRIX_FILE_SUFFIXES)} file")
     try:
-        extra = {"progress": not args.json}
+        extra = {"progress": not args.json, "model": args.model}
         if args.method == "gradient":
-            extra.update(trials=args.trials, time_budget=args.time_budget, seed=args.seed, model=args.model,
-                         polish=args.polish, polish_start=args.polish_start)
+            extra.update(trials=args.trials, time_budget=args.time_budget, seed=args.seed, polish=args.polish,
+                         polish_start=args.polish_start)
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order,
                            size=args.size, **extra)
     except (ValueError, TypeError) as exc:
@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--trials", type=int, default=16, help="gradient method: restarts trained together")
     factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
     factor.add_argument("--model", default="bp", choices=GRADIENT_MODELS,
-                        help="gradient method: B P, B P P, or B P B P (two butterflies)")
+                        help="B P, B P P, or B P B P (two butterflies). The gradient method learns any; the "
+                        "hierarchical method takes bp and bpbp (in closed form from the eigenvectors: exact for "
+                        "convolutions and any matrix a butterfly diagonalizes)")
     factor.add_argument("--polish", default="hierarchical", choices=POLISHES,
                         help="gradient method: closed form then L-BFGS under the learned permutation, or the "
                         "paper's L-BFGS alone")

@@ -24,6 +24,7 @@ from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
 from .recover import read_off_order, recover_both_permutations, recover_permutation, recover_two_sided
 from .result import FactorizationResult, PermutedButterfly
+from .spectral import eigendecomposition, inverse_twiddle, scale_columns
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationResult", "PermutedButterfly", "TARGETS",
@@ -31,6 +32,8 @@ __all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationRes
            "recover_both_permutations"]
 
 METHODS = ("hierarchical", "gradient")
+# the hierarchical method's models: one butterfly (and its permutations), or two from the eigenvectors (spectral)
+_HIERARCHICAL_MODELS = ("bp", "bpbp")
 # "auto" tries every distinct named permutation (identity = bp000 and bitrev = bp100 are among the 8)
 _AUTO_CANDIDATES = tuple(name for name in PERMUTATION_NAMES if name.startswith("bp"))
 _ALIASES = {"bp000": "identity", "bp100": "bitrev"}
@@ -312,6 +315,71 @@ def _candidate_bar(total: int, n: int, order: str):
     return tqdm(total=total, desc=f"hierarchical ({order}) n={n}", unit="candidate", file=sys.stderr)
 
 
+def _spectral_fit(m: torch.Tensor, order: str, complex: bool | None) -> tuple[float, float, str, PermutedButterfly]:
+    """``M = Q (B D) R B' R Qᵀ`` from the eigenvectors ``V = Q B P`` of ``m`` (n × n, n a power of two; see
+    :mod:`twiddle.factorize.spectral`). Returns ``(rel, err, name, module)``: errors on ``m``, ``name``
+    ``"spectral:<how V was read off>"``, the two-stage module. ``complex=False`` refuses complex eigenvectors."""
+    values, vectors = eigendecomposition(m)
+    if complex is False and (vectors.is_complex() or values.is_complex()):
+        raise ValueError("complex=False was asked for, but the matrix's eigendecomposition is complex (only a real "
+                         "symmetric matrix, or one whose eigenvalues are all real, has real eigenvectors)")
+    # V's columns come in LAPACK's order: read off (columns, then both sides), no named permutation to try
+    stages = [[(_RECOVERED, None, "plain"), (_RECOVERED_BOTH, None, "plain")]]
+    best, _ = _hierarchical_search(vectors, stages, order, complex=False, stop_early=True)
+    _, _, how, columns, fitted, _ = best
+    n = m.shape[0]
+    twiddle = fitted.butterfly.twiddle.detach()
+    if twiddle.is_complex() or values.is_complex() or complex:
+        twiddle = twiddle.to(torch.complex128)
+    out_perm = None if fitted.output_permutation is None else fitted.output_permutation.perm
+    rows_back = torch.arange(n) if out_perm is None else torch.argsort(out_perm)  # Qᵀ x: x[argsort(q)]
+    rev = named_permutation("bitrev", n)
+    # V = Q B P: M = Q B (P Λ Pᵀ) B⁻¹ Qᵀ, with P Λ Pᵀ = diag(λ[columns]) (B is V with its columns in that order)
+    module = PermutedButterfly(rows_back[rev], inverse_twiddle(twiddle),
+                               real_output=not m.is_complex() and twiddle.is_complex(),
+                               then=[(rev, scale_columns(twiddle, values[columns]))], out_perm=out_perm)
+    with torch.no_grad():
+        err = float((module.to_dense() - m).norm())
+    norm = float(m.norm())
+    return (err / norm if norm > 0 else err), err, f"spectral:{how}", module
+
+
+def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool | None, n: int, start: float,
+                        progress: bool) -> FactorizationResult:
+    """The hierarchical method's ``model="bpbp"``: the spectral fit (two butterflies), and where it is not exact the
+    one-butterfly search of ``permutation`` too; the better of the two."""
+    if not (isinstance(permutation, str) and permutation in ("auto", "recover")):
+        raise ValueError("model='bpbp' (hierarchical) reads its permutations off the eigenvectors; pass permutation="
+                         f"'auto' or 'recover', got {permutation!r}")
+    if tuple(m.shape) != (n, n):
+        raise ValueError(f"model='bpbp' (hierarchical) factors a square matrix whose size is a power of two (its "
+                         f"eigenvectors; zero-padding would add a repeated eigenvalue 0), got shape {tuple(m.shape)} "
+                         f"for a butterfly of size {n}")
+    rel, err, name, module = _spectral_fit(m, order, complex)
+    errors = {name: rel}
+    model, lift = "bpbp", None
+    if not rel <= EXACT_TOLERANCE:  # not diagonalized by a butterfly (or repeated eigenvalues): one may do
+        (rel1, err1, name1, _, module1, lift1), single = _hierarchical_search(
+            m, _permutation_stages(permutation, n), order, complex, True, size=n, progress=progress)
+        errors.update(single)
+        if rel1 < rel or not np.isfinite(rel):  # a badly fitted V can have nearly singular blocks
+            rel, err, name, module, model, lift = rel1, err1, name1, module1, "bp", lift1
+    return FactorizationResult(
+        module=module,
+        rmse=err / n,
+        relative_error=rel,
+        permutation=module.permutation.perm.clone(),
+        permutation_name=name,
+        seconds=time.perf_counter() - start,
+        method="hierarchical",
+        order=order,
+        candidates=errors if len(errors) > 1 else {},
+        lift=lift,
+        model=model,
+        output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
+    )
+
+
 def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
                         start: float, size: int) -> FactorizationResult:
     if not (isinstance(permutation, str) and permutation == "auto"):
@@ -409,8 +477,15 @@ def factorize(
             budget in seconds, seed and stopping RMSE.
         progress: a progress bar on stderr: the gradient method's epochs, or the hierarchical search's candidate
             permutations (and lifts) with the best error so far.
-        model: the gradient method's model, ``"bp"``, ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``; the
-            result's module then has a second stage in ``module.then``).
+        model: ``"bp"`` (default), ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``: two butterflies; the
+            result's module then has a second stage in ``module.then``). The gradient method learns any of the
+            three. The hierarchical method takes ``"bp"`` (its BPP fits are ``permutation="bpp"``, also part of
+            ``"auto"``) and ``"bpbp"``: the spectral fit (:mod:`twiddle.factorize.spectral`), in closed form from
+            the eigendecomposition ``M = V Λ V⁻¹`` when ``V`` is a butterfly under permutations read off it
+            (``M = Q B Λ' B⁻¹ Qᵀ``: circulants — convolutions —, dyadic convolutions, any matrix a butterfly
+            diagonalizes, with distinct eigenvalues); where that is not exact, the one-butterfly search of
+            ``permutation`` (``"auto"`` or ``"recover"``) runs too and the better fit is returned (``result.model``
+            says which). It needs a square matrix whose size is a power of two.
         polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
             permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
             :mod:`twiddle.factorize.gradient`.
@@ -452,6 +527,12 @@ def factorize(
         raise ValueError(f"options {sorted(gradient_options)} apply to the gradient method only")
     if m.is_complex() and complex is False:
         raise ValueError("complex=False was asked for, but the matrix is complex")
+    if model not in _HIERARCHICAL_MODELS:
+        hint = " (the BPP fits are permutation='bpp', also tried by 'auto')" if model == "bpp" else ""
+        raise ValueError(f"model must be one of {_HIERARCHICAL_MODELS} for the hierarchical method{hint}, got "
+                         f"{model!r}")
+    if model == "bpbp":
+        return _factorize_spectral(m, permutation, order, complex, n, start, progress)
     stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
     best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
                                         progress=progress)

@@ -189,9 +189,12 @@ class FactorizationResult:
         lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
         output_permutation: for a fit ``M ≈ Q B`` (``permutation_name`` ``"recovered-rows"``: the rows read off the
             matrix; ``permutation`` is then the identity) or ``M ≈ Q B P`` (``"recovered-both"``: both read off),
-            ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``); None
-            otherwise.
-        model: ``"bp"`` (one butterfly after one permutation), or the gradient method's ``"bpp"`` / ``"bpbp"``.
+            ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``), and for a
+            spectral fit whose eigenvectors needed a row permutation; None otherwise.
+        model: ``"bp"`` (one butterfly after one permutation), the gradient method's ``"bpp"`` / ``"bpbp"``, or
+            ``"bpbp"`` of the hierarchical method's spectral fit (``permutation_name`` ``"spectral:…"``: ``M = Q (B D)
+            R B' R Qᵀ`` from the eigenvectors ``V = Q B P``, see :mod:`twiddle.factorize.spectral`; ``permutation``
+            is then the first stage's).
     """
 
     module: PermutedButterfly
@@ -242,7 +245,11 @@ class FactorizationResult:
             real = f" (real part of the '{self.lift}' complex lift)"
         rows, cols = self.module.out_features, self.module.in_features
         shape = f"{n}×{n}" if (rows, cols) == (n, n) else f"{rows}×{cols} (zero-padded to {n}×{n})"
-        if self.output_permutation is None:
+        if self.permutation_name.startswith("spectral:"):
+            read = "both permutations" if self.output_permutation is not None else "a column permutation"
+            form = (f"a {what}{real} from its eigenvectors (M = V Λ V⁻¹, V a butterfly under {read} read off V: "
+                    f"M = Q B Λ' B⁻¹ Qᵀ)")
+        elif self.output_permutation is None:
             form = f"a {what}{real} × permutation '{self.permutation_name}'"
         elif bool((self.permutation == torch.arange(self.permutation.numel())).all()):
             form = f"a permutation of its rows ('{self.permutation_name}') × {what}{real}"
