@@ -10,7 +10,13 @@ import torch
 from twiddle.butterfly import Butterfly
 from twiddle.cli import main
 from twiddle.factorize import PermutedButterfly, factorize, target_matrix
-from twiddle.factorize.spectral import eigendecomposition, inverse_twiddle, scale_columns
+from twiddle.factorize.spectral import (
+    circulant_embedding,
+    eigendecomposition,
+    inverse_twiddle,
+    is_toeplitz,
+    scale_columns,
+)
 from twiddle.permutations import named_permutation
 
 
@@ -156,11 +162,61 @@ def test_spectral_bad_options(kwargs, match):
         factorize(m, **{"model": "bpbp", **kwargs})
 
 
-def test_spectral_needs_a_square_power_of_two():
-    with pytest.raises(ValueError, match="square matrix whose size is a power of two"):
-        factorize(target_matrix("convolution", 12), model="bpbp")
-    with pytest.raises(ValueError, match="square matrix whose size is a power of two"):
-        factorize(target_matrix("convolution", 16), model="bpbp", size=32)
+def test_spectral_needs_a_square_power_of_two_or_a_toeplitz_matrix():
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="square matrix whose size is a power of two.*or a Toeplitz"):
+        factorize(torch.randn(12, 12, generator=g, dtype=torch.float64), model="bpbp")
+    with pytest.raises(ValueError, match="neither"):
+        factorize(torch.randn(16, 16, generator=g, dtype=torch.float64), model="bpbp", size=32)
+
+
+def _toeplitz(rows: int, cols: int, seed: int = 0, symmetric: bool = False, complex: bool = False) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    draw = (lambda k: rng.standard_normal(k) + 1j * rng.standard_normal(k)) if complex else rng.standard_normal
+    column = draw(rows)
+    row = np.concatenate([column[:1], column[1:cols]]) if symmetric else np.concatenate([column[:1], draw(cols - 1)])
+    if symmetric and cols > rows:
+        row = np.concatenate([row, draw(cols - rows)])
+    return torch.from_numpy(scipy.linalg.toeplitz(column, row))
+
+
+def test_is_toeplitz_and_the_circulant_embedding():
+    t = _toeplitz(5, 7)
+    assert is_toeplitz(t) and is_toeplitz(t[:1]) and not is_toeplitz(torch.randn(4, 4, dtype=torch.float64))
+    for size in (11, 16):
+        c = circulant_embedding(t, size, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(c[:5, :7], t)
+        assert torch.equal(c, torch.from_numpy(scipy.linalg.circulant(c[:, 0].numpy())))
+    with pytest.raises(ValueError, match="circulant of size >= 11"):
+        circulant_embedding(t, 10)
+    with pytest.raises(ValueError, match="2-D"):
+        is_toeplitz(torch.zeros(3))
+
+
+@pytest.mark.parametrize("shape, symmetric, complex", [((64, 64), False, False), ((64, 64), True, False),
+                                                       ((50, 30), False, False), ((20, 45), False, True),
+                                                       ((100, 100), True, False)])
+def test_toeplitz_matrices_are_exact_through_a_circulant(shape, symmetric, complex):
+    """A linear convolution's matrix (any shape, symmetric filters too) is a block of a circulant whose free
+    entries are drawn at random: two butterflies of the circulant's size."""
+    t = _toeplitz(*shape, seed=sum(shape), symmetric=symmetric, complex=complex)
+    result = factorize(t, model="bpbp")
+    assert result.model == "bpbp" and result.permutation_name.startswith("spectral-circulant")
+    assert result.relative_error < 1e-11
+    assert (result.module.out_features, result.module.in_features) == shape
+    x = torch.randn(4, shape[1], dtype=torch.float64).to(t.dtype)
+    assert torch.allclose(result.module(x), x @ t.T, atol=1e-10)
+
+
+def test_symmetric_toeplitz_needs_the_larger_circulant():
+    """n × n symmetric: the least circulant (2n) has one free entry, a symmetric c, repeated eigenvalues; the next
+    (4n) has free entries enough."""
+    t = _toeplitz(32, 32, seed=3, symmetric=True)
+    result = factorize(t, model="bpbp")
+    assert result.relative_error < 1e-11 and result.module.size == 128
+    assert [v > 1e-6 for k, v in result.candidates.items() if k.startswith("spectral-circulant64:")] == [True]
+    sized = factorize(t, model="bpbp", size=128)  # an explicit size is the one used
+    assert sized.relative_error < 1e-11 and sized.module.size == 128
 
 
 def test_cli_factor_bpbp(capsys):

@@ -24,7 +24,7 @@ from .hierarchical import ORDERS, hierarchical_twiddle
 from .lift import LIFTS, complex_lift
 from .recover import read_off_order, recover_both_permutations, recover_permutation, recover_two_sided
 from .result import FactorizationResult, PermutedButterfly
-from .spectral import eigendecomposition, inverse_twiddle, scale_columns
+from .spectral import circulant_embedding, eigendecomposition, inverse_twiddle, is_toeplitz, scale_columns
 from .targets import TARGETS, target_matrix
 
 __all__ = ["factorize", "load_matrix", "MATRIX_FILE_SUFFIXES", "FactorizationResult", "PermutedButterfly", "TARGETS",
@@ -315,11 +315,14 @@ def _candidate_bar(total: int, n: int, order: str):
     return tqdm(total=total, desc=f"hierarchical ({order}) n={n}", unit="candidate", file=sys.stderr)
 
 
-def _spectral_fit(m: torch.Tensor, order: str, complex: bool | None) -> tuple[float, float, str, PermutedButterfly]:
-    """``M = Q (B D) R B' R Qᵀ`` from the eigenvectors ``V = Q B P`` of ``m`` (n × n, n a power of two; see
-    :mod:`twiddle.factorize.spectral`). Returns ``(rel, err, name, module)``: errors on ``m``, ``name``
-    ``"spectral:<how V was read off>"``, the two-stage module. ``complex=False`` refuses complex eigenvectors."""
-    values, vectors = eigendecomposition(m)
+def _spectral_fit(target: torch.Tensor, m: torch.Tensor, order: str, complex: bool | None,
+                  label: str = "spectral") -> tuple[float, float, str, PermutedButterfly]:
+    """``C = Q (B D) R B' R Qᵀ`` from the eigenvectors ``V = Q B P`` of ``target`` (N × N, N a power of two; see
+    :mod:`twiddle.factorize.spectral`), as a module for ``m``, the top-left block of ``target`` (``target`` itself,
+    or a Toeplitz ``m`` in its circulant embedding): the input zero-padded to N, the first rows of the output kept.
+    Returns ``(rel, err, name, module)``: errors on ``m``, ``name`` ``"<label>:<how V was read off>"``.
+    ``complex=False`` refuses complex eigenvectors."""
+    values, vectors = eigendecomposition(target)
     if complex is False and (vectors.is_complex() or values.is_complex()):
         raise ValueError("complex=False was asked for, but the matrix's eigendecomposition is complex (only a real "
                          "symmetric matrix, or one whose eigenvalues are all real, has real eigenvectors)")
@@ -327,46 +330,78 @@ def _spectral_fit(m: torch.Tensor, order: str, complex: bool | None) -> tuple[fl
     stages = [[(_RECOVERED, None, "plain"), (_RECOVERED_BOTH, None, "plain")]]
     best, _ = _hierarchical_search(vectors, stages, order, complex=False, stop_early=True)
     _, _, how, columns, fitted, _ = best
-    n = m.shape[0]
+    n = target.shape[0]
     twiddle = fitted.butterfly.twiddle.detach()
     if twiddle.is_complex() or values.is_complex() or complex:
         twiddle = twiddle.to(torch.complex128)
     out_perm = None if fitted.output_permutation is None else fitted.output_permutation.perm
     rows_back = torch.arange(n) if out_perm is None else torch.argsort(out_perm)  # Qᵀ x: x[argsort(q)]
     rev = named_permutation("bitrev", n)
-    # V = Q B P: M = Q B (P Λ Pᵀ) B⁻¹ Qᵀ, with P Λ Pᵀ = diag(λ[columns]) (B is V with its columns in that order)
+    # V = Q B P: C = Q B (P Λ Pᵀ) B⁻¹ Qᵀ, with P Λ Pᵀ = diag(λ[columns]) (B is V with its columns in that order)
     module = PermutedButterfly(rows_back[rev], inverse_twiddle(twiddle),
                                real_output=not m.is_complex() and twiddle.is_complex(),
-                               then=[(rev, scale_columns(twiddle, values[columns]))], out_perm=out_perm)
+                               then=[(rev, scale_columns(twiddle, values[columns]))], out_perm=out_perm,
+                               in_features=m.shape[1], out_features=m.shape[0])
     with torch.no_grad():
         err = float((module.to_dense() - m).norm())
     norm = float(m.norm())
-    return (err / norm if norm > 0 else err), err, f"spectral:{how}", module
+    return (err / norm if norm > 0 else err), err, f"{label}:{how}", module
 
 
-def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool | None, n: int, start: float,
-                        progress: bool) -> FactorizationResult:
-    """The hierarchical method's ``model="bpbp"``: the spectral fit (two butterflies), and where it is not exact the
-    one-butterfly search of ``permutation`` too; the better of the two."""
+def _toeplitz_sizes(rows: int, cols: int, size: int | None) -> list[int]:
+    """Circulant sizes to embed a rows × cols Toeplitz matrix in: ``size`` if given (and large enough), else the
+    least power of two >= rows + cols - 1 and, should that not be exact (too few free entries to separate the
+    eigenvalues of a symmetric filter), twice it."""
+    least = _padded_size(rows + cols - 1, 1)
+    if size is not None:
+        return [size] if size >= rows + cols - 1 else []
+    return [least, 2 * least]
+
+
+def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool | None, n: int, size: int | None,
+                        seed: int, start: float, progress: bool) -> FactorizationResult:
+    """The hierarchical method's ``model="bpbp"``: the spectral fit of ``m`` (square, of the butterfly's size) or of
+    the circulant embedding of a Toeplitz ``m``, and where neither is exact the one-butterfly search of
+    ``permutation`` too; the best fit."""
     if not (isinstance(permutation, str) and permutation in ("auto", "recover")):
         raise ValueError("model='bpbp' (hierarchical) reads its permutations off the eigenvectors; pass permutation="
                          f"'auto' or 'recover', got {permutation!r}")
-    if tuple(m.shape) != (n, n):
+    rows, cols = m.shape
+    square = (rows, cols) == (n, n)
+    toeplitz = is_toeplitz(m)
+    if not square and not toeplitz:
         raise ValueError(f"model='bpbp' (hierarchical) factors a square matrix whose size is a power of two (its "
-                         f"eigenvectors; zero-padding would add a repeated eigenvalue 0), got shape {tuple(m.shape)} "
-                         f"for a butterfly of size {n}")
-    rel, err, name, module = _spectral_fit(m, order, complex)
-    errors = {name: rel}
+                         f"eigenvectors; zero-padding would add a repeated eigenvalue 0) or a Toeplitz matrix (in a "
+                         f"circulant), got a {rows} × {cols} matrix that is neither, for a butterfly of size {n}")
+    errors: dict[str, float] = {}
+    best = None
+
+    def consider(fit: tuple[float, float, str, PermutedButterfly]) -> None:
+        nonlocal best
+        errors[fit[2]] = fit[0]
+        if best is None or fit[0] < best[0] or not np.isfinite(best[0]):  # a badly fitted V: nearly singular blocks
+            best = fit
+
+    if square:
+        consider(_spectral_fit(m, m, order, complex))
+    if toeplitz:
+        generator = torch.Generator().manual_seed(seed)
+        for embed in _toeplitz_sizes(rows, cols, size):
+            if best is not None and best[0] <= EXACT_TOLERANCE:
+                break
+            consider(_spectral_fit(circulant_embedding(m, embed, generator=generator), m, order, complex,
+                                   label=f"spectral-circulant{embed}"))
     model, lift = "bpbp", None
-    if not rel <= EXACT_TOLERANCE:  # not diagonalized by a butterfly (or repeated eigenvalues): one may do
+    if best is None or not best[0] <= EXACT_TOLERANCE:  # not diagonalized by a butterfly: one may do
         (rel1, err1, name1, _, module1, lift1), single = _hierarchical_search(
             m, _permutation_stages(permutation, n), order, complex, True, size=n, progress=progress)
         errors.update(single)
-        if rel1 < rel or not np.isfinite(rel):  # a badly fitted V can have nearly singular blocks
-            rel, err, name, module, model, lift = rel1, err1, name1, module1, "bp", lift1
+        if best is None or rel1 < best[0] or not np.isfinite(best[0]):
+            best, model, lift = (rel1, err1, name1, module1), "bp", lift1
+    rel, err, name, module = best
     return FactorizationResult(
         module=module,
-        rmse=err / n,
+        rmse=err / (rows * cols) ** 0.5,
         relative_error=rel,
         permutation=module.permutation.perm.clone(),
         permutation_name=name,
@@ -483,9 +518,12 @@ def factorize(
             ``"auto"``) and ``"bpbp"``: the spectral fit (:mod:`twiddle.factorize.spectral`), in closed form from
             the eigendecomposition ``M = V Λ V⁻¹`` when ``V`` is a butterfly under permutations read off it
             (``M = Q B Λ' B⁻¹ Qᵀ``: circulants — convolutions —, dyadic convolutions, any matrix a butterfly
-            diagonalizes, with distinct eigenvalues); where that is not exact, the one-butterfly search of
-            ``permutation`` (``"auto"`` or ``"recover"``) runs too and the better fit is returned (``result.model``
-            says which). It needs a square matrix whose size is a power of two.
+            diagonalizes, with distinct eigenvalues); a Toeplitz matrix (a linear convolution, any shape; a
+            circulant of a symmetric filter, whose eigenvalues repeat) is fitted through a circulant it is a block
+            of (``twiddle.factorize.spectral.circulant_embedding``: size ``size`` if given, else the least power of
+            two >= rows + cols - 1 and then twice it; free entries drawn with ``seed``); where none of that is
+            exact, the one-butterfly search of ``permutation`` (``"auto"`` or ``"recover"``) runs too and the best
+            fit is returned (``result.model`` says which). Other matrices need a square power-of-two size.
         polish: the gradient method's polish, ``"hierarchical"`` (closed-form projection under each learned
             permutation, then L-BFGS) or ``"lbfgs"`` (the paper's; always used for ``bpbp``); see
             :mod:`twiddle.factorize.gradient`.
@@ -532,7 +570,7 @@ def factorize(
         raise ValueError(f"model must be one of {_HIERARCHICAL_MODELS} for the hierarchical method{hint}, got "
                          f"{model!r}")
     if model == "bpbp":
-        return _factorize_spectral(m, permutation, order, complex, n, start, progress)
+        return _factorize_spectral(m, permutation, order, complex, n, size, seed, start, progress)
     stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
     best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
                                         progress=progress)

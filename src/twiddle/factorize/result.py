@@ -194,7 +194,8 @@ class FactorizationResult:
         model: ``"bp"`` (one butterfly after one permutation), the gradient method's ``"bpp"`` / ``"bpbp"``, or
             ``"bpbp"`` of the hierarchical method's spectral fit (``permutation_name`` ``"spectral:…"``: ``M = Q (B D)
             R B' R Qᵀ`` from the eigenvectors ``V = Q B P``, see :mod:`twiddle.factorize.spectral`; ``permutation``
-            is then the first stage's).
+            is then the first stage's; ``"spectral-circulant<N>:…"``: of the size-N circulant a Toeplitz matrix
+            is a block of).
     """
 
     module: PermutedButterfly
@@ -245,10 +246,15 @@ class FactorizationResult:
             real = f" (real part of the '{self.lift}' complex lift)"
         rows, cols = self.module.out_features, self.module.in_features
         shape = f"{n}×{n}" if (rows, cols) == (n, n) else f"{rows}×{cols} (zero-padded to {n}×{n})"
-        if self.permutation_name.startswith("spectral:"):
+        if self.permutation_name.startswith("spectral"):
             read = "both permutations" if self.output_permutation is not None else "a column permutation"
-            form = (f"a {what}{real} from its eigenvectors (M = V Λ V⁻¹, V a butterfly under {read} read off V: "
-                    f"M = Q B Λ' B⁻¹ Qᵀ)")
+            own = self.permutation_name.startswith("spectral:")
+            of, c = ("its eigenvectors", "M") if own else (
+                f"the eigenvectors of the {n}×{n} circulant it is a block of", "C")
+            form = (f"a {what}{real} from {of} ({c} = V Λ V⁻¹, V a butterfly under {read} read off V: "
+                    f"{c} = Q B Λ' B⁻¹ Qᵀ)")
+            if not self.permutation_name.startswith("spectral:"):
+                shape = f"{rows}×{cols} Toeplitz"
         elif self.output_permutation is None:
             form = f"a {what}{real} × permutation '{self.permutation_name}'"
         elif bool((self.permutation == torch.arange(self.permutation.numel())).all()):
@@ -259,7 +265,9 @@ class FactorizationResult:
         lines = [
             f"{how} of a {shape} matrix into {form}",
             f"  relative error {self.relative_error:.3e}, RMSE {self.rmse:.3e}, {self.seconds:.3f} s",
-            f"  {self.params} parameters ({rows * cols} dense, {rows * cols / self.params:.1f}× fewer)",
+            f"  {self.params} parameters ({rows * cols} dense, " + (
+                f"{rows * cols / self.params:.1f}× fewer)" if self.params <= rows * cols
+                else f"{self.params / (rows * cols):.1f}× more)"),
         ]
         if self.candidates:
             best = sorted(self.candidates.items(), key=lambda kv: kv[1])

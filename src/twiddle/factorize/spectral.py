@@ -17,6 +17,11 @@ So ``M = Q (B D) R B' R Qᵀ``: two stages, each a permutation and an increasing
 error is that of the eigenvectors (``ε ‖M‖ / gap`` for an eigenvalue gap ``gap``): ~1e-15 for a random circulant
 at n = 1024. Repeated eigenvalues (a circulant of a symmetric filter, ``λ_k = λ_{n−k}``) leave each eigenspace's
 basis to LAPACK, generally not the butterfly's: the fit of ``V`` then tells, and the factorization is not exact.
+
+A Toeplitz matrix (a linear, not circular, convolution; any shape) is the top-left block of a circulant of size
+``N ≥ rows + cols − 1`` (:func:`circulant_embedding`); its free entries, drawn at random, keep the eigenvalues
+apart even for a symmetric filter. The spectral fit of that circulant, with the input zero-padded to ``N`` and the
+first ``rows`` outputs kept, is the Toeplitz matrix exactly.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 
 from ..permutations import named_permutation
 
-__all__ = ["eigendecomposition", "inverse_twiddle", "scale_columns"]
+__all__ = ["eigendecomposition", "inverse_twiddle", "scale_columns", "is_toeplitz", "circulant_embedding"]
 
 
 def eigendecomposition(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,3 +98,39 @@ def scale_columns(twiddle: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     out = twiddle.to(dtype).clone()
     out[0, 0, 0] = out[0, 0, 0] * scale.to(dtype).reshape(n // 2, 1, 2)
     return out
+
+
+def is_toeplitz(m: torch.Tensor, tol: float = 1e-12) -> bool:
+    """Whether every diagonal of ``m`` (rows × cols) is constant, to ``tol`` times its largest entry."""
+    if m.dim() != 2:
+        raise ValueError(f"m must be 2-D, got shape {tuple(m.shape)}")
+    scale = float(m.abs().max()) if m.numel() else 0.0
+    return bool(((m[1:, 1:] - m[:-1, :-1]).abs() <= tol * scale).all())
+
+
+def circulant_embedding(m: torch.Tensor, size: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ``size × size`` circulant ``C`` (``C[i, j] = c[(i − j) mod size]``) whose top-left block is the Toeplitz
+    matrix ``m`` (rows × cols; ``size ≥ rows + cols − 1`` so that its diagonals do not meet).
+
+    ``c[d mod size]`` is ``m``'s diagonal ``d`` for ``d = −(cols − 1) … rows − 1``; the ``size − rows − cols + 1``
+    entries left over are free, and are drawn at random (Gaussian, scaled to the root mean square of the given
+    ones; complex for a complex ``m``): left at zero, a symmetric ``m`` would give a symmetric ``c`` and eigenvalues
+    in equal pairs ``λ_k = λ_{size−k}``, which the spectral fit cannot separate."""
+    rows, cols = m.shape
+    if size < rows + cols - 1:
+        raise ValueError(f"a {rows} × {cols} Toeplitz matrix needs a circulant of size >= {rows + cols - 1}, got "
+                         f"{size}")
+    c = m.new_zeros(size)
+    c[:rows] = m[:, 0]  # diagonals d = 0 … rows − 1
+    if cols > 1:
+        c[size - cols + 1:] = m[0, 1:].flip(0)  # d = −j at size − j, j = 1 … cols − 1
+    free = size - rows - cols + 1
+    if free > 0:
+        given = torch.cat([m[:, 0], m[0, 1:]])
+        scale = float(given.abs().pow(2).mean().sqrt()) or 1.0
+        noise = torch.randn(free, generator=generator, dtype=m.real.dtype)
+        if m.is_complex():
+            noise = torch.complex(noise, torch.randn(free, generator=generator, dtype=m.real.dtype)) / 2 ** 0.5
+        c[rows:rows + free] = scale * noise
+    index = (torch.arange(size).unsqueeze(1) - torch.arange(size).unsqueeze(0)) % size
+    return c[index]
