@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--model", default="bp", choices=GRADIENT_MODELS,
                         help="B P, B P P, or B P B P (two butterflies). The gradient method learns any; the "
                         "hierarchical method takes bp and bpbp (in closed form from the eigenvectors: exact for "
-                        "convolutions and any matrix a butterfly diagonalizes)")
+                        "convolutions, any matrix a butterfly diagonalizes, and Toeplitz matrices of any shape)")
     factor.add_argument("--polish", default="hierarchical", choices=POLISHES,
                         help="gradient method: closed form then L-BFGS under the learned permutation, or the "
                         "paper's L-BFGS alone")

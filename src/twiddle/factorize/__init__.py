@@ -509,7 +509,8 @@ def factorize(
             exact). ``False``: real twiddles only. ``True``: complex twiddles, lifts included.
             The gradient method always uses complex twiddles.
         trials, time_budget, seed, target_rmse: the gradient method's restarts (trained together), wall-clock
-            budget in seconds, seed and stopping RMSE.
+            budget in seconds, seed and stopping RMSE; ``seed`` also draws the free entries of the hierarchical
+            ``model="bpbp"`` circulant embedding of a Toeplitz matrix.
         progress: a progress bar on stderr: the gradient method's epochs, or the hierarchical search's candidate
             permutations (and lifts) with the best error so far.
         model: ``"bp"`` (default), ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``: two butterflies; the

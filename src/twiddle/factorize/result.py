@@ -253,7 +253,7 @@ class FactorizationResult:
                 f"the eigenvectors of the {n}×{n} circulant it is a block of", "C")
             form = (f"a {what}{real} from {of} ({c} = V Λ V⁻¹, V a butterfly under {read} read off V: "
                     f"{c} = Q B Λ' B⁻¹ Qᵀ)")
-            if not self.permutation_name.startswith("spectral:"):
+            if not own:
                 shape = f"{rows}×{cols} Toeplitz"
         elif self.output_permutation is None:
             form = f"a {what}{real} × permutation '{self.permutation_name}'"
