@@ -86,6 +86,8 @@ def test_eigendecomposition_reconstructs(kind):
     assert torch.allclose(rebuilt.to(torch.complex128), m.to(torch.complex128), atol=1e-11)
     with pytest.raises(ValueError, match="square"):
         eigendecomposition(a[:, :5])
+    values32, _ = eigendecomposition(m.to(torch.complex64 if m.is_complex() else torch.float32).requires_grad_())
+    assert values32.dtype in (torch.float64, torch.complex128)  # computed in double precision, detached
 
 
 @pytest.mark.parametrize("n", [2, 4, 16, 64, 256])
@@ -189,6 +191,8 @@ def test_is_toeplitz_and_the_circulant_embedding():
         assert torch.equal(c, torch.from_numpy(scipy.linalg.circulant(c[:, 0].numpy())))
     with pytest.raises(ValueError, match="circulant of size >= 11"):
         circulant_embedding(t, 10)
+    with pytest.raises(ValueError, match="must be a Toeplitz matrix"):
+        circulant_embedding(torch.randn(4, 4, dtype=torch.float64), 8)
     with pytest.raises(ValueError, match="2-D"):
         is_toeplitz(torch.zeros(3))
 

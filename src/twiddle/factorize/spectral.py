@@ -14,9 +14,10 @@ BPBP model, which it learns by gradient descent). Given only ``M``, the factors 
    ``L − 1 − f`` of ``B`` inverted block by block, its pairs moved by ``R``). No second fit, no matrix inverse.
 
 So ``M = Q (B D) R B' R Qᵀ``: two stages, each a permutation and an increasing-stride butterfly, then ``Q``. The
-error is that of the eigenvectors (``ε ‖M‖ / gap`` for an eigenvalue gap ``gap``): ~1e-15 for a random circulant
-at n = 1024. Repeated eigenvalues (a circulant of a symmetric filter, ``λ_k = λ_{n−k}``) leave each eigenspace's
-basis to LAPACK, generally not the butterfly's: the fit of ``V`` then tells, and the factorization is not exact.
+error is that of the eigenvectors (``ε ‖M‖ / gap`` for an eigenvalue gap ``gap``): 1.2e-14 relative (RMSE 4e-16)
+for a random circulant at n = 1024. Repeated eigenvalues (a circulant of a symmetric filter, ``λ_k = λ_{n−k}``)
+leave each eigenspace's basis to LAPACK, generally not the butterfly's: the fit of ``V`` then tells, and this
+factorization is not exact (a circulant is Toeplitz, though: see below).
 
 A Toeplitz matrix (a linear, not circular, convolution; any shape) is the top-left block of a circulant of size
 ``N ≥ rows + cols − 1`` (:func:`circulant_embedding`); its free entries, drawn at random, keep the eigenvalues
@@ -42,6 +43,8 @@ def eigendecomposition(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     all real keeps real ``V``."""
     if m.dim() != 2 or m.shape[0] != m.shape[1]:
         raise ValueError(f"the eigendecomposition needs a square matrix, got shape {tuple(m.shape)}")
+    m = m.detach().to("cpu")
+    m = m.to(torch.complex128 if m.is_complex() else torch.float64)
     scale = float(m.abs().max())
     if bool(((m - m.mH).abs() <= 1e-14 * max(scale, 1e-300)).all()):
         values, vectors = torch.linalg.eigh(m)
@@ -116,6 +119,8 @@ def circulant_embedding(m: torch.Tensor, size: int, *, generator: torch.Generato
     entries left over are free, and are drawn at random (Gaussian, scaled to the root mean square of the given
     ones; complex for a complex ``m``): left at zero, a symmetric ``m`` would give a symmetric ``c`` and eigenvalues
     in equal pairs ``λ_k = λ_{size−k}``, which the spectral fit cannot separate."""
+    if not is_toeplitz(m):
+        raise ValueError("m must be a Toeplitz matrix (every diagonal constant) to be a block of a circulant")
     rows, cols = m.shape
     if size < rows + cols - 1:
         raise ValueError(f"a {rows} × {cols} Toeplitz matrix needs a circulant of size >= {rows + cols - 1}, got "
