@@ -8,7 +8,8 @@ random butterfly (seed 0) with its columns in a random order, which no BP or BPP
 ``permutation="recover"`` (also tried by ``"auto"``) reads off the matrix, and ``rows-shuffled-butterfly``: the
 same with its rows shuffled instead (``Q B``, read through the transpose), ``both-shuffled-butterfly``: both
 (``Q B P``), and ``rows-shuffled-dct``: the DCT with its rows shuffled (exact only through a complex lift, as
-``Re(Q B P)``), and ``convolution`` fitted by two butterflies (``model="bpbp"``: the spectral fit, from the
+``Re(Q B P)``), and ``convolution`` (a circulant) and ``toeplitz`` (a linear convolution's n × n matrix, n ≤ 1024:
+through a circulant of size 2n) fitted by two butterflies (``model="bpbp"``: the spectral fit, from the
 eigenvectors). ``--targets`` reruns some and keeps the other targets' rows of the JSON already in ``--out``. The
 peer figure (pyfaust's
 hierarchical factorization of the DFT) is 0.23 s at n = 1024 and about 9 s at n = 4096 on 2 cores (see
@@ -29,13 +30,17 @@ from twiddle.factorize import factorize, target_matrix
 
 CASES = (("dft", "bitrev"), ("hadamard", "identity"), ("dft", "auto"), ("dct", "auto"), ("randn", "auto"),
          ("shuffled-butterfly", "auto"), ("shuffled-butterfly", "recover"), ("rows-shuffled-butterfly", "recover"),
-         ("both-shuffled-butterfly", "recover"), ("rows-shuffled-dct", "recover"), ("convolution", "auto"))
+         ("both-shuffled-butterfly", "recover"), ("rows-shuffled-dct", "recover"), ("convolution", "auto"),
+         ("toeplitz", "auto"))
 # the targets fitted by two butterflies (the hierarchical method's spectral fit)
-MODEL = {"convolution": "bpbp"}
+MODEL = {"convolution": "bpbp", "toeplitz": "bpbp"}
 SHUFFLED = ("shuffled-butterfly", "rows-shuffled-butterfly", "both-shuffled-butterfly")
 
 
 def _matrix(target: str, n: int) -> torch.Tensor:
+    if target == "toeplitz":  # a linear convolution's matrix: a random filter of 2n - 1 taps (seed 0)
+        taps = torch.randn(2 * n - 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64) / n ** 0.5
+        return taps[(torch.arange(n).unsqueeze(1) - torch.arange(n).unsqueeze(0)) + n - 1]
     if target == "rows-shuffled-dct":
         return target_matrix("dct", n)[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
     if target not in SHUFFLED:
@@ -82,8 +87,8 @@ def main() -> None:
             if args.targets is not None and target not in args.targets:
                 continue
             model = MODEL.get(target, "bp")
-            if perm == "auto" and n > 1024 and model == "bp":
-                continue  # 8 candidates: a multiple of the single-permutation time
+            if perm == "auto" and n > 1024 and (model == "bp" or target == "toeplitz"):
+                continue  # 8 candidates: a multiple of the single-permutation time; Toeplitz: a 2n circulant
             matrix = _matrix(target, n)
             for order in args.orders:
                 start = time.perf_counter()
