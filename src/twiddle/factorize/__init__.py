@@ -218,6 +218,35 @@ def _pad(m: torch.Tensor, n: int | None = None) -> torch.Tensor:
     return padded
 
 
+def _fit_errors(module: PermutedButterfly, m: torch.Tensor, norm: float) -> tuple[float, float]:
+    """``(relative, absolute)`` Frobenius error of ``module``'s matrix against ``m`` (``norm = ‖m‖_F``; the absolute
+    error where ``m`` is zero)."""
+    with torch.no_grad():
+        err = float((module.to_dense() - m).norm())
+    return (err / norm if norm > 0 else err), err
+
+
+def _result(m: torch.Tensor, module: PermutedButterfly, rel: float, err: float, name: str, start: float, method: str,
+            order: str, candidates: dict[str, float], lift: str | None = None, model: str = "bp"
+            ) -> FactorizationResult:
+    """The :class:`FactorizationResult` of a fit ``module`` of ``m`` (candidates listed only where there were
+    several; the permutations are the module's)."""
+    return FactorizationResult(
+        module=module,
+        rmse=err / (m.shape[0] * m.shape[1]) ** 0.5,
+        relative_error=rel,
+        permutation=module.permutation.perm.clone(),
+        permutation_name=name,
+        seconds=time.perf_counter() - start,
+        method=method,
+        order=order,
+        candidates=candidates if len(candidates) > 1 else {},
+        lift=lift,
+        model=model,
+        output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
+    )
+
+
 def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order: str,
                          complex: bool | None, stop_early: bool,
                          lifts: dict[str, torch.Tensor] | None = None,
@@ -257,9 +286,7 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
         nonlocal best
         module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
                                    in_features=cols, out_features=rows, out_perm=out_perm)
-        with torch.no_grad():
-            err = float((module.to_dense() - m).norm())
-        rel = err / norm if norm > 0 else err
+        rel, err = _fit_errors(module, m, norm)
         errors[found if lift is None else f"{lift}:{found}"] = rel
         if best is None or rel < best[0]:
             best = (rel, err, found, perm, module, lift)
@@ -342,10 +369,8 @@ def _spectral_fit(target: torch.Tensor, m: torch.Tensor, order: str, complex: bo
                                real_output=not m.is_complex() and twiddle.is_complex(),
                                then=[(rev, scale_columns(twiddle, values[columns]))], out_perm=out_perm,
                                in_features=m.shape[1], out_features=m.shape[0])
-    with torch.no_grad():
-        err = float((module.to_dense() - m).norm())
-    norm = float(m.norm())
-    return (err / norm if norm > 0 else err), err, f"{label}:{how}", module
+    rel, err = _fit_errors(module, m, float(m.norm()))
+    return rel, err, f"{label}:{how}", module
 
 
 def _toeplitz_sizes(rows: int, cols: int, size: int | None) -> list[int]:
@@ -399,20 +424,7 @@ def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool 
         if best is None or rel1 < best[0] or not np.isfinite(best[0]):
             best, model, lift = (rel1, err1, name1, module1), "bp", lift1
     rel, err, name, module = best
-    return FactorizationResult(
-        module=module,
-        rmse=err / (rows * cols) ** 0.5,
-        relative_error=rel,
-        permutation=module.permutation.perm.clone(),
-        permutation_name=name,
-        seconds=time.perf_counter() - start,
-        method="hierarchical",
-        order=order,
-        candidates=errors if len(errors) > 1 else {},
-        lift=lift,
-        model=model,
-        output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
-    )
+    return _result(m, module, rel, err, name, start, "hierarchical", order, errors, lift, model)
 
 
 def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
@@ -442,21 +454,8 @@ def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, pr
     (perm, tw), *rest = [(p, t.reshape(1, 1, *t.shape)) for p, t in zip(fit["perms"], fit["twiddles"], strict=True)]
     module = PermutedButterfly(perm, tw, real_output=not m.is_complex(), then=rest, in_features=cols,
                                out_features=rows)
-    with torch.no_grad():
-        err = float((module.to_dense() - m).norm())
-    norm = float(m.norm())
-    return FactorizationResult(
-        module=module,
-        rmse=err / (rows * cols) ** 0.5,
-        relative_error=err / norm if norm > 0 else err,
-        permutation=perm,
-        permutation_name="learned",
-        seconds=time.perf_counter() - start,
-        method="gradient",
-        order="n/a",
-        candidates={},
-        model=config.model,
-    )
+    rel, err = _fit_errors(module, m, float(m.norm()))
+    return _result(m, module, rel, err, "learned", start, "gradient", "n/a", {}, model=config.model)
 
 
 def factorize(
@@ -575,18 +574,6 @@ def factorize(
     stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
     best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
                                         progress=progress)
-    rel, err, name, perm, module, lift = best
-    return FactorizationResult(
-        module=module,
-        rmse=err / (m.shape[0] * m.shape[1]) ** 0.5,
-        relative_error=rel,
-        permutation=perm,
-        permutation_name=name,
-        seconds=time.perf_counter() - start,
-        method=method,
-        order=order,
-        candidates=errors if len(errors) > 1 else {},
-        lift=lift,
-        output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
-    )
+    rel, err, name, _, module, lift = best
+    return _result(m, module, rel, err, name, start, method, order, errors, lift)
 

@@ -137,17 +137,7 @@ def _refine(scores: np.ndarray, mask: np.ndarray, rounds: int = 20) -> np.ndarra
 def recover_order(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> torch.Tensor:
     """``perm`` (n,) such that ``matrix[:, perm]`` is a butterfly (increasing stride), for an n × n ``matrix``
     (n a power of two, float64 or complex128) that is ``B P`` exactly; a best effort otherwise."""
-    return _top_down(matrix, tol)[0]
-
-
-def _top_down(matrix: torch.Tensor, tol: float, units: torch.Tensor | None = None) -> tuple[torch.Tensor, bool]:
-    """:func:`recover_order`, and whether every split was clean (False: some block took the noisy fallback).
-
-    ``units`` (U, s): groups of ``s`` columns already known to be the inputs of one sub-butterfly, in its order
-    (from :func:`_bottom_up_units`); the splits keep each group together (a group's conflict with another is the
-    mean over their members) and stop at groups of ``s``. None: single columns."""
-    columns, _, clean = _split_levels(matrix, tol, units)
-    return columns, clean
+    return _split_levels(matrix, tol)[0]
 
 
 def recover_two_sided(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -161,11 +151,17 @@ def recover_two_sided(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> 
 
 def _split_levels(matrix: torch.Tensor, tol: float, units: torch.Tensor | None = None,
                   pair_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """The top-down splits: ``(columns, rows, clean)``. ``rows`` is None unless ``pair_rows``, where each level
-    first pairs the blocks' rows (:func:`_row_pairing`: the rows are in an unknown order too) and ``rows`` is the
-    order that puts them back. At every level all blocks share their rows: the outputs of the sub-butterflies,
-    indexed alike; ``members`` (R, 2^level) holds, for each of the blocks' R rows, the rows of ``matrix`` it stands
-    for, at their butterfly positions ``t · R + r`` (the pairing of levels above fixed the high bits of t)."""
+    """The top-down splits: ``(columns, rows, clean)``, ``clean`` False where some block took the noisy fallback.
+
+    ``units`` (U, s): groups of ``s`` columns already known to be the inputs of one sub-butterfly, in its order
+    (from :func:`_bottom_up_units`); the splits keep each group together (a group's conflict with another is the
+    mean over their members) and stop at groups of ``s``. None: single columns.
+
+    ``rows`` is None unless ``pair_rows``, where each level first pairs the blocks' rows (:func:`_row_pairing`: the
+    rows are in an unknown order too) and ``rows`` is the order that puts them back. At every level all blocks share
+    their rows: the outputs of the sub-butterflies, indexed alike; ``members`` (R, 2^level) holds, for each of the
+    blocks' R rows, the rows of ``matrix`` it stands for, at their butterfly positions ``t · R + r`` (the pairing
+    of levels above fixed the high bits of t)."""
     n = matrix.shape[0]
     s = 1 if units is None else units.shape[1]
     columns = (torch.arange(n) if units is None else units.reshape(n)).unsqueeze(0)  # (G, m): each group's columns
@@ -203,6 +199,15 @@ def _split_levels(matrix: torch.Tensor, tol: float, units: torch.Tensor | None =
 
 
 _ANCHORS = 4  # rows tried as the anchor of a level's row pairing, largest first (see _row_pairing)
+
+
+def _squared_sine_sums(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For Gram matrices ``gram`` (K, U, U) of U vectors in K settings, the (U, U) sums over the settings of
+    ``‖a‖² ‖b‖² − |⟨a, b⟩|²`` and of ``‖a‖² ‖b‖²``: their ratio is the norm-weighted mean squared sine of the angle
+    between vectors a and b (0: parallel in every setting, or zero)."""
+    lengths = gram.diagonal(dim1=-2, dim2=-1).real
+    both = lengths.unsqueeze(-1) * lengths.unsqueeze(-2)
+    return (both - gram.abs().square()).clamp_min(0).sum(0), both.sum(0)
 
 
 def _agreement(blocks: torch.Tensor, power: torch.Tensor, anchor: int, tol: float) -> torch.Tensor:
@@ -254,15 +259,8 @@ def _row_pairing(blocks: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.
     assert best is not None
     _, agree, partner = best
     half = agree[:, partner].to(blocks.dtype).unsqueeze(1)  # (G, 1, m): the first half of each block's columns
-    num = torch.zeros(m, m, dtype=blocks.real.dtype)
-    den = torch.zeros(m, m, dtype=blocks.real.dtype)
-    for side in (half, 1 - half):
-        part = blocks * side
-        gram = part @ part.mH  # (G, m, m)
-        norms = gram.diagonal(dim1=-2, dim2=-1).real
-        both = norms.unsqueeze(-1) * norms.unsqueeze(-2)
-        num += (both - gram.abs().square()).clamp_min(0).sum(0)
-        den += both.sum(0)
+    parts = torch.cat([blocks * half, blocks * (1 - half)])  # (2G, m, m): each block's rows on either half
+    num, den = _squared_sine_sums(parts @ parts.mH)
     # a zero row pairs with anything (its score tol / 2: acceptable, never preferred to an exact pair of rows)
     scores = torch.where(den > 0, num / den.clamp_min(tiny), tol / 2).numpy()
     pairs = _mutual_best_pairs(scores)
@@ -294,11 +292,7 @@ def _bottom_up_units(matrix: torch.Tensor, levels: int) -> torch.Tensor:
         else:
             u, sigma, _ = _leading_triplet(blocks)
             vectors = u * sigma.unsqueeze(-1)
-        gram = vectors.conj() @ vectors.mT  # (classes, U, U)
-        lengths = gram.diagonal(dim1=-2, dim2=-1).real
-        both = lengths.unsqueeze(-1) * lengths.unsqueeze(-2)
-        num = (both - gram.abs().square()).clamp_min(0).sum(0)
-        den = both.sum(0)
+        num, den = _squared_sine_sums(vectors.conj() @ vectors.mT)  # Gram (classes, U, U)
         scores = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0).numpy()
         pairs = _mutual_best_pairs(scores)
         units = torch.cat([units[pairs[:, 0]], units[pairs[:, 1]]], dim=1)
@@ -323,10 +317,9 @@ def _mutual_best_pairs(scores: np.ndarray) -> torch.Tensor:
         if mutual.any():
             chosen = np.stack([idx[mutual], idx[best[mutual]]], axis=1)
         else:
-            np.fill_diagonal(sub, np.inf)  # (a copy: np.ix_ indexing)
             i, j = np.unravel_index(int(np.argmin(np.where(np.isfinite(sub), sub, np.finfo(np.float64).max))),
                                     sub.shape)
-            if i == j:  # every score infinite (two items left): any pairing
+            if i == j:  # every score infinite (the diagonal is): any pairing
                 i, j = 0, 1
             chosen = np.array([[idx[i], idx[j]]])
         pairs.append(chosen)
@@ -354,7 +347,8 @@ def read_off_order(matrix: torch.Tensor, *, side: str = "columns", hybrid: bool 
         return order[r], clean
     levels = (matrix.shape[0].bit_length() - 1) // 2
     units = _bottom_up_units(matrix, levels) if hybrid and levels >= 1 else None
-    return _top_down(matrix, tol, units)
+    columns, _, clean = _split_levels(matrix, tol, units)
+    return columns, clean
 
 
 def recover_row_order(matrix: torch.Tensor, tol: float = CONFLICT_TOLERANCE) -> torch.Tensor:
@@ -381,9 +375,10 @@ def recover_permutation(matrix, *, side: str = "columns", method: str = "top-dow
     ``factorize(M, permutation=perm)``). ``side="rows"``: ``perm`` with ``M[perm]`` a butterfly (a matrix whose
     rows, not columns, came in an order of their own; see :func:`recover_row_order`). Exact when ``M`` is ``B P``
     (``Q B``) to rounding; for other matrices a best effort (``factorize(M, permutation="recover")`` fits ``B``
-    under both and reports the errors). Not both sides at once (``Q B P``). ``method``: ``"top-down"`` (default)
-    splits each block in halves from the whole matrix down; ``"hybrid"`` first pairs the lowest levels from the
-    bottom, which is often closer on noisy matrices (see :func:`read_off_order`; the same result on exact ones).
+    under both and reports the errors). Both sides at once (``Q B P``): :func:`recover_both_permutations`.
+    ``method``: ``"top-down"`` (default) splits each block in halves from the whole matrix down; ``"hybrid"`` first
+    pairs the lowest levels from the bottom, which is often closer on noisy matrices (see :func:`read_off_order`;
+    the same result on exact ones).
     ``tol``: the squared-sine threshold above which two columns are taken to belong to different halves (see the
     module's docstring). ``O(n³)`` time.
     """
