@@ -21,3 +21,13 @@ settings.load_profile("twiddle")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# Tests that each keep one worker busy for a minute or more (Triton's interpreter, in a subprocess): collected first,
+# so that pytest-xdist (which hands out the first quarter of the tests round robin) starts them at once and the other
+# worker fills in around them, instead of both waiting on them at the end of the run.
+_LONG_TESTS = ("tests/test_ops_triton.py::test_triton_kernel_logic_in_the_interpreter[",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_TESTS))

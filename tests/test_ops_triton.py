@@ -44,22 +44,22 @@ INTERPRETER_CHECK = textwrap.dedent(
 
     if kind == "real":
         # every combination of nblocks, nstacks, stride order and transpose, at every n (grid "full") or with n
-        # rotating over them (grid "quick"); 260 rows at n = 64 (and 16) are 5 tiles of 64 rows (the last of 4) for 4
-        # programs: tile walking, and at n = 64 2 chunks of 16 pairs per factor in the loop variant
+        # rotating over them (grid "quick"); 130 rows at n = 64 (and 16) are 3 tiles of 64 rows (the last of 2) for
+        # the interpreter's 2 programs: tile walking, and at n = 64 2 chunks of 16 pairs per factor in the loop variant
         options = list(itertools.product([1, 2, 3], [1, 2], [True, False], [False, True]))
         sizes = [1, 2, 8, 32]
         if grid == "full":
             cases = [(n, *o, 7, False) for n in sizes for o in options]
         else:
             cases = [(sizes[i % 4], *o, 7, False) for i, o in enumerate(options)]
-        cases += [(64, 1, 2, True, False, 260, False), (16, 2, 1, False, True, 260, False)]
+        cases += [(64, 1, 2, True, False, 130, False), (16, 2, 1, False, True, 130, False)]
     else:
         # every combination of stride order, transpose and conjugate, the geometry rotating among small shapes;
-        # 260 rows at n = 64 (and 16): 5 tiles of 64 complex rows, 2 chunks per factor at n = 64, as above
+        # 130 rows at n = 64 (and 16): 3 tiles of 64 complex rows, 2 chunks per factor at n = 64, as above
         shapes = [(2, 1, 1), (8, 2, 2), (8, 3, 1), (4, 1, 2)]
         cases = [(*shapes[i % 4], inc, tr, 5, conj)
                  for i, (inc, tr, conj) in enumerate(itertools.product([True, False], repeat=3))]
-        cases += [(64, 1, 2, True, False, 260, True), (16, 2, 1, False, True, 260, False)]
+        cases += [(64, 1, 2, True, False, 130, True), (16, 2, 1, False, True, 130, False)]
     for n, nblocks, nstacks, inc, tr, batch, conj in cases:
         t = torch.randn(nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2, dtype=wide) / 2 ** 0.5
         m = max(1, nstacks * n - 3) if tr else max(1, n - 1)

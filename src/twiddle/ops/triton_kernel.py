@@ -733,7 +733,7 @@ def _programs(n_tiles: int, device: torch.device, per_sm: int) -> int:
     """Programs for the kernels that walk tiles: enough to fill the GPU (``per_sm`` per multiprocessor), few
     enough that their scratch (a tile, or a tile per factor in the backward) stays small and in cache."""
     if device.type != "cuda":
-        return max(1, min(n_tiles, 4))  # the interpreter: a few programs, so that tile walking is exercised
+        return max(1, min(n_tiles, 2))  # the interpreter: two programs, so that tile walking is exercised
     return max(1, min(n_tiles, per_sm * _sm_count(device.index)))
 
 
