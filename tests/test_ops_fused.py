@@ -304,6 +304,7 @@ def test_gradcheck(dtype, transpose, permuted):
 @pytest.mark.parametrize(
     "batch,dtype",
     [(300, torch.float32), (40, torch.float32), (6, torch.float32),  # lane tiles in 4 or 3 chunks; row groups
+     (256, torch.float32),  # the float32 backward's 32-row tiles (AVX2), in 4 chunks
      (40, torch.float64), (6, torch.float64), (3, torch.float64)],  # 16-, 8- and 4-lane tiles
 )
 def test_same_result_with_one_and_two_threads(batch, dtype):
@@ -504,6 +505,7 @@ def _blocked_backward_bytes(threshold: int) -> int:
     (32, 1, 3, True, True, 6),  # 4-lane tiles; three blocks: phases chunk, column, chunk, ...
     (256, 3, 1, True, False, 9),  # 8-lane tiles (float64) or 16; stacks summed by the transpose
     (2048, 1, 2, False, True, 17),  # C = 64, m = 32
+    (64, 2, 1, True, True, 128),  # float32 on AVX2: 32-row tiles
 ])
 @pytest.mark.parametrize("extras", ["plain", "permuted+bias", "strided gradient", "real input"])
 def test_the_blocked_backward_is_the_plain_one_bit_for_bit(dtype, n, nstacks, nblocks, transpose, increasing, batch,
@@ -879,3 +881,47 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing", [
+    (2, 1, 1, False, True), (16, 2, 2, True, False), (1024, 1, 1, False, True), (2048, 1, 2, True, True),
+])
+@pytest.mark.parametrize("extras", ["plain", "permuted+bias", "expanded gradient"])
+def test_float32_backward_of_batches_in_multiples_of_128(n, nstacks, nblocks, transpose, increasing, extras):
+    """float32 batches that divide into groups of 128 rows take 32-row tiles in the backward (AVX2; 16 rows
+    elsewhere): the input gradient equals, bit for bit, that of the same rows in a batch of one row less (16-row
+    tiles) and of the last row alone, every gradient matches the float64 reference, and the twiddle and bias
+    gradients differ from the 16-row tiles' only by the order of their sums."""
+    torch.manual_seed(n)
+    batch = 128 if n > 16 else 256
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
+    in_size, out_size = (nstacks * n, n) if transpose else (n, nstacks * n)
+    x = torch.randn(batch, in_size)
+    permuted = extras == "permuted+bias"
+    in_perm = torch.randperm(in_size) if permuted else None
+    out_perm = torch.randperm(out_size) if permuted else None
+    bias = torch.randn(out_size) if permuted else None
+    gy = torch.ones(()).expand(batch, out_size) if extras == "expanded gradient" else torch.randn(batch, out_size)
+
+    def gradients(rows, multiply=fused_cpu.fused_butterfly_multiply, wide=False):
+        cast = (lambda v: v.double()) if wide else (lambda v: v)
+        tt, xx = cast(t).requires_grad_(), cast(x[rows]).requires_grad_()
+        bb = None if bias is None else cast(bias).requires_grad_()
+        if multiply is fused_cpu.fused_butterfly_multiply:
+            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=False, bias=bb,
+                         in_perm=in_perm, out_perm=out_perm)
+        else:
+            y = multiply(tt, xx if in_perm is None else xx[:, in_perm], increasing, out_size=out_size,
+                         transpose=transpose)
+            y = y if out_perm is None else y[:, out_perm]
+            y = y if bb is None else y + bb
+        return torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), cast(gy[rows]))
+
+    whole = gradients(slice(None))
+    head, tail = gradients(slice(0, batch - 1)), gradients(slice(batch - 1, None))
+    assert torch.equal(whole[1], torch.cat([head[1], tail[1]]))
+    for got, part, last in zip(whole[::2], head[::2], tail[::2], strict=True):  # twiddle (and bias) gradients
+        assert rel(got, part + last) < 1e-6
+    reference = gradients(slice(None), butterfly_multiply_reference, wide=True)
+    for got, want in zip(whole, reference, strict=True):
+        assert rel(got.double(), want) < TOL[torch.float32]
