@@ -362,3 +362,67 @@ def test_one_sided_matrices_do_not_pay_for_the_two_sided_read_off():
     assert result.permutation_name == "recovered" and "recovered-both" not in result.candidates
     with pytest.raises(ValueError, match="tol must be a non-negative"):
         recover_both_permutations(M, tol=-1.0)
+
+
+def _noisy_both(n: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M, rows, perm): a random butterfly with both sides shuffled plus Gaussian noise; M[rows][:, perm] ≈ B."""
+    torch.manual_seed(100 + seed)
+    B = twiddle.Butterfly(n, n, bias=False).double().to_dense().detach()
+    gen = torch.Generator().manual_seed(seed)
+    q, p = torch.randperm(n, generator=gen), torch.randperm(n, generator=gen)
+    clean = B[q][:, p]
+    noisy = clean + noise * clean.std() * torch.randn(clean.shape, generator=torch.Generator().manual_seed(50 + seed),
+                                                      dtype=clean.dtype)
+    return noisy, torch.argsort(q), torch.argsort(p)
+
+
+def test_the_noisy_row_pairing_finds_the_true_pairs():
+    """1% noise, no row agrees exactly with any other: the top level's pairs (rows p and p + n/2 of B) are still
+    found, from the partner nearest parallel on half the columns and halves and pairs refined in turn."""
+    from twiddle.factorize.recover import CONFLICT_TOLERANCE, _row_pairing
+
+    n = 64
+    M, rows, _ = _noisy_both(n, 1e-2, seed=0)
+    first, second, exact = _row_pairing(M.unsqueeze(0), CONFLICT_TOLERANCE)
+    position = torch.argsort(rows)  # row i of M is row position[i] of B
+    assert not exact
+    assert torch.equal(position[first] % (n // 2), position[second] % (n // 2))
+
+
+@pytest.mark.parametrize("n,seed", [(64, 0), (256, 2)])
+def test_noisy_two_sided_products_are_refined_side_by_side(n, seed):
+    """1% noise: the two-sided read-off alone fits several times worse than the true orders; method='hybrid'
+    (each side re-read with the other fixed) and factorize's search come to within 1.4x of them."""
+    M, rows, perm = _noisy_both(n, 1e-2, seed)
+
+    def error(r, p):
+        return factorize(M[r][:, p], permutation="identity", complex=False).relative_error
+
+    truth = error(rows, perm)
+    plain = recover_both_permutations(M)
+    hybrid = recover_both_permutations(M, method="hybrid")
+    assert all(_is_permutation(order, n) for order in (*plain, *hybrid))
+    assert error(*plain) > 3 * truth
+    assert error(*hybrid) < 1.4 * truth
+    result = factorize(M, permutation="recover", complex=False)
+    assert result.permutation_name == "recovered-both-hybrid" and result.relative_error < 1.4 * truth
+    assert result.candidates["recovered-both-hybrid"] == result.relative_error
+
+
+def test_the_hybrid_two_sided_method_changes_nothing_on_exact_products():
+    M = _shuffle_both(_butterfly(64, seed=30), seed=31)
+    assert all(torch.equal(a, b) for a, b in zip(recover_both_permutations(M),
+                                                 recover_both_permutations(M, method="hybrid"), strict=True))
+    with pytest.raises(ValueError, match="method must be 'top-down' or 'hybrid'"):
+        recover_both_permutations(M, method="refined")
+
+
+def test_butterfly_fit_error_measures_the_closed_form_fit():
+    from twiddle.factorize.hierarchical import butterfly_fit_error
+
+    B = _butterfly(32, seed=40)
+    assert butterfly_fit_error(B) < 1e-13
+    M = torch.randn(32, 32, dtype=torch.float64)
+    assert butterfly_fit_error(M) == pytest.approx(factorize(M, permutation="identity", complex=False).relative_error,
+                                                   rel=1e-12)
+    assert butterfly_fit_error(torch.zeros(8, 8, dtype=torch.float64)) == 0.0

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ORDERS", "hierarchical_twiddle", "split_node"]
+__all__ = ["ORDERS", "butterfly_fit_error", "hierarchical_twiddle", "split_node"]
 
 ORDERS = ("balanced", "left", "right")
 
@@ -149,3 +149,17 @@ def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced") -> torch
     # applied as factor f = L - 1 - l (stride 2^f = d).
     factors = [leaves[L - 1 - f].reshape(n // 2, 2, 2) for f in range(L)]
     return torch.stack(factors).unsqueeze(0).unsqueeze(0)
+
+
+def butterfly_fit_error(target: torch.Tensor, order: str = "right") -> float:
+    """``‖B − target‖_F / ‖target‖_F`` for the closed-form butterfly ``B`` of ``target`` (n × n, n a power of two;
+    :func:`hierarchical_twiddle` in ``order``): how far ``target`` is from a butterfly, as ``factorize`` measures
+    its fits (0 for a zero ``target`` fitted exactly)."""
+    from ..ops.reference import butterfly_multiply_reference
+
+    twiddle = hierarchical_twiddle(target, order)
+    n = target.shape[-1]
+    dense = butterfly_multiply_reference(twiddle, torch.eye(n, dtype=twiddle.dtype), True).mT  # rows: B's columns
+    residual = float((dense - target).norm())
+    scale = float(target.norm())
+    return residual / scale if scale > 0 else residual

@@ -188,9 +188,10 @@ class FactorizationResult:
         candidates: relative error of every candidate tried (``"lift:permutation"`` for lifted ones).
         lift: the complex lift whose real part was fitted (``"even"``, ``"odd-alt"``, …), or ``None``.
         output_permutation: for a fit ``M ≈ Q B`` (``permutation_name`` ``"recovered-rows"``: the rows read off the
-            matrix; ``permutation`` is then the identity) or ``M ≈ Q B P`` (``"recovered-both"``: both read off),
-            ``Q`` as ``out_perm`` (``(Q z)[i] = z[out_perm[i]]``; also ``module.output_permutation``), and for a
-            spectral fit whose eigenvectors needed a row permutation; None otherwise.
+            matrix; ``permutation`` is then the identity) or ``M ≈ Q B P`` (``"recovered-both"`` and
+            ``"recovered-both-hybrid"``: both read off), ``Q`` as ``out_perm`` (``(Q z)[i] =
+            z[out_perm[i]]``; also ``module.output_permutation``), and for a spectral fit whose eigenvectors
+            needed a row permutation; None otherwise.
         model: ``"bp"`` (one butterfly after one permutation), the gradient method's ``"bpp"`` / ``"bpbp"``, or
             ``"bpbp"`` of the hierarchical method's spectral fit (``permutation_name`` ``"spectral:…"``: ``M = Q (B D)
             R B' R Qᵀ`` from the eigenvectors ``V = Q B P``, see :mod:`twiddle.factorize.spectral`; ``permutation``
