@@ -200,7 +200,9 @@ inline int64_t min_groups_per_chunk(int64_t ngroups, int64_t max_per) {
 }
 
 // A lane-tile backward's chunks hold at most 8 tiles of 16 rows, or as many rows in wider tiles (kWideLanes).
-inline int64_t max_tiles_per_chunk(int64_t lanes) { return std::max<int64_t>(1, 8 * 16 / std::max<int64_t>(lanes, 16)); }
+inline int64_t max_tiles_per_chunk(int64_t lanes) {
+  return std::max<int64_t>(1, 8 * kLanes / std::max(lanes, kLanes));
+}
 
 // How a batch of ngroups groups is cut into chunks: `per` groups each (the last may have fewer), `count` chunks.
 struct Chunking {
@@ -2436,14 +2438,14 @@ inline bool use_rows(const Plan& P) {
 
 #if defined(TWIDDLE_LANES_AVX2)
 // The real float32 backward takes tiles of kWideLanes rows where its batch divides into groups of four such tiles
-// and n <= kWideMaxN: each block's twiddles are broadcast and its sums reduced once per 32 rows instead of 16 (the
-// reductions were about a quarter of the backward's instructions). Measured on a 2-core AMD EPYC (Zen 3), backward
-// op, 2 threads, both widths alternating in one process, median time wide / 16 lanes: n = 1024 batch 256 0.91-0.95,
-// batch 512 0.92, batch 128 0.95; n = 256 batch 256 0.93, n = 2048 batch 256 0.95-0.97, n = 16 and 32 batch 1024
-// 0.86. At n = 4096 the 32-row activations (6.8 MB a thread) lost: 1.17. The rule depends on the batch and n only
-// (the twiddle gradient's order of additions follows the tile width: the same bits whatever the thread count), and a
-// multiple of 4 tiles keeps the chunks (below) as many and as even as with 16 lanes. The forward gained at n = 1024
-// only (0.91-0.93; 1.07 at n = 256) and keeps 16 lanes.
+// and n <= kWideMaxN: each block's twiddles are broadcast and its sums reduced once per 32 rows instead of 16 (by a
+// count of the instructions per block, the reductions were about a quarter of the backward step's). Measured on a
+// 2-core AMD EPYC (Zen 3), backward op, 2 threads, both widths alternating in one process, median time wide / 16
+// lanes: n = 1024 batch 256 0.91-0.95, batch 512 0.92, batch 128 0.95; n = 256 batch 256 0.93, n = 2048 batch 256
+// 0.95-0.97, n = 16 and 32 batch 1024 0.86. At n = 4096 the 32-row activations (6.8 MB a thread) lost: 1.17. The
+// rule depends on the batch and n only (the twiddle gradient's order of additions follows the tile width: the same
+// bits whatever the thread count), and a multiple of 4 tiles keeps the chunks (below) as many and as even as with 16
+// lanes. The forward gained at n = 1024 only (0.91-0.93; 1.07 at n = 256) and keeps 16 lanes.
 constexpr int64_t kWideLanes = 32;
 constexpr int64_t kWideMaxN = 2048;
 template <typename T>
