@@ -491,6 +491,18 @@ def test_float32_small_batches_split_passes_over_threads(batch, transpose, incre
         assert rel(b.double(), want) < 1e-5
 
 
+def _permuted_multiply(multiply, t, x, bias, increasing, out_size, transpose, conjugate, in_perm, out_perm):
+    """The fused multiply with its permutations and bias applied inside, or (``multiply`` the reference) the same
+    map with them applied by indexing and adding."""
+    if multiply is fused_cpu.fused_butterfly_multiply:
+        return multiply(t, x, increasing, out_size=out_size, transpose=transpose, conjugate=conjugate, bias=bias,
+                        in_perm=in_perm, out_perm=out_perm)
+    y = multiply(t, x if in_perm is None else x[:, in_perm], increasing, out_size=out_size, transpose=transpose,
+                 conjugate=conjugate)
+    y = y if out_perm is None else y[:, out_perm]
+    return y if bias is None else y + bias
+
+
 def _blocked_backward_bytes(threshold: int) -> int:
     """Sets the kernel's blocked-backward threshold (bytes of plain activations), returns the previous one."""
     from twiddle.ops import _cpu_build
@@ -532,14 +544,7 @@ def test_the_blocked_backward_is_the_plain_one_bit_for_bit(dtype, n, nstacks, nb
         cast = (lambda v: v.to(torch.complex128 if v.is_complex() else torch.float64)) if wide else (lambda v: v)
         tt, xx = cast(t).requires_grad_(), cast(x).requires_grad_()
         bb = None if bias is None else cast(bias).requires_grad_()
-        if multiply is fused_cpu.fused_butterfly_multiply:
-            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=conjugate, bias=bb,
-                         in_perm=in_perm, out_perm=out_perm)
-        else:
-            y = multiply(tt, xx if in_perm is None else xx[:, in_perm], increasing, out_size=out_size,
-                         transpose=transpose, conjugate=conjugate)
-            y = y if out_perm is None else y[:, out_perm]
-            y = y if bb is None else y + bb
+        y = _permuted_multiply(multiply, tt, xx, bb, increasing, out_size, transpose, conjugate, in_perm, out_perm)
         return (y, *torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), cast(gy)))
 
     before = _blocked_backward_bytes(1 << 62)
@@ -907,14 +912,7 @@ def test_float32_backward_of_batches_in_multiples_of_128(n, nstacks, nblocks, tr
         cast = (lambda v: v.double()) if wide else (lambda v: v)
         tt, xx = cast(t).requires_grad_(), cast(x[rows]).requires_grad_()
         bb = None if bias is None else cast(bias).requires_grad_()
-        if multiply is fused_cpu.fused_butterfly_multiply:
-            y = multiply(tt, xx, increasing, out_size=out_size, transpose=transpose, conjugate=False, bias=bb,
-                         in_perm=in_perm, out_perm=out_perm)
-        else:
-            y = multiply(tt, xx if in_perm is None else xx[:, in_perm], increasing, out_size=out_size,
-                         transpose=transpose)
-            y = y if out_perm is None else y[:, out_perm]
-            y = y if bb is None else y + bb
+        y = _permuted_multiply(multiply, tt, xx, bb, increasing, out_size, transpose, False, in_perm, out_perm)
         return torch.autograd.grad(y, [tt, xx] + ([bb] if bb is not None else []), cast(gy[rows]))
 
     whole = gradients(slice(None))
