@@ -279,8 +279,16 @@ def _pairs_on_halves(blocks: torch.Tensor, half: torch.Tensor, tol: float) -> tu
     parallel on each half of every block's columns (``half`` (G, m) booleans: the first halves), mutual best scores
     first; and whether every pair is parallel to ``tol`` (squared sines)."""
     tiny = torch.finfo(blocks.real.dtype if blocks.is_complex() else blocks.dtype).tiny
-    mask = half.to(blocks.dtype).unsqueeze(1)  # (G, 1, m)
-    parts = torch.cat([blocks * mask, blocks * (1 - mask)])  # (2G, m, m): each block's rows on either half
+    groups, m, _ = blocks.shape
+    if bool((half.sum(1) == m // 2).all()):
+        # each block's rows on either half of its columns, (2G, m, m / 2): the Gram matrices below then cost half
+        # what zeroed columns would (a stable sort keeps the columns' order, so the sums are those of the masks)
+        order = torch.argsort((~half).to(torch.uint8), dim=1, stable=True)
+        ordered = blocks.gather(2, order.unsqueeze(1).expand(groups, m, m))
+        parts = torch.cat([ordered[..., : m // 2], ordered[..., m // 2:]])
+    else:  # halves of other sizes (an exact read-off's agreeing columns): the same rows with the other half zeroed
+        mask = half.to(blocks.dtype).unsqueeze(1)  # (G, 1, m)
+        parts = torch.cat([blocks * mask, blocks * (1 - mask)])  # (2G, m, m)
     num, den = _squared_sine_sums(parts @ parts.mH)
     # a zero row pairs with anything (its score tol / 2: acceptable, never preferred to an exact pair of rows)
     scores = torch.where(den > 0, num / den.clamp_min(tiny), tol / 2).numpy()
@@ -362,24 +370,44 @@ def _bottom_up_units(matrix: torch.Tensor, levels: int) -> torch.Tensor:
     parallel on every class, by the same normalized squared sine as the conflict scores, mutual best partners
     first. Each pairing sees n / 2^k rows per class, where the top-down split of a block that small sees only its
     own few rows: with noise, the deep levels are where the top-down order goes wrong."""
-    from .hierarchical import _leading_triplet
-
     n = matrix.shape[0]
     units = torch.arange(n).unsqueeze(1)  # (U, s)
     for k in range(1, levels + 1):
         classes, count, size = 2**k, units.shape[0], units.shape[1]
         # (classes, U, rows, s): group u's columns on the rows of each class
         blocks = matrix[:, units.reshape(-1)].reshape(n // classes, classes, count, size).permute(1, 2, 0, 3)
-        if size == 1:
-            vectors = blocks[..., 0]
-        else:
-            u, sigma, _ = _leading_triplet(blocks)
-            vectors = u * sigma.unsqueeze(-1)
+        vectors = _leading_images(blocks)
         num, den = _squared_sine_sums(vectors.conj() @ vectors.mT)  # Gram (classes, U, U)
         scores = torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0).numpy()
         pairs = _mutual_best_pairs(scores)
         units = torch.cat([units[pairs[:, 0]], units[pairs[:, 1]]], dim=1)
     return units
+
+
+def _leading_images(blocks: torch.Tensor) -> torch.Tensor:
+    """``σ u`` for the leading singular triplet ``(u, σ, v)`` of every matrix in ``blocks`` (..., p, q): (..., p),
+    up to a phase (the callers compare directions by squared sines, which a phase does not move).
+
+    Computed as ``B v`` with ``v`` the leading eigenvector of the q × q Gram matrix ``BᴴB`` (two columns: the closed
+    form of :func:`~twiddle.factorize.hierarchical._two_column_triplet`), not by an SVD of each block: a batched
+    ``eigh`` of small Gram matrices costs a fraction of the batched SVD of the blocks (2048 blocks, ``torch``'s CPU
+    drivers, 2 cores: 128 × 4 0.22 s -> 7 ms, 32 × 16 0.19 s -> 48 ms, 4096 blocks of 64 × 32 1.7 -> 1.0 s).
+    ``v``'s error is ``ε σ₁² / (σ₁² − σ₂²)``: to rounding for the rank-one blocks of an exact butterfly, and the
+    blocks whose leading pair is not well separated carry no direction worth pairing by anyway."""
+    from .hierarchical import _leading_triplet
+
+    q = blocks.shape[-1]
+    if q == 1:
+        return blocks[..., 0]
+    if q == 2:
+        u, sigma, _ = _leading_triplet(blocks)
+        return u * sigma.unsqueeze(-1)
+    try:
+        v = torch.linalg.eigh(blocks.mH @ blocks).eigenvectors[..., :, -1:]  # eigenvalues ascending
+    except torch.linalg.LinAlgError:  # the SVD's own fallbacks
+        u, sigma, _ = _leading_triplet(blocks)
+        return u * sigma.unsqueeze(-1)
+    return (blocks @ v).squeeze(-1)
 
 
 def _mutual_best_pairs(scores: np.ndarray) -> torch.Tensor:
