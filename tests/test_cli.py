@@ -148,3 +148,10 @@ def test_output_piped_into_a_reader_that_stops_early(tmp_path):
     proc.stderr.close()
     assert proc.wait(timeout=120) == 141
     assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_factor_time_budget_applies_to_the_closed_form_search(capsys):
+    with pytest.warns(UserWarning, match="time budget"):
+        assert main(["factor", "randn", "-n", "16", "--time-budget", "1e-9", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "hierarchical" and out["untried"] > 0

@@ -449,3 +449,58 @@ def test_the_hierarchical_search_shows_progress_when_asked(capsys):
     assert captured.out == ""
     assert "hierarchical (right) n=16" in captured.err and "candidate" in captured.err and "best=" in captured.err
     assert shown.permutation_name == quiet.permutation_name and shown.relative_error == quiet.relative_error
+
+
+# ------------------------------------------------------------------------------------ time budget of the search
+
+
+def test_the_closed_form_search_stops_at_its_time_budget_and_says_so():
+    """A budget that has run out after the first candidate leaves the rest untried: the best fit so far comes back
+    (a valid fit: its error is the module's), with a warning and ``result.untried``; the summary and to_dict say
+    so too."""
+    M = torch.randn(32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.warns(UserWarning, match=r"time budget \(1e-09 s\) ran out with \d+ candidate permutations"):
+        result = factorize(M, time_budget=1e-9)
+    assert result.untried > 200  # 8 BP x 7 matrices, read-offs, 36 BPP x 7: one tried
+    assert len(result.candidates) <= 1
+    with torch.no_grad():
+        dense = result.module(torch.eye(32, dtype=torch.float64)).T
+    assert result.relative_error == pytest.approx(float((dense - M).norm() / M.norm()), rel=1e-9)
+    assert "left untried" in result.summary() and result.to_dict()["untried"] == result.untried
+
+
+def test_a_search_within_its_budget_tries_every_candidate(recwarn):
+    M = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    result = factorize(M)
+    assert result.untried == 0 and len(result.candidates) > 200
+    assert not [w for w in recwarn if "time budget" in str(w.message)]
+    assert "untried" not in result.summary()
+
+
+def test_the_spectral_search_honours_the_time_budget():
+    """model="bpbp" on a matrix no butterfly diagonalizes falls back to the one-butterfly search: budget applies."""
+    M = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with pytest.warns(UserWarning, match="time budget"):
+        result = factorize(M, model="bpbp", time_budget=1e-9)
+    assert result.untried > 0
+
+
+@pytest.mark.parametrize("budget", [0, -1.0, float("nan"), "10", True])
+def test_time_budget_must_be_a_positive_number_for_every_method(budget):
+    for method in ("hierarchical", "gradient"):
+        with pytest.raises(ValueError, match="time_budget must be a positive number"):
+            factorize(torch.eye(4), method=method, time_budget=budget)
+
+
+def test_refine_two_sided_stops_after_a_round_once_its_deadline_has_passed():
+    import time
+
+    from twiddle.factorize.recover import recover_two_sided, refine_two_sided
+
+    torch.manual_seed(3)
+    B = Butterfly(64, 64, bias=False).double().to_dense().detach()
+    M = (B + 0.01 * B.std() * torch.randn(64, 64, dtype=torch.float64))[torch.randperm(64)][:, torch.randperm(64)]
+    columns, rows, clean = recover_two_sided(M)
+    assert not clean
+    assert len(refine_two_sided(M, columns, rows)) > 1  # the case needs several rounds without a deadline
+    assert len(refine_two_sided(M, columns, rows, deadline=time.perf_counter() - 1)) == 1

@@ -161,10 +161,9 @@ def _factor(args: argparse.Namespace) -> int:
         raise SystemExit(f"twiddle factor: unknown target {args.target!r}; expected one of {TARGETS} or a "
                          f"{'/'.join(MATRIX_FILE_SUFFIXES)} file")
     try:
-        extra = {"progress": not args.json, "model": args.model}
+        extra = {"progress": not args.json, "model": args.model, "time_budget": args.time_budget}
         if args.method == "gradient":
-            extra.update(trials=args.trials, time_budget=args.time_budget, seed=args.seed, polish=args.polish,
-                         polish_start=args.polish_start)
+            extra.update(trials=args.trials, seed=args.seed, polish=args.polish, polish_start=args.polish_start)
         result = factorize(matrix, method=args.method, permutation=args.permutation, order=args.order,
                            size=args.size, **extra)
     except (ValueError, TypeError) as exc:
@@ -259,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     factor.add_argument("--seed", type=int, default=0,
                         help="seed of the random targets (convolution, randn) and of the gradient method")
     factor.add_argument("--trials", type=int, default=16, help="gradient method: restarts trained together")
-    factor.add_argument("--time-budget", type=float, default=600.0, help="gradient method: seconds at most")
+    factor.add_argument("--time-budget", type=float, default=600.0,
+                        help="seconds at most: the gradient method's training; the hierarchical search tries no "
+                        "further candidate permutation after it")
     factor.add_argument("--model", default="bp", choices=GRADIENT_MODELS,
                         help="B P, B P P, or B P B P (two butterflies). The gradient method learns any; the "
                         "hierarchical method takes bp and bpbp (in closed form from the eigenvectors: exact for "

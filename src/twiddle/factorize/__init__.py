@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -237,7 +239,7 @@ def _fit_errors(module: PermutedButterfly, m: torch.Tensor, norm: float) -> tupl
 
 
 def _result(m: torch.Tensor, module: PermutedButterfly, rel: float, err: float, name: str, start: float, method: str,
-            order: str, candidates: dict[str, float], lift: str | None = None, model: str = "bp"
+            order: str, candidates: dict[str, float], lift: str | None = None, model: str = "bp", untried: int = 0
             ) -> FactorizationResult:
     """The :class:`FactorizationResult` of a fit ``module`` of ``m`` (candidates listed only where there were
     several; the permutations are the module's)."""
@@ -254,17 +256,22 @@ def _result(m: torch.Tensor, module: PermutedButterfly, rel: float, err: float, 
         lift=lift,
         model=model,
         output_permutation=None if module.output_permutation is None else module.output_permutation.perm.clone(),
+        untried=untried,
     )
 
 
 def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order: str,
                          complex: bool | None, stop_early: bool,
                          lifts: dict[str, torch.Tensor] | None = None,
-                         size: int | None = None, progress: bool = False) -> tuple[tuple, dict[str, float]]:
+                         size: int | None = None, progress: bool = False,
+                         deadline: float | None = None) -> tuple[tuple, dict[str, float], int]:
     """Closed-form fits of ``m`` (rows × cols; zero-padded to ``n × n``, see :func:`_pad`) under each candidate
     permutation of ``n`` (and, for real ``m`` unless ``complex`` is False, of its complex lifts). Returns
-    ``(rel, err, name, perm, module, lift)`` of the best (errors on ``m``) and every candidate's relative error.
-    Lifts are skipped once an exact fit is found; ``stop_early`` stops at the first exact fit.
+    ``(rel, err, name, perm, module, lift)`` of the best (errors on ``m``), every candidate's relative error, and
+    the number of candidates left untried because ``deadline`` (a ``time.perf_counter()`` value) had passed: it is
+    checked before each candidate after the first (and between the rounds of a two-sided refinement), so a search
+    overruns it by one candidate's fit at most. Lifts are skipped once an exact fit is found; ``stop_early`` stops
+    at the first exact fit.
 
     The lifts (of the padded matrix) are computed when first needed and kept in ``lifts`` (pass the same dict to
     reuse them across calls on the same ``m``). ``progress``: a bar on stderr over the candidates (it stops short
@@ -303,9 +310,13 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
             best = (rel, err, found, perm, module, lift)
         return rel
 
-    for lift, name, perm in candidates:
+    untried = 0
+    for index, (lift, name, perm) in enumerate(candidates):
         exact = best is not None and best[0] <= EXACT_TOLERANCE
         if exact and stop_early:
+            break
+        if best is not None and deadline is not None and time.perf_counter() > deadline:
+            untried = len(candidates) - index
             break
         if bar is not None:
             bar.update(1)
@@ -324,7 +335,7 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
             # noisy (not clean), near a fit, on the matrix only (as the one-sided hybrid below): each side re-read
             # with the other fixed, every round fitted
             if not clean and lift is None and rel < _BOTH_HYBRID_BELOW:
-                for cols_r, rows_r in refine_two_sided(work, columns_, rows_):
+                for cols_r, rows_r in refine_two_sided(work, columns_, rows_, deadline=deadline):
                     fit(name + "-hybrid", lift, cols_r, torch.argsort(rows_r), work[rows_r][:, cols_r])
             continue
         # a read-off order: of the columns (B should equal M Pᵀ, whose column i is column perm[i] of M), or of the
@@ -346,7 +357,7 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
         bar.set_postfix(best=f"{best[0]:.2e}")
         bar.close()
     assert best is not None
-    return best, errors
+    return best, errors, untried
 
 
 def _candidate_bar(total: int, n: int, order: str):
@@ -371,7 +382,7 @@ def _spectral_fit(target: torch.Tensor, m: torch.Tensor, order: str, complex: bo
                          "symmetric matrix, or one whose eigenvalues are all real, has real eigenvectors)")
     # V's columns come in LAPACK's order: read off (columns, then both sides), no named permutation to try
     stages = [[(_RECOVERED, None, "plain"), (_RECOVERED_BOTH, None, "plain")]]
-    best, _ = _hierarchical_search(vectors, stages, order, complex=False, stop_early=True)
+    best, _, _ = _hierarchical_search(vectors, stages, order, complex=False, stop_early=True)
     _, _, how, columns, fitted, _ = best
     n = target.shape[0]
     twiddle = fitted.butterfly.twiddle.detach()
@@ -400,7 +411,7 @@ def _toeplitz_sizes(rows: int, cols: int, size: int | None) -> list[int]:
 
 
 def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool | None, n: int, size: int | None,
-                        seed: int, start: float, progress: bool) -> FactorizationResult:
+                        seed: int, start: float, progress: bool, time_budget: float) -> FactorizationResult:
     """The hierarchical method's ``model="bpbp"``: the spectral fit of ``m`` (square, of the butterfly's size) or of
     the circulant embedding of a Toeplitz ``m``, and where neither is exact the one-butterfly search of
     ``permutation`` too; the best fit."""
@@ -432,15 +443,17 @@ def _factorize_spectral(m: torch.Tensor, permutation, order: str, complex: bool 
                 break
             consider(_spectral_fit(circulant_embedding(m, embed, generator=generator), m, order, complex,
                                    label=f"spectral-circulant{embed}"))
-    model, lift = "bpbp", None
+    model, lift, untried = "bpbp", None, 0
+    deadline = start + time_budget
     if best is None or not best[0] <= EXACT_TOLERANCE:  # not diagonalized by a butterfly: one may do
-        (rel1, err1, name1, _, module1, lift1), single = _hierarchical_search(
-            m, _permutation_stages(permutation, n), order, complex, True, size=n, progress=progress)
+        (rel1, err1, name1, _, module1, lift1), single, untried = _hierarchical_search(
+            m, _permutation_stages(permutation, n), order, complex, True, size=n, progress=progress,
+            deadline=deadline)
         errors.update(single)
         if best is None or rel1 < best[0] or not np.isfinite(best[0]):
             best, model, lift = (rel1, err1, name1, module1), "bp", lift1
     rel, err, name, module = best
-    return _result(m, module, rel, err, name, start, "hierarchical", order, errors, lift, model)
+    return _result(m, module, rel, err, name, start, "hierarchical", order, errors, lift, model, untried=untried)
 
 
 def _factorize_gradient(m: torch.Tensor, permutation, config: GradientConfig, progress: bool,
@@ -527,7 +540,12 @@ def factorize(
             The gradient method always uses complex twiddles.
         trials, time_budget, seed, target_rmse: the gradient method's restarts (trained together), wall-clock
             budget in seconds, seed and stopping RMSE; ``seed`` also draws the free entries of the hierarchical
-            ``model="bpbp"`` circulant embedding of a Toeplitz matrix.
+            ``model="bpbp"`` circulant embedding of a Toeplitz matrix. The hierarchical search honours
+            ``time_budget`` too: once it has passed, no further candidate permutation is tried (the one under way
+            finishes), the best fit so far is returned with a warning, and ``result.untried`` counts the
+            candidates left. At the default 600 s this never happens up to n = 1024 (a random 1024 × 1024
+            matrix, every candidate: 18–31 s on 2 cores); at n = 4096 it does (a random matrix: 51 of the 277
+            candidates in 179 s with ``time_budget=120``).
         progress: a progress bar on stderr: the gradient method's epochs, or the hierarchical search's candidate
             permutations (and lifts) with the best error so far.
         model: ``"bp"`` (default), ``"bpp"`` (``B P₂ P₁``) or ``"bpbp"`` (``B₂ P₂ B₁ P₁``: two butterflies; the
@@ -565,12 +583,13 @@ def factorize(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if not (isinstance(time_budget, numbers.Real) and not isinstance(time_budget, bool) and time_budget > 0):
+        raise ValueError(f"time_budget must be a positive number of seconds, got {time_budget!r}")
+    time_budget = float(time_budget)
     m = load_matrix(matrix)
     n = _butterfly_size(m, size)
     if method == "gradient":
         trials = positive_int(trials, "trials")
-        if not time_budget > 0:
-            raise ValueError(f"time_budget must be positive (seconds), got {time_budget!r}")
         fields = {f.name for f in dataclasses.fields(GradientConfig)}
         named = {"trials", "time_budget", "seed", "target_rmse", "model", "polish"}
         unknown = sorted(set(gradient_options) - (fields - named))
@@ -588,10 +607,17 @@ def factorize(
         raise ValueError(f"model must be one of {_HIERARCHICAL_MODELS} for the hierarchical method{hint}, got "
                          f"{model!r}")
     if model == "bpbp":
-        return _factorize_spectral(m, permutation, order, complex, n, size, seed, start, progress)
-    stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
-    best, errors = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex, stop_early, size=n,
-                                        progress=progress)
-    rel, err, name, _, module, lift = best
-    return _result(m, module, rel, err, name, start, method, order, errors, lift)
+        result = _factorize_spectral(m, permutation, order, complex, n, size, seed, start, progress, time_budget)
+    else:
+        stop_early = isinstance(permutation, str) and permutation in ("auto", "recover")
+        best, errors, untried = _hierarchical_search(m, _permutation_stages(permutation, n), order, complex,
+                                                     stop_early, size=n, progress=progress,
+                                                     deadline=start + time_budget)
+        rel, err, name, _, module, lift = best
+        result = _result(m, module, rel, err, name, start, method, order, errors, lift, untried=untried)
+    if result.untried:
+        warnings.warn(f"factorize: the time budget ({time_budget:g} s) ran out with {result.untried} candidate "
+                      f"permutations untried; returning the best fit found (relative error "
+                      f"{result.relative_error:.3e}). Pass a larger time_budget to try them all.", stacklevel=2)
+    return result
 

@@ -379,7 +379,7 @@ def _closed_form(target: torch.Tensor, perm: torch.Tensor, lifts: dict) -> tuple
     from . import _hierarchical_search  # the package imports this module first
 
     candidates = [[("learned", perm, "all")]]
-    (_, err, _, _, module, _), _ = _hierarchical_search(target, candidates, "right", None, True, lifts)
+    (_, err, _, _, module, _), _, _ = _hierarchical_search(target, candidates, "right", None, True, lifts)
     n = target.shape[0]
     tw = module.butterfly.twiddle.detach()[0, 0].to(torch.complex128)
     return tw, (err / n) ** 2

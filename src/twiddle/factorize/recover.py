@@ -36,6 +36,8 @@ read-off, until neither changes.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -442,12 +444,14 @@ _TWO_SIDED_ROUNDS = 10  # rounds of refine_two_sided at most (it stops earlier a
 
 
 def refine_two_sided(matrix: torch.Tensor, columns: torch.Tensor, rows: torch.Tensor,
-                     rounds: int = _TWO_SIDED_ROUNDS) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                     rounds: int = _TWO_SIDED_ROUNDS, deadline: float | None = None
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The orders ``(columns, rows)`` of a noisy ``Q B P`` (``matrix[rows][:, columns]`` nearly a butterfly),
     refined side by side: each round reads the columns off ``matrix[rows]`` and then the rows off
     ``matrix[:, columns]``, both by the one-sided hybrid read-off (:func:`read_off_order`), which is robust when the
     other side is right. Returns every round's orders (the caller keeps the best fit), stopping at a pair of orders
-    seen before (a fixed point) or after ``rounds``.
+    seen before (a fixed point), after ``rounds``, or once ``deadline`` (a ``time.perf_counter()`` value) has
+    passed at the end of a round.
 
     Measured by ``python benchmarks/recover_noise.py --sides both`` (n = 256, six seeds; error of the best fit as a
     multiple of the true orders'): noise 0.1 % 1.00 at worst (the read-off alone: up to 278), 1 % 1.21 median and
@@ -463,6 +467,8 @@ def refine_two_sided(matrix: torch.Tensor, columns: torch.Tensor, rows: torch.Te
             break
         seen.add(key)
         found.append((columns, rows))
+        if deadline is not None and time.perf_counter() > deadline:
+            break
     return found
 
 

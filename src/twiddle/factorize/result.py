@@ -192,6 +192,8 @@ class FactorizationResult:
             ``"recovered-both-hybrid"``: both read off), ``Q`` as ``out_perm`` (``(Q z)[i] =
             z[out_perm[i]]``; also ``module.output_permutation``), and for a spectral fit whose eigenvectors
             needed a row permutation; None otherwise.
+        untried: how many candidate permutations the hierarchical search left untried because its time budget
+            ran out (0: it finished).
         model: ``"bp"`` (one butterfly after one permutation), the gradient method's ``"bpp"`` / ``"bpbp"``, or
             ``"bpbp"`` of the hierarchical method's spectral fit (``permutation_name`` ``"spectral:…"``: ``M = Q (B D)
             R B' R Qᵀ`` from the eigenvectors ``V = Q B P``, see :mod:`twiddle.factorize.spectral`; ``permutation``
@@ -211,6 +213,7 @@ class FactorizationResult:
     lift: str | None = None
     model: str = "bp"
     output_permutation: torch.Tensor | None = None
+    untried: int = 0
 
     @property
     def params(self) -> int:
@@ -234,6 +237,7 @@ class FactorizationResult:
             "model": self.model,
             "output_permutation": self.output_permutation is not None,
             "candidates": self.candidates,
+            "untried": self.untried,
         }
 
     def summary(self) -> str:
@@ -275,6 +279,8 @@ class FactorizationResult:
             shown = ", ".join(f"{k} {v:.2e}" for k, v in best[:8])
             more = f" (+{len(best) - 8} more)" if len(best) > 8 else ""
             lines.append(f"  {len(best)} candidates tried, best first: {shown}{more}")
+        if self.untried:
+            lines.append(f"  {self.untried} candidates left untried: the time budget ran out")
         return "\n".join(lines)
 
     def __str__(self) -> str:
