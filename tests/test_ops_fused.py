@@ -923,3 +923,32 @@ def test_float32_backward_of_batches_in_multiples_of_128(n, nstacks, nblocks, tr
     reference = gradients(slice(None), butterfly_multiply_reference, wide=True)
     for got, want in zip(whole, reference, strict=True):
         assert rel(got.double(), want) < TOL[torch.float32]
+
+
+@pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing", [
+    (1024, 1, 1, False, True), (2048, 1, 2, True, False), (1024, 2, 1, False, False),
+])
+@pytest.mark.parametrize("batch", [64, 96, 80])  # 80: not whole 32-row tiles, so 16-row tiles
+@pytest.mark.parametrize("extras", ["plain", "permuted+bias"])
+def test_float32_forward_rows_are_the_same_bits_in_any_tile_width(n, nstacks, nblocks, transpose, increasing, batch,
+                                                                  extras):
+    """float32 batches in whole 32-row tiles at n = 1024 and 2048 run the forward on 32-row tiles (AVX2; 16 rows
+    elsewhere): every row comes out bit for bit as in a batch of 16 rows, and within float32 rounding of the float64
+    reference."""
+    torch.manual_seed(batch + n)
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
+    in_size, out_size = (nstacks * n, n) if transpose else (n, nstacks * n)
+    x = torch.randn(batch, in_size)
+    permuted = extras == "permuted+bias"
+    in_perm = torch.randperm(in_size) if permuted else None
+    out_perm = torch.randperm(out_size) if permuted else None
+    bias = torch.randn(out_size) if permuted else None
+
+    def forward(rows, multiply=fused_cpu.fused_butterfly_multiply, cast=lambda v: v):
+        return _permuted_multiply(multiply, cast(t), cast(x[rows]), None if bias is None else cast(bias),
+                                  increasing, out_size, transpose, False, in_perm, out_perm)
+
+    whole = forward(slice(None))
+    assert torch.equal(whole, torch.cat([forward(slice(i, i + 16)) for i in range(0, batch, 16)]))
+    reference = forward(slice(None), butterfly_multiply_reference, lambda v: v.double())
+    assert rel(whole.double(), reference) < TOL[torch.float32]

@@ -15,7 +15,8 @@
 //    updates the tile's rows with four scalars.
 //    Its backward sums each block's twiddle gradient over the lanes; with AVX2 + FMA the float32 and complex64
 //    versions reduce a block's 4 or 8 sums together (a transposed hadd tree) instead of one by one, and the real
-//    float32 one takes tiles of 32 rows for batches in multiples of 128 (use_wide_backward).
+//    float32 one takes tiles of 32 rows for batches in multiples of 128 (use_wide_backward), its forward at n = 1024
+//    and 2048 for batches in multiples of 32 (use_wide_forward).
 //  * single rows (AVX2 + FMA, batch 1: complex64, complex128 and float64, whose narrowest lane tile would compute
 //    three lanes of padding): the row itself, blocks side by side in the vectors (the complex forward; float64
 //    forward and backward), with the lane tile's arithmetic bit for bit.
@@ -2445,12 +2446,26 @@ inline bool use_rows(const Plan& P) {
 // 0.95-0.97, n = 16 and 32 batch 1024 0.86. At n = 4096 the 32-row activations (6.8 MB a thread) lost: 1.17. The
 // rule depends on the batch and n only (the twiddle gradient's order of additions follows the tile width: the same
 // bits whatever the thread count), and a multiple of 4 tiles keeps the chunks (below) as many and as even as with 16
-// lanes. The forward gained at n = 1024 only (0.91-0.93; 1.07 at n = 256) and keeps 16 lanes.
+// lanes.
 constexpr int64_t kWideLanes = 32;
 constexpr int64_t kWideMaxN = 2048;
 template <typename T>
 inline bool use_wide_backward(const Plan& P) {
   return std::is_same_v<T, float> && !P.complex && P.n <= kWideMaxN && P.batch % (kMinChunks * kWideLanes) == 0;
+}
+
+// The real float32 forward takes tiles of kWideLanes rows at n = kWideMinForwardN .. kWideMaxN, where a 16-row tile
+// (64-128 KB) has outgrown L1 anyway and a 32-row one still sits in L2, for batches of at least two such tiles in
+// whole tiles. Measured as the backward (op, 2 threads, 9 rounds alternating, median wide / 16 lanes, the range over
+// rounds): n = 1024 batch 256 0.86-0.94, batch 128 0.92-0.95, batch 1024 0.83-0.92; n = 2048 batch 256 0.92-1.04,
+// batch 64 0.95-1.00; n = 512 0.96-1.03 and n = 256 0.93-1.22 (tiles that fit L1 at 16 rows), n = 4096 1.02-1.13
+// (a 32-row tile of 512 KB fills L2): those keep 16 rows. Each lane's arithmetic is the same in any tile, so a row's
+// output is the same bits whatever the tile width (and the rule may depend on the batch freely).
+constexpr int64_t kWideMinForwardN = 1024;
+template <typename T>
+inline bool use_wide_forward(const Plan& P) {
+  return std::is_same_v<T, float> && !P.complex && P.n >= kWideMinForwardN && P.n <= kWideMaxN &&
+         P.batch % kWideLanes == 0 && P.batch >= 2 * kWideLanes;
 }
 #endif
 
@@ -2472,6 +2487,9 @@ void forward_impl(const T* tw, const T* x, const T* bias, T* out, const Plan& P)
 #endif
   if (P.batch <= 4) return lanes_forward<T, 4>(tw, x, bias, out, P);
   if (P.batch <= 8) return lanes_forward<T, 8>(tw, x, bias, out, P);
+#if defined(TWIDDLE_LANES_AVX2)
+  if (use_wide_forward<T>(P)) return lanes_forward<T, kWideLanes>(tw, x, bias, out, P);
+#endif
   lanes_forward<T>(tw, x, bias, out, P);
 }
 
