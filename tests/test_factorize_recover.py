@@ -383,7 +383,7 @@ def test_the_noisy_row_pairing_finds_the_true_pairs():
 
     n = 64
     M, rows, _ = _noisy_both(n, 1e-2, seed=0)
-    first, second, exact = _row_pairing(M.unsqueeze(0), CONFLICT_TOLERANCE)
+    first, second, exact, _ = _row_pairing(M.unsqueeze(0), CONFLICT_TOLERANCE)
     position = torch.argsort(rows)  # row i of M is row position[i] of B
     assert not exact
     assert torch.equal(position[first] % (n // 2), position[second] % (n // 2))
@@ -426,3 +426,20 @@ def test_butterfly_fit_error_measures_the_closed_form_fit():
     assert butterfly_fit_error(M) == pytest.approx(factorize(M, permutation="identity", complex=False).relative_error,
                                                    rel=1e-12)
     assert butterfly_fit_error(torch.zeros(8, 8, dtype=torch.float64)) == 0.0
+
+
+def test_the_two_sided_read_off_gives_up_on_a_matrix_with_no_such_structure():
+    """A Gaussian matrix's top-level row pairing scores near 1 (no pair of rows is nearly parallel on half the
+    columns): the read-off returns the identity orders, not clean, without reading the lower levels. A shuffled
+    butterfly with 30 % noise still scores well below the threshold and gets its orders read."""
+    from twiddle.factorize.recover import _UNSTRUCTURED, CONFLICT_TOLERANCE, _row_pairing, recover_two_sided
+
+    n = 128
+    M = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    columns, rows, clean = recover_two_sided(M)
+    assert not clean and torch.equal(columns, torch.arange(n)) and torch.equal(rows, torch.arange(n))
+    assert _row_pairing(M.unsqueeze(0), CONFLICT_TOLERANCE)[3] > _UNSTRUCTURED
+    noisy, _, _ = _noisy_both(n, 0.3, seed=1)
+    assert _row_pairing(noisy.unsqueeze(0), CONFLICT_TOLERANCE)[3] < _UNSTRUCTURED
+    columns, rows, clean = recover_two_sided(noisy)
+    assert not clean and not torch.equal(rows, torch.arange(n))
