@@ -330,7 +330,8 @@ def test_same_result_with_one_and_two_threads(batch, dtype):
 
 @pytest.mark.parametrize(
     "dtype,n", [(torch.float64, 4), (torch.float64, 64), (torch.complex64, 64), (torch.complex128, 16),
-                (torch.float32, 8)]  # the lane layout at every batch (float32 rows need n >= 16)
+                (torch.float32, 8),  # the lane layout at every batch (float32 rows need n >= 16)
+                (torch.float64, 2048)]  # 8-row tiles for every batch of more than 4 rows
 )
 def test_a_row_gets_the_same_output_whatever_its_batch(dtype, n):
     """Batches of at most 4 and 8 rows use narrower lane tiles than larger ones; each lane's arithmetic is the
@@ -346,6 +347,9 @@ def test_a_row_gets_the_same_output_whatever_its_batch(dtype, n):
     full = f(x)
     for b in (1, 3, 4, 5, 8, 13):
         assert torch.equal(f(x[:b]), full[:b])
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    reference = butterfly_multiply_reference(t.to(wide), x.to(wide), False, out_size=n, transpose=True) + bias.to(wide)
+    assert rel(full.to(wide), reference) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.float64])
