@@ -11,8 +11,8 @@
 //    copied through it) and each factor updates kW blocks at a time (a vector: 16 on AVX-512, 8 on AVX2) with
 //    vector twiddles shared by all rows of the group; strides below kW use in-register permutes.
 //  * lanes (everything else: float64, complex, small n, machines with neither): a tile of kLanes rows (4 or 8
-//    for batches of at most that many rows) is transposed into buf[position][lane] so that every 2x2 block
-//    updates the tile's rows with four scalars.
+//    for batches of at most that many rows; 8 in the real float64 forward from n = 2048) is transposed into
+//    buf[position][lane] so that every 2x2 block updates the tile's rows with four scalars.
 //    Its backward sums each block's twiddle gradient over the lanes; with AVX2 + FMA the float32 and complex64
 //    versions reduce a block's 4 or 8 sums together (a transposed hadd tree) instead of one by one, and the real
 //    float32 one takes tiles of 32 rows for batches in multiples of 128 (use_wide_backward), its forward at n = 1024
