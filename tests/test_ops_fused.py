@@ -892,6 +892,19 @@ print("ok")
     assert out.stdout.strip().endswith("ok")
 
 
+def _float32_case(n, nstacks, nblocks, transpose, batch, permuted, seed):
+    """A float32 multiply's operands: twiddles, input rows (batch), the output size, and (permuted) random input and
+    output permutations and a bias, else None."""
+    torch.manual_seed(seed)
+    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
+    in_size, out_size = (nstacks * n, n) if transpose else (n, nstacks * n)
+    x = torch.randn(batch, in_size)
+    in_perm = torch.randperm(in_size) if permuted else None
+    out_perm = torch.randperm(out_size) if permuted else None
+    bias = torch.randn(out_size) if permuted else None
+    return t, x, out_size, in_perm, out_perm, bias
+
+
 @pytest.mark.parametrize("n,nstacks,nblocks,transpose,increasing", [
     (2, 1, 1, False, True), (16, 2, 2, True, False), (1024, 1, 1, False, True), (2048, 1, 2, True, True),
 ])
@@ -901,15 +914,9 @@ def test_float32_backward_of_batches_in_multiples_of_128(n, nstacks, nblocks, tr
     elsewhere): the input gradient equals, bit for bit, that of the same rows in a batch of one row less (16-row
     tiles) and of the last row alone, every gradient matches the float64 reference, and the twiddle and bias
     gradients differ from the 16-row tiles' only by the order of their sums."""
-    torch.manual_seed(n)
     batch = 128 if n > 16 else 256
-    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
-    in_size, out_size = (nstacks * n, n) if transpose else (n, nstacks * n)
-    x = torch.randn(batch, in_size)
-    permuted = extras == "permuted+bias"
-    in_perm = torch.randperm(in_size) if permuted else None
-    out_perm = torch.randperm(out_size) if permuted else None
-    bias = torch.randn(out_size) if permuted else None
+    t, x, out_size, in_perm, out_perm, bias = _float32_case(n, nstacks, nblocks, transpose, batch,
+                                                            extras == "permuted+bias", seed=n)
     gy = torch.ones(()).expand(batch, out_size) if extras == "expanded gradient" else torch.randn(batch, out_size)
 
     def gradients(rows, multiply=fused_cpu.fused_butterfly_multiply, wide=False):
@@ -939,14 +946,8 @@ def test_float32_forward_rows_are_the_same_bits_in_any_tile_width(n, nstacks, nb
     """float32 batches in whole 32-row tiles at n = 1024 and 2048 run the forward on 32-row tiles (AVX2; 16 rows
     elsewhere): every row comes out bit for bit as in a batch of 16 rows, and within float32 rounding of the float64
     reference."""
-    torch.manual_seed(batch + n)
-    t = torch.randn(twiddle_shape(nstacks, nblocks, n)) / 2**0.5
-    in_size, out_size = (nstacks * n, n) if transpose else (n, nstacks * n)
-    x = torch.randn(batch, in_size)
-    permuted = extras == "permuted+bias"
-    in_perm = torch.randperm(in_size) if permuted else None
-    out_perm = torch.randperm(out_size) if permuted else None
-    bias = torch.randn(out_size) if permuted else None
+    t, x, out_size, in_perm, out_perm, bias = _float32_case(n, nstacks, nblocks, transpose, batch,
+                                                            extras == "permuted+bias", seed=batch + n)
 
     def forward(rows, multiply=fused_cpu.fused_butterfly_multiply, cast=lambda v: v):
         return _permuted_multiply(multiply, cast(t), cast(x[rows]), None if bias is None else cast(bias),
