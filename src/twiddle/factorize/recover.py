@@ -29,9 +29,10 @@ butterfly is a butterfly with its positions' bits reversed on both sides; :func:
 rank one on either half of the columns; an anchor row's partner is the row that agrees with it on the most columns
 (a half's worth), which fixes the halves, under which all the rows are matched (:func:`_row_pairing`); the columns
 are then split as above. With noise no row agrees exactly: the halves then come from the partner that is nearest
-parallel on half the columns, and halves and pairs are refined in turn. The ``hybrid`` two-sided order
-(:func:`refine_two_sided`) then re-reads each side with the other side's order fixed, by the one-sided hybrid
-read-off, until neither changes.
+parallel on half the columns, and halves and pairs are refined in turn; a matrix whose first such pairing looks
+like no ``Q B P`` at all is given up on (the identity orders). The ``hybrid`` two-sided order
+(:func:`refine_two_sided`) then re-reads each side with the other side's order fixed, by the better fit of the
+one-sided hybrid and top-down read-offs, until neither changes.
 """
 
 from __future__ import annotations
