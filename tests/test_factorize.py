@@ -490,17 +490,3 @@ def test_time_budget_must_be_a_positive_number_for_every_method(budget):
     for method in ("hierarchical", "gradient"):
         with pytest.raises(ValueError, match="time_budget must be a positive number"):
             factorize(torch.eye(4), method=method, time_budget=budget)
-
-
-def test_refine_two_sided_stops_after_a_round_once_its_deadline_has_passed():
-    import time
-
-    from twiddle.factorize.recover import recover_two_sided, refine_two_sided
-
-    torch.manual_seed(3)
-    B = Butterfly(64, 64, bias=False).double().to_dense().detach()
-    M = (B + 0.01 * B.std() * torch.randn(64, 64, dtype=torch.float64))[torch.randperm(64)][:, torch.randperm(64)]
-    columns, rows, clean = recover_two_sided(M)
-    assert not clean
-    assert len(refine_two_sided(M, columns, rows)) > 1  # the case needs several rounds without a deadline
-    assert len(refine_two_sided(M, columns, rows, deadline=time.perf_counter() - 1)) == 1

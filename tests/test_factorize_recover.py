@@ -443,3 +443,15 @@ def test_the_two_sided_read_off_gives_up_on_a_matrix_with_no_such_structure():
     assert _row_pairing(noisy.unsqueeze(0), CONFLICT_TOLERANCE)[3] < _UNSTRUCTURED
     columns, rows, clean = recover_two_sided(noisy)
     assert not clean and not torch.equal(rows, torch.arange(n))
+
+
+def test_refine_two_sided_stops_after_a_round_once_its_deadline_has_passed():
+    import time
+
+    from twiddle.factorize.recover import recover_two_sided, refine_two_sided
+
+    M, _, _ = _noisy_both(64, 1e-2, seed=0)
+    columns, rows, clean = recover_two_sided(M)
+    assert not clean
+    assert len(refine_two_sided(M, columns, rows)) > 1  # the case needs several rounds without a deadline
+    assert len(refine_two_sided(M, columns, rows, deadline=time.perf_counter() - 1)) == 1
