@@ -514,10 +514,10 @@ def factorize(
             gives a butterfly: the best fit of the padded matrix is the best fit of the block, with the same
             error); the module then takes ``cols`` inputs (padding them) and returns ``rows`` outputs, and the
             errors are those of the block.
-        method: ``"hierarchical"`` — the closed-form algorithm (one batched SVD per split; exact, to rounding, when
-            ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP model with a
-            learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are fitted by the
-            real part of the complex model, as in the paper.
+        method: ``"hierarchical"`` — the closed-form algorithm (one batched rank-one SVD per split; exact, to
+            rounding, when ``M P⁻¹`` is a butterfly); or ``"gradient"`` — the 2019 paper's training of a complex BP
+            model with a learned relaxed permutation (see :mod:`twiddle.factorize.gradient`); real targets are
+            fitted by the real part of the complex model, as in the paper.
         permutation: of the padded size ``n``: ``"auto"`` (hierarchical: try the 8 BP permutations — identity and
             bit reversal among them —, then the permutations read off the matrix (:func:`recover_permutation`:
             exact for ``B P`` with any column permutation ``P``, for ``Q B`` with any row permutation ``Q``, and

@@ -424,7 +424,7 @@ def _leading_images(blocks: torch.Tensor) -> torch.Tensor:
         return u * sigma.unsqueeze(-1)
     try:
         v = torch.linalg.eigh(blocks.mH @ blocks).eigenvectors[..., :, -1:]  # eigenvalues ascending
-    except torch.linalg.LinAlgError:  # the SVD's own fallbacks
+    except torch.linalg.LinAlgError:  # LAPACK failed: the Gram squarings of _leading_triplet, which call none
         u, sigma, _ = _leading_triplet(blocks)
         return u * sigma.unsqueeze(-1)
     return (blocks @ v).squeeze(-1)
