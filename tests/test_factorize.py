@@ -175,6 +175,35 @@ def test_result_fields_module_and_summary():
     torch.testing.assert_close(result.module(x), x @ dense.T)
 
 
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("real_output", [False, True])
+@pytest.mark.parametrize("out_perm", [False, True])
+@pytest.mark.parametrize("shape", [(16, 16), (11, 13)])
+@pytest.mark.parametrize("stages", [1, 2])
+def test_permuted_butterfly_to_dense_is_the_map_it_computes(complex_, real_output, out_perm, shape, stages):
+    """``to_dense`` (one kernel call through the transposed butterfly for a single stage, the identity's rows read
+    and stored in the permutations' inverse orders) is the matrix ``forward`` applies: input permutation, output
+    permutation, real part, padding and BPBP stages, in float64 to rounding."""
+    g = torch.Generator().manual_seed(3)
+    rows, cols = shape
+    n = 16
+
+    def twiddle_():
+        t = torch.randn(1, 1, 4, n // 2, 2, 2, dtype=torch.float64, generator=g)
+        return torch.complex(t, torch.randn(t.shape, dtype=torch.float64, generator=g)) if complex_ else t
+
+    then = [(torch.randperm(n, generator=g), twiddle_()) for _ in range(stages - 1)]
+    module = PermutedButterfly(torch.randperm(n, generator=g), twiddle_(), real_output=real_output, then=then,
+                               in_features=cols, out_features=rows,
+                               out_perm=torch.randperm(n, generator=g) if out_perm else None)
+    dense = module.to_dense().detach()
+    assert dense.shape == (rows, cols)
+    assert dense.is_complex() == (complex_ and not real_output)
+    with torch.no_grad():
+        columns = module(torch.eye(cols, dtype=torch.float64).to(dense.dtype)).mT  # column j: M e_j
+    torch.testing.assert_close(dense, columns, rtol=1e-13, atol=1e-13)
+
+
 def test_hierarchical_core_layout_matches_butterfly():
     M = random_butterfly_matrix(16, seed=9)
     tw = hierarchical_twiddle(M)

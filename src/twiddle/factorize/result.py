@@ -12,6 +12,7 @@ from torch import nn
 from .._fusion import run_fused
 from .._torchscript import NotScriptable
 from ..butterfly import Butterfly
+from ..ops import butterfly_multiply
 from ..permutations import FixedPermutation
 
 __all__ = ["PermutedButterfly", "FactorizationResult"]
@@ -160,6 +161,17 @@ class PermutedButterfly(NotScriptable, nn.Module):
         """The ``out_features × in_features`` matrix ``M = (Q) … B₂ P₂ B P`` (its real part if ``real_output``; the
         top-left block of the ``n × n`` product for a padded factorization) with ``forward(x) == x @ M.T`` for real
         ``x``."""
+        if not self.then:
+            # row i of Q B P is Pᵀ Bᵀ Qᵀ e_i: the identity's rows through Bᵀ, read in Q's inverse order and stored in
+            # P's, give the matrix itself in one kernel call, laid out by rows, with no gathered copy
+            butterfly = self.butterfly
+            q = self.output_permutation
+            dense = butterfly_multiply(
+                butterfly.twiddle, torch.eye(self.size, dtype=butterfly.twiddle.dtype, device=butterfly.twiddle.device),
+                butterfly.increasing_stride, transpose=True, in_perm=None if q is None else torch.argsort(q.perm),
+                out_perm=torch.argsort(self.permutation.perm))
+            dense = dense.real if self.real_output and dense.is_complex() else dense
+            return dense[: self.out_features, : self.in_features]
         # B P: column j of B moves to perm[j]; gathered as rows of Bᵀ (to_dense's transposed view: whole rows
         # copied, several times faster than a column gather at n = 1024)
         dense = self.butterfly.to_dense().mT[torch.argsort(self.permutation.perm)].mT
