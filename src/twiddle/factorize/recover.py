@@ -58,9 +58,11 @@ def _conflict_scores(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
     point the same way at every p (or one of them is zero)."""
     a, b = top.abs().square(), bottom.abs().square()
     w = top * bottom.conj()
+    if w.is_complex():  # Σ_p Re(w_j conj(w_k)) is the real Gram of w's real and imaginary parts stacked over p: half
+        w = torch.cat([w.real, w.imag], dim=-2)  # the products of the complex Gram whose real part it is
     # |t_j b_k - b_j t_k|² = a_j b_k + b_j a_k - 2 Re(w_j conj(w_k)), summed over p
     num = a.mT @ b
-    num = num + num.mT - 2 * (w.mT @ w.conj()).real
+    num = num + num.mT - 2 * (w.mT @ w)
     den = (a + b).mT @ (a + b)
     return torch.where(den > 0, num.clamp_min(0) / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
 
