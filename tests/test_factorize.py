@@ -449,23 +449,26 @@ def test_leading_triplet_matches_the_svd(dtype, shape):
     assert not s0.any() and not u0.any() and not vh0.any()
 
 
-def test_leading_triplet_of_nearly_tied_blocks_is_within_its_bound():
+@pytest.mark.parametrize("q", [4, 16, 32])
+@pytest.mark.parametrize("tail", [0.0, 0.5])
+def test_leading_triplet_of_nearly_tied_blocks_is_within_its_bound(q, tail):
     """Where σ₁ and σ₂ are nearly tied, the Gram squarings leave v at an angle to v₁ whose cost to the rank-one
-    fit is bounded (a relative 2e-4 of the best residual: ``hierarchical._leading_right_vectors``); swept over the
-    gap δ = 1 − σ₂² / σ₁² across the range where that cost peaks (δ near 1/1000)."""
-    g = torch.Generator().manual_seed(2)
-    q = 16
-    deltas = torch.logspace(-6, -1, 41, dtype=torch.float64)
-    basis_u = torch.linalg.qr(torch.randn(len(deltas), 32, q, dtype=torch.float64, generator=g)).Q
-    basis_v = torch.linalg.qr(torch.randn(len(deltas), q, q, dtype=torch.float64, generator=g)).Q
-    tail = torch.rand(len(deltas), q - 2, dtype=torch.float64, generator=g) * 0.5
-    sigma = torch.cat([torch.ones(len(deltas), 1, dtype=torch.float64), (1 - deltas).sqrt().unsqueeze(1), tail], 1)
+    fit is bounded (``hierarchical._leading_right_vectors``: a relative 2.4e-4 of the best residual at most where
+    measured); swept over the gap δ = 1 − σ₂² / σ₁² across the range where that cost peaks (δ near 1/2000), for
+    blocks of rank two (``tail`` 0) and of full rank."""
+    g = torch.Generator().manual_seed(0)
+    deltas = torch.logspace(-7, -0.5, 200, dtype=torch.float64)
+    count = len(deltas)
+    basis_u = torch.linalg.qr(torch.randn(count, 2 * q, q, dtype=torch.float64, generator=g)).Q
+    basis_v = torch.linalg.qr(torch.randn(count, q, q, dtype=torch.float64, generator=g)).Q
+    rest = torch.rand(count, q - 2, dtype=torch.float64, generator=g) * tail
+    sigma = torch.cat([torch.ones(count, 1, dtype=torch.float64), (1 - deltas).sqrt().unsqueeze(1), rest], 1)
     blocks = basis_u @ torch.diag_embed(sigma) @ basis_v.mT
     u, s, vh = _leading_triplet(blocks)
     residual = (blocks - s[:, None, None] * u[:, :, None] * vh[:, None, :]).flatten(1).norm(dim=1)
     best = sigma[:, 1:].norm(dim=1)
     assert torch.all(residual >= best * (1 - 1e-13))
-    assert torch.all(residual <= best * (1 + 2e-4)), float((residual / best - 1).max())
+    assert torch.all(residual <= best * (1 + 3e-4)), float((residual / best - 1).max())
 
 
 def test_the_split_calls_no_svd(monkeypatch):
