@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from twiddle import Butterfly
 from twiddle.factorize import LIFTS, TARGETS, PermutedButterfly, complex_lift, factorize, load_matrix, target_matrix
-from twiddle.factorize.hierarchical import ORDERS, _leading_triplet, hierarchical_twiddle
+from twiddle.factorize.hierarchical import ORDERS, _leading_triplet, hierarchical_twiddle, split_node
 from twiddle.permutations import PERMUTATION_NAMES, bitreversal_permutation, named_permutation
 
 SIZES = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -180,10 +182,12 @@ def test_result_fields_module_and_summary():
 @pytest.mark.parametrize("out_perm", [False, True])
 @pytest.mark.parametrize("shape", [(16, 16), (11, 13)])
 @pytest.mark.parametrize("stages", [1, 2])
-def test_permuted_butterfly_to_dense_is_the_map_it_computes(complex_, real_output, out_perm, shape, stages):
+def test_permuted_butterfly_to_dense_is_the_map_it_computes(monkeypatch, complex_, real_output, out_perm, shape,
+                                                            stages):
     """``to_dense`` (one kernel call through the transposed butterfly for a single stage, the identity's rows read
     and stored in the permutations' inverse orders) is the matrix ``forward`` applies: input permutation, output
-    permutation, real part, padding and BPBP stages, in float64 to rounding."""
+    permutation, real part, padding and BPBP stages, in float64 to rounding. The search's distance to a matrix,
+    formed a few rows at a time, is the distance to ``to_dense``."""
     g = torch.Generator().manual_seed(3)
     rows, cols = shape
     n = 16
@@ -202,6 +206,10 @@ def test_permuted_butterfly_to_dense_is_the_map_it_computes(complex_, real_outpu
     with torch.no_grad():
         columns = module(torch.eye(cols, dtype=torch.float64).to(dense.dtype)).mT  # column j: M e_j
     torch.testing.assert_close(dense, columns, rtol=1e-13, atol=1e-13)
+    other = torch.randn(rows, cols, dtype=torch.float64, generator=g)
+    monkeypatch.setattr(sys.modules[PermutedButterfly.__module__], "_ROWS_BYTES", 3 * n * 16)  # 3 or 6 rows a block
+    for matrix in (other, dense.real if dense.is_complex() else dense):
+        assert abs(module._distance(matrix) - float((dense - matrix).norm())) <= 1e-13 * float(dense.norm())
 
 
 def test_hierarchical_core_layout_matches_butterfly():
@@ -469,6 +477,65 @@ def test_leading_triplet_of_nearly_tied_blocks_is_within_its_bound(q, tail):
     best = sigma[:, 1:].norm(dim=1)
     assert torch.all(residual >= best * (1 - 1e-13))
     assert torch.all(residual <= best * (1 + 3e-4)), float((residual / best - 1).max())
+
+
+def _gathered_split(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split of a node by its gathered blocks' leading triplets (split_node's general path, written out)."""
+    a, d, m, _ = T.shape
+    m2 = m // m1
+    blocks = T.reshape(a, d, m1, m2, m1, m2).permute(0, 4, 3, 1, 2, 5)  # (ia, c1, r2, id, r1, c2)
+    u, s, vh = _leading_triplet(blocks)
+    if sigma_to == "left":
+        u = u * s.unsqueeze(-1)
+    else:
+        vh = vh * s.unsqueeze(-1)
+    return u.permute(0, 2, 3, 4, 1).reshape(a, m2 * d, m1, m1), vh.permute(0, 1, 3, 2, 4).reshape(a * m1, d, m2, m2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128, torch.float32])
+@pytest.mark.parametrize("steps", ["one", "many"])
+def test_one_factor_splits_read_in_place_equal_the_gathered_split(monkeypatch, dtype, steps):
+    """The splits of the right and left orders (one side a single factor: blocks m1 × 2 or 2 × m2) read the node
+    in place, in steps of rows, instead of gathering its blocks: the same left and right parts as the gathered
+    blocks' closed-form triplets, on generic nodes with zero blocks, transposed (strided) nodes and exact
+    butterflies' nodes, for σ on either side; one step or a step per row, the same. A matrix factored with its
+    columns read in a given order (no permuted copy) gives the twiddle of the permuted copy, in every order."""
+    module = sys.modules[hierarchical_twiddle.__module__]  # twiddle.factorize is also the function's name
+    monkeypatch.setattr(module, "_STEP_BYTES", 1 << 30 if steps == "one" else 1)
+    g = torch.Generator().manual_seed(3)
+    tol = 1e-5 if dtype == torch.float32 else 1e-13
+    cases = 0
+    for a, d, m in [(1, 1, 4), (2, 4, 8), (1, 1, 64), (4, 2, 16), (1, 8, 2), (3, 1, 32)]:
+        for m1 in sorted({2, m // 2}):
+            for sigma_to in ("left", "right"):
+                T = torch.randn(a, d, m, m, dtype=dtype, generator=g)
+                T[0, 0, :, : m // m1] = 0  # zero blocks
+                for node in (T, T.mT.contiguous().mT):
+                    left, right = split_node(node, m1, sigma_to)
+                    want_left, want_right = _gathered_split(T, m1, sigma_to)
+                    assert left.shape == want_left.shape and right.shape == want_right.shape
+                    scale = float(T.abs().max())
+                    assert float((left - want_left).abs().max()) <= tol * scale
+                    assert float((right - want_right).abs().max()) <= tol * scale
+                    cases += 1
+    assert cases == 44
+    # an exact butterfly, complex: every order reproduces it through these splits
+    target = random_butterfly_matrix(64, complex=True).to(dtype) if dtype.is_complex else \
+        random_butterfly_matrix(64).to(dtype)
+    for order in ("right", "left"):
+        twiddle = hierarchical_twiddle(target, order)
+        dense = Butterfly(64, 64, bias=False, complex=dtype.is_complex, init=twiddle, dtype=twiddle.real.dtype
+                          if dtype.is_complex else dtype).to_dense().detach()
+        assert float((dense - target).norm() / target.norm()) < 10 * tol, order
+    generic = torch.randn(64, 64, dtype=dtype, generator=g)
+    perm = torch.randperm(64, generator=g)
+    for matrix in (generic, target):
+        for order in ORDERS:
+            got = hierarchical_twiddle(matrix, order, columns=perm)
+            want = hierarchical_twiddle(matrix[:, perm], order)
+            assert float((got - want).abs().max()) <= 100 * tol * float(want.abs().max()), order
+    assert torch.equal(hierarchical_twiddle(generic[:2, :2], "right", columns=torch.tensor([1, 0])),
+                       hierarchical_twiddle(generic[:2, :2][:, [1, 0]], "right"))
 
 
 def test_the_split_calls_no_svd(monkeypatch):

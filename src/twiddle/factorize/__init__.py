@@ -234,7 +234,7 @@ def _fit_errors(module: PermutedButterfly, m: torch.Tensor, norm: float) -> tupl
     """``(relative, absolute)`` Frobenius error of ``module``'s matrix against ``m`` (``norm = ‖m‖_F``; the absolute
     error where ``m`` is zero)."""
     with torch.no_grad():
-        err = float((module.to_dense() - m).norm())
+        err = module._distance(m)
     return (err / norm if norm > 0 else err), err
 
 
@@ -299,10 +299,12 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
 
     def fit(found: str, lift: str | None, perm: torch.Tensor, out_perm: torch.Tensor | None,
             target: torch.Tensor) -> float:
-        """Fit B to ``target`` (the matrix under the permutations), record its relative error on ``m``."""
+        """Fit B to ``target[:, perm]`` (``target``: the matrix with its rows in ``out_perm``'s inverse order; the
+        columns are read in ``perm``'s as the fit goes, no permuted copy), record its relative error on ``m``."""
         nonlocal best
-        module = PermutedButterfly(perm, hierarchical_twiddle(target, order), real_output=lift is not None,
-                                   in_features=cols, out_features=rows, out_perm=out_perm)
+        module = PermutedButterfly(perm, hierarchical_twiddle(target, order, columns=perm),
+                                   real_output=lift is not None, in_features=cols, out_features=rows,
+                                   out_perm=out_perm)
         rel, err = _fit_errors(module, m, norm)
         key = found if lift is None else f"{lift}:{found}"
         errors[key] = min(rel, errors.get(key, math.inf))  # a name fitted more than once: its best
@@ -327,16 +329,16 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
             continue
         work = plain if lift is None else lifted(lift)
         if perm is not None:
-            fit(name, lift, perm, None, work[:, perm])
+            fit(name, lift, perm, None, work)
             continue
         if name == _RECOVERED_BOTH:  # M = Q B P: B is M with its rows and its columns in the read-off orders
             columns_, rows_, clean = recover_two_sided(work)
-            rel = fit(name, lift, columns_, torch.argsort(rows_), work[rows_][:, columns_])
+            rel = fit(name, lift, columns_, torch.argsort(rows_), work[rows_])
             # noisy (not clean), near a fit, on the matrix only (as the one-sided hybrid below): each side re-read
             # with the other fixed, every round fitted
             if not clean and lift is None and rel < _BOTH_HYBRID_BELOW:
                 for cols_r, rows_r in refine_two_sided(work, columns_, rows_, deadline=deadline):
-                    fit(name + "-hybrid", lift, cols_r, torch.argsort(rows_r), work[rows_r][:, cols_r])
+                    fit(name + "-hybrid", lift, cols_r, torch.argsort(rows_r), work[rows_r])
             continue
         # a read-off order: of the columns (B should equal M Pᵀ, whose column i is column perm[i] of M), or of the
         # rows (M = Q B: B is M with its rows in the read-off order, Q puts them back)
@@ -347,7 +349,7 @@ def _hierarchical_search(m: torch.Tensor, stages: list[list[_Candidate]], order:
                 rel = fit(name + "-hybrid" * hybrid, lift, torch.arange(work.shape[1]), torch.argsort(order_),
                           work[order_])
             else:
-                rel = fit(name + "-hybrid" * hybrid, lift, order_, None, work[:, order_])
+                rel = fit(name + "-hybrid" * hybrid, lift, order_, None, work)
             # The hybrid order differs only where a split was not clean (noise). It is fitted on the matrix, not its
             # six lifts (it costs about as much again), and only near a fit (rel below _HYBRID_BELOW): it mends
             # the deep levels of a nearly right order; a matrix far from any B P gains nothing from it.

@@ -31,31 +31,42 @@ __all__ = ["ORDERS", "butterfly_fit_error", "hierarchical_twiddle", "split_node"
 ORDERS = ("balanced", "left", "right")
 
 
-def _two_column_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(u, σ, vᴴ)`` of the largest singular value of every matrix in ``blocks`` (..., p, 2), in closed form.
+def _leading_eigenpair(g00: torch.Tensor, g11: torch.Tensor, g01: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x, y, σ)``: the unit leading eigenvector ``(x, y)`` of every Hermitian 2 × 2 matrix
+    ``G = [[g00, g01], [conj g01, g11]]`` (``g00``, ``g11`` real, ``g01`` of the blocks' dtype; all of one shape)
+    and ``σ = √λ`` of its leading eigenvalue ``λ``, in closed form (``G`` a Gram matrix: ``σ`` the leading singular
+    value of the matrix it is the Gram of).
 
-    ``v`` is the leading eigenvector of the 2 × 2 Gram matrix ``G = BᴴB``: with ``h = (G₀₀ − G₁₁) / 2`` and
-    ``r = √(h² + |G₀₁|²)`` (so ``λ = (G₀₀ + G₁₁) / 2 + r``), ``v ∝ (h + r, conj G₀₁)`` when ``h ≥ 0``, else
-    ``(G₀₁, r − h)``, the form whose leading entry has no cancellation; then ``σ = √λ`` and ``u = B v / σ``.
-    The eigenvector's error is that of the SVD's (``ε / (1 − σ₂² / σ₁²)``, the same order as ``ε / (1 − σ₂ / σ₁)``),
-    and exact for the rank-one blocks of an exact butterfly, while one pass over the blocks replaces a LAPACK call
-    per block: the right and left orders (every split ``m × 2`` or ``2 × m``) run 3-6x faster at n = 1024.
-    Where ``σ = 0`` (``B = 0``), ``u`` and ``v`` are 0, as the Gram fallback of :func:`_leading_triplet` gives."""
-    blocks = blocks.contiguous()  # one copy: the two products below then read it at full speed
-    gram = blocks.mH @ blocks  # (..., 2, 2)
-    g00, g11, g01 = gram[..., 0, 0].real, gram[..., 1, 1].real, gram[..., 0, 1]
+    With ``h = (g00 − g11) / 2`` and ``r = √(h² + |g01|²)`` (so ``λ = (g00 + g11) / 2 + r``), ``(x, y) ∝ (h + r,
+    conj g01)`` when ``h ≥ 0``, else ``(g01, r − h)``, the form whose leading entry has no cancellation. The
+    eigenvector's error is that of the SVD's (``ε / (1 − σ₂² / σ₁²)``) and exact for rank-one blocks. Where
+    ``G = 0`` the vector is ``(1, 0)`` and ``σ = 0``."""
+    dtype = g01.dtype
     h = (g00 - g11) / 2
     r = torch.hypot(h, g01.abs())
     upper = h >= 0
-    lead = torch.where(upper, h + r, r - h).to(blocks.dtype)  # λ − G₁₁ or λ − G₀₀: at least r
+    lead = torch.where(upper, h + r, r - h).to(dtype)  # λ − g11 or λ − g00: at least r
     x = torch.where(upper, lead, g01)
     y = torch.where(upper, g01.conj(), lead)
     norm = torch.hypot(x.abs(), y.abs())
     zero = norm == 0
-    scale = torch.where(zero, 1.0, norm).to(blocks.dtype)
-    v = torch.stack([torch.where(zero, 1.0, x / scale), torch.where(zero, 0.0, y / scale)], dim=-1)
-    w = (blocks @ v.unsqueeze(-1)).squeeze(-1)  # B v = σ u
+    scale = torch.where(zero, 1.0, norm).to(dtype)
     sigma = ((g00 + g11) / 2 + r).sqrt()  # √λ: a sum of non-negative terms, no cancellation
+    return torch.where(zero, 1.0, x / scale), torch.where(zero, 0.0, y / scale), sigma
+
+
+def _two_column_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(u, σ, vᴴ)`` of the largest singular value of every matrix in ``blocks`` (..., p, 2), in closed form:
+    ``v`` the leading eigenvector of the 2 × 2 Gram matrix ``BᴴB`` (:func:`_leading_eigenpair`), ``u = B v / σ``.
+    One pass over the blocks replaces a LAPACK call per block. Where ``σ = 0`` (``B = 0``), ``u`` and ``v`` are 0,
+    as the Gram fallback of :func:`_leading_triplet` gives. (The splits of the right and left orders, the blocks
+    of a node with two columns or two rows, do not come here: :func:`_split_off_one_factor` reads them in place.)"""
+    blocks = blocks.contiguous()  # one copy: the two products below then read it at full speed
+    gram = blocks.mH @ blocks  # (..., 2, 2)
+    x, y, sigma = _leading_eigenpair(gram[..., 0, 0].real, gram[..., 1, 1].real, gram[..., 0, 1])
+    v = torch.stack([x, y], dim=-1)
+    w = (blocks @ v.unsqueeze(-1)).squeeze(-1)  # B v = σ u
     nonzero = (sigma > 0).unsqueeze(-1)
     u = w / torch.where(nonzero, sigma.unsqueeze(-1), 1.0).to(w.dtype)
     return u, sigma, torch.where(nonzero, v.conj(), 0.0)  # a zero block: u = v = 0
@@ -143,13 +154,21 @@ def _leading_triplet(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return u, sigma, torch.where(nonzero, v.conj(), 0.0)
 
 
-def split_node(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, torch.Tensor]:
+def split_node(T: torch.Tensor, m1: int, sigma_to: str, columns: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a node ``T (a, d, m, m)`` into ``left (a, m2 d, m1, m1)`` and ``right (a m1, d, m2, m2)``.
 
-    ``sigma_to`` ("left" or "right") says which side receives the singular values.
+    ``sigma_to`` ("left" or "right") says which side receives the singular values. A split that takes off one
+    factor (``m2 = 2`` or ``m1 = 2``: every split of the right and left orders) reads ``T`` in place
+    (:func:`_split_off_one_factor`); the others gather the ``m1 × m2`` blocks and take their leading triplets.
+    ``columns``: split the root ``T[..., columns]`` (``a = d = 1``) instead.
     """
     a, d, m, _ = T.shape
     m2 = m // m1
+    if m2 == 2 or m1 == 2:
+        return _split_off_one_factor(T, m1, sigma_to, columns)
+    if columns is not None:
+        T = T[..., columns]
     # axes (ia, id, r1, r2, c1, c2) -> (ia, c1, r2, id, r1, c2): a batch of m1 x m2 rank-one blocks
     blocks = T.reshape(a, d, m1, m2, m1, m2).permute(0, 4, 3, 1, 2, 5)
     u1, s1, v1 = _leading_triplet(blocks)  # (a, c1, r2, id, m1), (a, c1, r2, id), (..., m2)
@@ -164,11 +183,116 @@ def split_node(T: torch.Tensor, m1: int, sigma_to: str) -> tuple[torch.Tensor, t
     return left, right
 
 
-def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced") -> torch.Tensor:
+# bytes of a node that one step of _split_off_one_factor reads: its temporaries then stay in the caches (one pass
+# over a 64 MB node, complex128 n = 2048, took 44 ms for a Gram entry; in 2 MB steps 12 ms)
+_STEP_BYTES = 2 << 20
+
+
+def _split_off_one_factor(T: torch.Tensor, m1: int, sigma_to: str, columns: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`split_node` where one side is a single factor (``m2 = 2``: blocks ``m1 × 2``; or ``m1 = 2``: blocks
+    ``2 × m2``), without gathering the blocks.
+
+    Viewed as ``X (ia, id, r1, r2, c1, c2)``, ``T`` holds block ``(ia, c1, r2, id)`` at ``X[ia, id, :, r2, c1, :]``.
+    Its 2 × 2 Gram matrix is made of inner products of its two columns (``m2 = 2``, summed over ``r1``) or rows
+    (``m1 = 2``, over ``c2``), reductions of ``T`` where it lies; :func:`_leading_eigenpair` gives each block's
+    leading vector ``e`` on its two-long side and ``σ``; the long side, ``B e = σ u`` (``m2 = 2``) or
+    ``eᴴ B = σ vᴴ`` (``m1 = 2``), is the two columns (rows) scaled and added, written straight into ``left``'s
+    (``right``'s) layout. Both passes go over ``T`` in steps of about ``_STEP_BYTES``. This is the triplet of
+    :func:`_two_column_triplet` (the same split to rounding) without its traffic: the gathered copy of ``T``, the
+    batched products of tiny blocks, the permuted copy of the result (complex128, n = 2048, 2 cores, medians: the
+    first split of the right order 183-195 -> 57-71 ms, the whole right-order factorization 250-289 -> 83-106 ms;
+    float64 97-101 -> 34-42 ms).
+
+    ``columns``: for the root (``a = d = 1``), split ``T[..., columns]`` instead, each step's rows gathered as they
+    are read (a search fits the same matrix under hundreds of column orders: no permuted copy of it is made).
+
+    A zero block gives zero vectors on both sides, as the general split does."""
+    a, d, m, _ = T.shape
+    m2 = m // m1
+    rows = m1 if m2 == 2 else m2  # the axis 2 that the steps split: r1 (summed over) or r2
+    step = max(1, _STEP_BYTES * rows // max(1, T.numel() * T.element_size()))
+    spans = [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+    read = _step_reader(T, m1, columns)
+    if m2 == 2:  # G = BᴴB: Σ_r1 of the columns' products, (ia, id, r2, c1, c2) then (ia, id, r2, c1)
+        lengths, g01 = 0, 0
+        for i in spans:
+            chunk = read(i)  # (ia, id, r1 in i, r2, c1, c2)
+            lengths = lengths + torch.linalg.vecdot(chunk, chunk, dim=2).real
+            g01 = g01 + torch.linalg.vecdot(chunk[..., 0], chunk[..., 1], dim=2)
+        g00, g11 = lengths[..., 0], lengths[..., 1]
+    else:  # G = BBᴴ: Σ_c2 of the rows' products, each step its own r2, (ia, id, r1, r2, c1) then (ia, id, r2, c1)
+        parts = []
+        for i in spans:
+            chunk = read(i)  # (ia, id, r1, r2 in i, c1, c2)
+            parts.append((torch.linalg.vecdot(chunk, chunk, dim=-1).real,
+                          torch.linalg.vecdot(chunk[:, :, 1], chunk[:, :, 0], dim=-1)))
+        lengths, g01 = torch.cat([p for p, _ in parts], 3), torch.cat([q for _, q in parts], 2)
+        g00, g11 = lengths[:, :, 0], lengths[:, :, 1]
+    x, y, sigma = _leading_eigenpair(g00, g11, g01)  # (ia, id, r2, c1) each
+    nonzero = sigma > 0
+    inverse = torch.where(nonzero, 1 / torch.where(nonzero, sigma, 1.0), 0.0).to(T.dtype)
+    long_sigma = sigma_to == ("left" if m2 == 2 else "right")  # the long side keeps σ
+    scale = torch.where(nonzero, 1.0 if long_sigma else sigma, 0.0).to(T.dtype)  # of the short side
+    if m2 == 2:
+        # left[ia, (r2, id), r1, c1] = (B v)[r1] of block (ia, c1, r2, id), through a view with axes (ia, id, r1,
+        # r2, c1); right[(ia, c1), id, r2, c2] = vᴴ[c2] (times σ where σ goes right)
+        out = T.new_empty(a, m2, d, m1, m1)
+        view = out.permute(0, 2, 3, 1, 4)
+        coefficients = [x.unsqueeze(2), y.unsqueeze(2), None if long_sigma else inverse.unsqueeze(2)]
+        for i in spans:
+            chunk = read(i)
+            _combine(view[:, :, i], chunk[..., 0], chunk[..., 1], *coefficients)
+        short = torch.stack([x.conj() * scale, y.conj() * scale], dim=-1)  # (ia, id, r2, c1, c2)
+        return out.reshape(a, m2 * d, m1, m1), short.permute(0, 3, 1, 2, 4).reshape(a * m1, d, m2, m2)
+    # right[(ia, c1), id, r2, c2] = (uᴴ B)[c2] = σ vᴴ of block (ia, c1, r2, id), through a view with axes (ia, id,
+    # r2, c1, c2); left[ia, (r2, id), r1, c1] = u[r1] (times σ where σ goes left)
+    out = T.new_empty(a, m1, d, m2, m2)
+    view = out.permute(0, 2, 3, 1, 4)
+    coefficients = [x.conj().unsqueeze(-1), y.conj().unsqueeze(-1), None if long_sigma else inverse.unsqueeze(-1)]
+    for i in spans:
+        chunk = read(i)
+        _combine(view[:, :, i], chunk[:, :, 0], chunk[:, :, 1], *(c if c is None else c[:, :, i] for c in coefficients))
+    short = torch.stack([x * scale, y * scale], dim=-1)  # (ia, id, r2, c1, r1)
+    return short.permute(0, 2, 1, 4, 3).reshape(a, m2 * d, m1, m1), out.reshape(a * m1, d, m2, m2)
+
+
+def _step_reader(T: torch.Tensor, m1: int, columns: torch.Tensor | None):
+    """For :func:`_split_off_one_factor`: a function of a slice ``i`` that gives ``X[:, :, i]`` (``m2 = 2``) or
+    ``X[:, :, :, i]`` (``m1 = 2``) of ``T (a, d, m, m)`` viewed as ``X (ia, id, r1, r2, c1, c2)``, its columns
+    in the order ``columns`` where given (then ``a = d = 1``)."""
+    a, d, m, _ = T.shape
+    m2 = m // m1
+    if columns is None:
+        X = T.reshape(a, d, m1, m2, m1, m2)
+        return (lambda i: X[:, :, i]) if m2 == 2 else (lambda i: X[:, :, :, i])
+    if (a, d) != (1, 1):
+        raise ValueError("columns is for the root node only")
+    M = T[0, 0]
+    if m2 == 2:  # rows 2 r1 + r2 for r1 in i: a block of whole rows
+        return lambda i: M[2 * i.start: 2 * i.stop][:, columns].reshape(1, 1, -1, 2, m1, 2)
+    # rows r1 m2 + r2 for r2 in i, r1 = 0, 1: two blocks of whole rows
+    return lambda i: torch.stack([M[i], M[m2 + i.start: m2 + i.stop]])[:, :, columns].reshape(1, 1, 2, -1, 2, m2)
+
+
+def _combine(out: torch.Tensor, first: torch.Tensor, second: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+             scale: torch.Tensor | None) -> None:
+    """``out = (first · p + second · q) · scale`` in place (broadcasting; no scale where None)."""
+    torch.mul(first, p, out=out)
+    out.addcmul_(second, q)
+    if scale is not None:
+        out.mul_(scale)
+
+
+def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced", *, columns: torch.Tensor | None = None
+                         ) -> torch.Tensor:
     """Butterfly factors of ``target`` (n × n, n a power of two) as a twiddle ``(1, 1, log2 n, n/2, 2, 2)``.
 
     The twiddle is in twiddle's layout for ``increasing_stride=True`` (factor ``f`` applied f-th, stride ``2^f``),
     so ``Butterfly(n, n, bias=False, init=twiddle).to_dense() ≈ target``.
+
+    ``columns`` (a permutation of ``0..n-1``): factor ``target[:, columns]``, the same twiddle, without making that
+    copy in the right and left orders (their first split reads the columns in that order as it goes).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -184,6 +308,8 @@ def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced") -> torch
             return (s + e) // 2
         return s if order == "left" else e - 1
 
+    if columns is not None and (order == "balanced" or L == 1):
+        target, columns = target[:, columns], None
     nodes = [(0, L - 1, target.reshape(1, 1, n, n))]
     while nodes:
         s, e, T = nodes.pop()
@@ -194,7 +320,7 @@ def hierarchical_twiddle(target: torch.Tensor, order: str = "balanced") -> torch
         # the singular values go to the side that will be split further (left side if both or neither)
         left_final, right_final = i == s, i + 1 == e
         sigma_to = "right" if left_final and not right_final else "left"
-        left, right = split_node(T, 2 ** (i - s + 1), sigma_to)
+        left, right = split_node(T, 2 ** (i - s + 1), sigma_to, columns if s == 0 and e == L - 1 else None)
         nodes.append((s, i, left))
         nodes.append((i + 1, e, right))
     # X_l: T[a = 2^l, d = n / 2^(l+1), 2, 2] acts with stride d on p = ia 2d + id, block index ia d + id;
